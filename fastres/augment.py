@@ -1,0 +1,88 @@
+"""Batched augmentation on the training device.
+
+Batches arrive as uint8 NHWC tensors already on the device (from FFCV or the in-memory
+loader). Random crop with zero padding and the horizontal flip are one gather over the
+padded batch, done on uint8 (a quarter of the bytes of float); normalisation folds into a
+single multiply-add that also casts to the training dtype. The NHWC layout is kept: its
+NCHW view is exactly the channels_last memory format, so no copy is needed for it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+def random_crop_flip(
+    images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Per-image random crop (zero padding) and horizontal flip of a uint8 NHWC batch."""
+    n, h, w, _ = images.shape
+    device = images.device
+    if padding > 0:
+        # Pad H and W (dims 1 and 2 of NHWC) with zeros, as torchvision's RandomCrop(fill=0).
+        images = torch.nn.functional.pad(images, (0, 0, padding, padding, padding, padding))
+    dy = torch.randint(0, 2 * padding + 1, (n, 1), device=device, generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n, 1), device=device, generator=generator)
+    rows = dy + torch.arange(h, device=device)
+    cols = torch.arange(w, device=device).expand(n, w)
+    if flip:
+        mirror = torch.rand((n, 1), device=device, generator=generator) < 0.5
+        cols = torch.where(mirror, w - 1 - cols, cols)
+    cols = dx + cols
+    batch = torch.arange(n, device=device)[:, None, None]
+    return images[batch, rows[:, :, None], cols[:, None, :]]
+
+
+class Normalizer:
+    """uint8 NHWC -> normalised float NCHW (channels_last or contiguous) in one multiply-add."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, channels_last: bool,
+                 mean: tuple[float, ...] = CIFAR10_MEAN, std: tuple[float, ...] = CIFAR10_STD) -> None:
+        mean_t = torch.tensor(mean, dtype=torch.float32)
+        std_t = torch.tensor(std, dtype=torch.float32)
+        # x/255 - mean) / std  ==  x * scale + shift
+        self.scale = (1.0 / (255.0 * std_t)).to(device)
+        self.shift = (-mean_t / std_t).to(device)
+        self.dtype = dtype
+        self.channels_last = channels_last
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = torch.addcmul(self.shift, images.float(), self.scale).to(self.dtype)
+        x = x.permute(0, 3, 1, 2)  # NHWC storage viewed as NCHW is channels_last
+        return x if self.channels_last else x.contiguous()
+
+
+class BatchAugment:
+    """Training and test transforms for uint8 NHWC batches on one device, with its own RNG.
+
+    The generator lives on the same device as the data so that random numbers never cross
+    the bus; its state is part of a checkpoint so a resumed run draws the same crops.
+    """
+
+    def __init__(self, device: torch.device | str, dtype: torch.dtype = torch.float32, *,
+                 channels_last: bool = True, augment: bool = True, padding: int = 4,
+                 flip: bool = True, seed: int = 0) -> None:
+        self.device = torch.device(device)
+        self.normalize = Normalizer(self.device, dtype, channels_last)
+        self.augment = augment
+        self.padding = padding
+        self.flip = flip
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+
+    def train(self, images: torch.Tensor) -> torch.Tensor:
+        if self.augment:
+            images = random_crop_flip(images, self.padding, self.flip, self.generator)
+        return self.normalize(images)
+
+    def test(self, images: torch.Tensor) -> torch.Tensor:
+        return self.normalize(images)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,87 @@
+"""Training state to and from disk, atomically and safe to load.
+
+A checkpoint holds only tensors and plain Python values, so it loads with
+``torch.load(weights_only=True)``: opening a checkpoint can never run code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import FastresError
+
+FORMAT = "fastres-checkpoint"
+VERSION = 1
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every global RNG the training loop touches, as tensors and plain values."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(state: dict[str, Any], path: Path) -> None:
+    """Write under a temporary name and rename: a kill at any moment keeps the old file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def copy(src: Path, dst: Path) -> None:
+    """Atomic copy (used for best.pt, which equals last.pt when it is written)."""
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
+    """Load and check a checkpoint; a clear FastresError for anything that is not one."""
+    if not path.exists():
+        raise FastresError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise FastresError(f"checkpoint {path} is truncated or not a fastres checkpoint ({detail})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise FastresError(f"{path} is not a fastres checkpoint (it loads, but has no fastres training state)")
+    if state.get("version") != VERSION:
+        raise FastresError(f"checkpoint {path} has format version {state.get('version')}, this fastres reads {VERSION}")
+    return state

@@ -1,0 +1,183 @@
+"""The ``fastres`` command: a thin layer over the Python API.
+
+Every ``TrainConfig`` field is a ``fastres train`` option (``--field-name``), generated from
+the dataclass so the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import signal
+import sys
+import traceback
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+from .config import (
+    ALIASES,
+    DESCRIPTIONS,
+    PRESETS,
+    TrainConfig,
+    get_preset,
+    load_config_file,
+    parse_milestones,
+)
+from .errors import FastresError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump), like every other fastres error."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field; defaults are SUPPRESSed so only given ones override."""
+    group = parser.add_argument_group("training options (override the preset; every TrainConfig field)")
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "preset":  # set by --preset, which picks the base config
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        help_ = f"{f.metadata.get('help', '')} (default: {f.default})"
+        kind = hints[f.name]
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
+        elif f.name == "milestones":
+            group.add_argument(flag, type=parse_milestones, default=argparse.SUPPRESS, metavar="M1,M2", help=help_)
+        else:
+            metavar = {int: "N", float: "X"}.get(kind, f.name.upper())
+            group.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=metavar, help=help_)
+    group.add_argument("--no-normalize", dest="norm", action="store_const", const="none", default=argparse.SUPPRESS,
+                       help="train without BatchNorm, as in the original scripts (same as --norm none)")
+
+
+def _config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
+    """The resolved config and whether this is a resume."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    overrides = {k: v for k, v in vars(args).items() if k in names}
+    if args.resume:
+        from .rundir import RunDir
+
+        run = RunDir(args.resume)
+        if not run.holds_run():
+            raise FastresError(f"--resume {args.resume}: no fastres run there (no config.json); start one with fastres train --run-dir {args.resume}")
+        base = TrainConfig.from_dict(run.read_config())
+        return base.replace(**overrides, run_dir=args.resume), True
+    if args.config:
+        base = load_config_file(args.config).replace(run_dir="")
+    else:
+        base = get_preset(args.preset or "baseline")
+    return base.replace(**overrides), False
+
+
+def _presets_table() -> str:
+    rows = [f"  {name:<13} {DESCRIPTIONS[name]}" for name in PRESETS]
+    rows += [f"  {alias:<13} alias of {target}" for alias, target in ALIASES.items()]
+    return "presets:\n" + "\n".join(rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fastres", description="Fast, reproducible CIFAR-10 ResNet training and ablations.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("prepare-data", help="convert CIFAR-10 into FFCV .beton files (once)",
+                       description="Find CIFAR-10 (--source, $FASTRES_CIFAR10, DATA_DIR/cifar-10-batches-py, "
+                                   "DATA_DIR/cifar-10-python.tar.gz, else download) and write "
+                                   "DATA_DIR/cifar10_{train,test}.beton plus a manifest. A no-op when they are up to date.")
+    p.add_argument("--data-dir", default="data", help="where the betons go (default: data)")
+    p.add_argument("--source", help="a cifar-10-batches-py folder or cifar-10-python.tar.gz")
+    p.add_argument("--force", action="store_true", help="rebuild even if the betons are up to date")
+    p.add_argument("--allow-small", action="store_true",
+                   help="accept a source with fewer images than CIFAR-10 (custom subsets, tests)")
+
+    p = sub.add_parser("train", help="train one run", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train a CIFAR-10 ResNet from a preset plus overrides.\n\n" + _presets_table(),
+                       epilog="examples:\n  fastres train --preset cosine\n  fastres train --preset quick --epochs 4\n"
+                              "  fastres train --preset baseline --model resnet34 --lr 0.05\n"
+                              "  fastres train --resume runs/cosine-20260101-120000")
+    p.add_argument("--preset", help="start from this preset (default: baseline)")
+    p.add_argument("--config", metavar="CONFIG_JSON", help="start from a recorded config (a run's config.json or run directory)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoints/last.pt")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar per epoch (default: on when stderr is a terminal)")
+    _add_config_options(p)
+
+    p = sub.add_parser("eval", help="test accuracy of a run's saved weights")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--tta", action="store_true", help="average the predictions for each image and its mirror")
+    p.add_argument("--checkpoint", choices=("last", "best"), default="last")
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    return parser
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from .prepare import prepare_data
+
+    prepare_data(args.data_dir, args.source, force=args.force, allow_small=args.allow_small, log=_log)
+    return 0
+
+
+class _Terminated(KeyboardInterrupt):
+    signum = signal.SIGTERM
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    if args.resume and (args.preset or args.config):
+        raise FastresError("--resume continues a recorded run: drop --preset/--config")
+    config, resume = _config_from_args(args)
+    # SIGTERM (schedulers, `kill`) stops as cleanly as Ctrl-C.
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    train(config, log=_log, progress=args.progress, resume=resume)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .train import evaluate_run
+
+    result = evaluate_run(args.run_dir, tta=args.tta, which=args.checkpoint, device=args.device, log=_log)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.run_dir}: test accuracy {100 * result['acc']:.2f}% (loss {result['loss']:.4f}, "
+              f"{result['images']} images, epoch {result['epoch']}, {'flip TTA' if args.tta else 'no TTA'})")
+    return 0
+
+
+COMMANDS = {"prepare-data": _cmd_prepare, "train": _cmd_train, "eval": _cmd_eval}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except FastresError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"fastres: error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("fastres: interrupted", file=sys.stderr, flush=True)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

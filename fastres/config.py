@@ -1,0 +1,235 @@
+"""Training configuration: one validated dataclass, and the presets as named instances of it.
+
+Every field can be overridden from the command line (``--field-name``), and every run
+writes the resolved config as ``config.json``, which ``--config`` reads back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .models import MODELS, NORMS
+
+SCHEDULES = ("cosine", "multistep", "none")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+COMPILE_MODES = ("auto", "on", "off")
+LOADERS = ("ffcv", "memory")
+DEVICES = ("auto", "cuda", "cpu")
+
+# Fields that describe the machine rather than the training recipe: they may differ
+# between a run and its resume, and between runs that are meant to be comparable.
+MACHINE_FIELDS = frozenset(
+    {"precision", "channels_last", "compile", "loader", "num_workers", "data_dir", "run_dir",
+     "device", "deterministic", "progress"}
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A complete, validated description of one training run."""
+
+    model: str = field(default="resnet18", metadata={"help": f"architecture: {', '.join(MODELS)}"})
+    width: int = field(default=64, metadata={"help": "channels of the first stage (64 = the standard model; 8-16 for quick tests)"})
+    norm: str = field(default="batch", metadata={"help": "normalisation layer: 'batch' or 'none' (no BatchNorm; convs get a bias)"})
+    epochs: int = field(default=200, metadata={"help": "number of passes over the training set"})
+    batch_size: int = field(default=128, metadata={"help": "images per optimizer step"})
+    lr: float = field(default=0.1, metadata={"help": "peak learning rate"})
+    lr_schedule: str = field(default="multistep", metadata={"help": "learning-rate schedule: cosine, multistep or none (constant)"})
+    milestones: tuple[float, ...] = field(default=(0.5, 0.75), metadata={"help": "multistep decay points: fractions of the run (0.5,0.75) or epochs (100,150)"})
+    lr_gamma: float = field(default=0.1, metadata={"help": "multistep decay factor at each milestone"})
+    warmup_epochs: float = field(default=0.0, metadata={"help": "linear warm-up from 0 to lr over this many epochs"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    nesterov: bool = field(default=False, metadata={"help": "Nesterov momentum"})
+    weight_decay: float = field(default=5e-4, metadata={"help": "L2 weight decay"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "cross-entropy label smoothing in [0, 1)"})
+    augment: bool = field(default=True, metadata={"help": "random crop (padding 4) and horizontal flip on training batches"})
+    seed: int = field(default=42, metadata={"help": "seed for initialisation, data order and augmentation"})
+    train_subset: int = field(default=0, metadata={"help": "train on the first N training images only (0 = all 50,000)"})
+    test_subset: int = field(default=0, metadata={"help": "evaluate on the first N test images only (0 = all 10,000)"})
+    precision: str = field(default="auto", metadata={"help": "auto (bf16 where supported, fp16 on older GPUs, else fp32), bf16, fp16 or fp32"})
+    channels_last: bool = field(default=True, metadata={"help": "channels_last memory format for activations and weights"})
+    compile: str = field(default="auto", metadata={"help": "torch.compile the model: auto (on for CUDA, off on CPU), on, off"})
+    loader: str = field(default="ffcv", metadata={"help": "ffcv (read the .beton files) or memory (whole uint8 data set on the device, read from the CIFAR-10 source)"})
+    num_workers: int = field(default=0, metadata={"help": "FFCV decoding threads (0 = 1 on CPU, 8 on CUDA)"})
+    device: str = field(default="auto", metadata={"help": "auto (CUDA when present, else CPU), cuda or cpu"})
+    deterministic: bool = field(default=False, metadata={"help": "deterministic algorithms: identical results for identical configs on the same machine"})
+    data_dir: str = field(default="data", metadata={"help": "where prepare-data wrote the .beton files"})
+    run_dir: str = field(default="", metadata={"help": "output folder (default runs/<preset>-<timestamp>)"})
+    preset: str = field(default="", metadata={"help": "the preset this config came from (informational)"})
+
+    def __post_init__(self) -> None:
+        # Accept lists (from JSON) and normalise to a tuple so the config stays hashable.
+        object.__setattr__(self, "milestones", tuple(float(m) for m in self.milestones))
+        _validate(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed, validated again."""
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def milestone_epochs(self) -> list[float]:
+        """Milestones in epochs: fractions are scaled by ``epochs`` so the schedule keeps its shape."""
+        if self.milestones and all(0 < m < 1 for m in self.milestones):
+            return [m * self.epochs for m in self.milestones]
+        return list(self.milestones)
+
+    def recipe(self) -> dict[str, Any]:
+        """The fields that define the training recipe (everything but the machine)."""
+        return {k: v for k, v in self.to_dict().items() if k not in MACHINE_FIELDS | {"preset"}}
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...] | Any) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _positive(name: str, value: float, flag: str) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name} must be positive, got {value!r}: pass {flag} with a value > 0")
+
+
+def _validate(c: TrainConfig) -> None:
+    _choice("model", c.model, tuple(MODELS))
+    _choice("norm", c.norm, NORMS)
+    _choice("lr_schedule", c.lr_schedule, SCHEDULES)
+    _choice("precision", c.precision, PRECISIONS)
+    _choice("compile", c.compile, COMPILE_MODES)
+    _choice("loader", c.loader, LOADERS)
+    _choice("device", c.device, DEVICES)
+    for name in ("width", "epochs", "batch_size"):
+        value = getattr(c, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}: pass --{name.replace('_', '-')} N with N >= 1")
+    _positive("lr", c.lr, "--lr")
+    _positive("lr_gamma", c.lr_gamma, "--lr-gamma")
+    for name in ("momentum", "weight_decay", "warmup_epochs", "label_smoothing"):
+        value = getattr(c, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+    if c.momentum >= 1:
+        raise ConfigError(f"momentum must be below 1, got {c.momentum}")
+    if c.nesterov and c.momentum == 0:
+        raise ConfigError("nesterov needs a momentum > 0: pass --momentum 0.9 or --no-nesterov")
+    if c.label_smoothing >= 1:
+        raise ConfigError(f"label_smoothing must be in [0, 1), got {c.label_smoothing}")
+    if c.warmup_epochs >= c.epochs:
+        raise ConfigError(f"warmup_epochs ({c.warmup_epochs}) must be shorter than the run ({c.epochs} epochs)")
+    for name in ("train_subset", "test_subset", "num_workers"):
+        if getattr(c, name) < 0:
+            raise ConfigError(f"{name} must be >= 0, got {getattr(c, name)}")
+    _validate_milestones(c)
+
+
+def _validate_milestones(c: TrainConfig) -> None:
+    ms = c.milestones
+    hint = "pass --milestones as increasing fractions of the run (0.5,0.75) or increasing epochs (100,150)"
+    if c.lr_schedule != "multistep":
+        return
+    if not ms:
+        raise ConfigError(f"the multistep schedule needs milestones: {hint}")
+    if any(not math.isfinite(m) or m <= 0 for m in ms):
+        raise ConfigError(f"milestones must be positive, got {list(ms)}: {hint}")
+    fractions = all(m < 1 for m in ms)
+    if not fractions and any(m < 1 or m != int(m) for m in ms):
+        raise ConfigError(f"milestones mix fractions and epochs, got {list(ms)}: {hint}")
+    if list(ms) != sorted(set(ms)):
+        raise ConfigError(f"milestones must be strictly increasing, got {list(ms)}: {hint}")
+    if not fractions and ms[-1] >= c.epochs:
+        raise ConfigError(f"milestone epoch {int(ms[-1])} is not inside the {c.epochs}-epoch run: {hint}")
+
+
+def parse_milestones(text: str) -> tuple[float, ...]:
+    """Parse ``"0.5,0.75"`` or ``"100 150"``; raises ConfigError on anything else."""
+    parts = [p for p in text.replace(",", " ").split() if p]
+    try:
+        return tuple(float(p) for p in parts)
+    except ValueError:
+        raise ConfigError(
+            f"malformed milestones {text!r}: pass comma-separated numbers, e.g. --milestones 0.5,0.75 or 100,150"
+        ) from None
+
+
+# --- presets ---------------------------------------------------------------------------
+
+BASELINE = TrainConfig(preset="baseline")
+
+# One preset per row of the original study's ablation table (run there at 100 epochs),
+# each `baseline` plus exactly the change its name says.
+ABLATIONS: dict[str, tuple[str, TrainConfig]] = {
+    "baseline": ("ResNet-18, SGD 0.9, lr 0.1, MultiStep x0.1 at 50%/75%, batch 128, wd 5e-4", BASELINE),
+    "cosine": ("baseline with a cosine schedule (recommended)", BASELINE.replace(lr_schedule="cosine", preset="cosine")),
+    "no_schedule": ("baseline with a constant learning rate", BASELINE.replace(lr_schedule="none", preset="no_schedule")),
+    "resnet34": ("baseline with ResNet-34", BASELINE.replace(model="resnet34", preset="resnet34")),
+    "resnet50": ("baseline with ResNet-50 (Bottleneck)", BASELINE.replace(model="resnet50", preset="resnet50")),
+    "no_batchnorm": ("baseline without BatchNorm, lr 0.01", BASELINE.replace(norm="none", lr=0.01, preset="no_batchnorm")),
+    "small_batch": ("baseline with batch size 32", BASELINE.replace(batch_size=32, preset="small_batch")),
+}
+
+# Sized for a CPU without a GPU: a quarter-width ResNet-18 with a one-cycle style schedule
+# (short warm-up, cosine to zero) and label smoothing, which converge in a few epochs.
+QUICK = BASELINE.replace(
+    width=16, epochs=8, batch_size=256, lr=0.2, lr_schedule="cosine", warmup_epochs=1.0,
+    nesterov=True, label_smoothing=0.1, preset="quick",
+)
+
+PRESETS: dict[str, TrainConfig] = {name: cfg for name, (_, cfg) in ABLATIONS.items()} | {"quick": QUICK}
+DESCRIPTIONS: dict[str, str] = {name: desc for name, (desc, _) in ABLATIONS.items()} | {
+    "quick": "CPU-sized: ResNet-18 at width 16, a short warm-up + cosine run (minutes, no GPU needed)"
+}
+ALIASES: dict[str, str] = {"cosine_schedule": "cosine", "multistep": "baseline", "no_bn": "no_batchnorm"}
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def get_preset(name: str) -> TrainConfig:
+    """A preset by name or alias; unknown names fail with the list of valid ones."""
+    key = ALIASES.get(name, name)
+    if key not in PRESETS:
+        valid = ", ".join(list(PRESETS) + [f"{a} (= {t})" for a, t in ALIASES.items()])
+        raise ConfigError(f"unknown preset {name!r}: choose one of {valid}")
+    return PRESETS[key]
+
+
+def preset_differences(name: str) -> dict[str, tuple[Any, Any]]:
+    """Fields in which a preset differs from ``baseline``: {field: (baseline, preset)}."""
+    base, cfg = BASELINE.to_dict(), get_preset(name).to_dict()
+    return {k: (base[k], cfg[k]) for k in cfg if k != "preset" and cfg[k] != base[k]}
+
+
+def load_config_file(path: str | Path) -> TrainConfig:
+    """Read a ``config.json`` written by a run (or by hand)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "config.json"
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist: pass a run's config.json or its run directory") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a JSON object of TrainConfig fields")
+    return TrainConfig.from_dict(data)

@@ -1,0 +1,175 @@
+"""Training and test batches: uint8 NHWC images and int64 labels, on the training device.
+
+Two loaders with one interface:
+
+* ``FFCVBatches`` reads the betons written by ``prepare-data`` with FFCV's ``Loader``
+  (the default; ffcv is imported only here).
+* ``MemoryBatches`` keeps the whole uint8 data set in device memory, read straight from the
+  CIFAR-10 source: for machines where ffcv cannot be installed.
+
+Augmentation is not done here: it happens in batches on the device (``augment.py``).
+In sequential order both loaders yield identical batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import cifar, prepare
+from .errors import FastresError
+from .runtime import keep_torch_threads, package_version
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def ffcv_available() -> bool:
+    return package_version("ffcv") != "not installed"
+
+
+class FFCVBatches:
+    """FFCV's Loader over one beton, yielding device tensors.
+
+    FFCV reuses its output buffers: a yielded batch is valid until the next one is drawn,
+    so callers that keep a batch must clone it (the training loop consumes it at once).
+    """
+
+    def __init__(self, path: Path, batch_size: int, device: torch.device, *, shuffle: bool,
+                 seed: int, drop_last: bool, num_workers: int, subset: int = 0) -> None:
+        self._threads = torch.get_num_threads()
+        with keep_torch_threads():
+            from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
+            from ffcv.loader import Loader, OrderOption
+            from ffcv.transforms import Squeeze, ToDevice, ToTensor
+
+        image_pipe: list = [SimpleRGBImageDecoder(), ToTensor()]
+        label_pipe: list = [IntDecoder(), ToTensor(), Squeeze(1)]
+        if device.type == "cuda":
+            # FFCV copies on its own CUDA streams from pinned memory; on CPU there is nothing to move.
+            image_pipe.append(ToDevice(device, non_blocking=True))
+            label_pipe.append(ToDevice(device, non_blocking=True))
+        self.loader = Loader(
+            str(path), batch_size=batch_size, num_workers=num_workers,
+            order=OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL,
+            seed=seed, drop_last=drop_last,
+            indices=np.arange(subset) if subset else None,
+            pipelines={"image": image_pipe, "label": label_pipe},
+            batches_ahead=2,
+        )
+        # FFCV sets torch's thread count to its worker count on import and on every epoch.
+        torch.set_num_threads(self._threads)
+        self.num_images = len(self.loader.indices)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration use the order of ``epoch`` (0-based), e.g. after a resume."""
+        self.loader.next_epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        it = iter(self.loader)
+        torch.set_num_threads(self._threads)
+        for images, labels in it:
+            yield images, labels.long()
+
+
+class MemoryBatches:
+    """The whole uint8 split resident on the device; batches are index gathers."""
+
+    def __init__(self, split: cifar.Split, batch_size: int, device: torch.device, *, shuffle: bool,
+                 seed: int, drop_last: bool, subset: int = 0) -> None:
+        n = subset or len(split)
+        self.images = torch.from_numpy(split.images[:n]).to(device)
+        self.labels = torch.from_numpy(split.labels[:n]).to(device)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.next_epoch = 0
+        self.num_images = n
+
+    def set_epoch(self, epoch: int) -> None:
+        self.next_epoch = epoch
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.num_images, self.batch_size)
+        return full if self.drop_last or rest == 0 else full + 1
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch = self.next_epoch
+        self.next_epoch += 1
+        if self.shuffle:
+            # Same recipe as FFCV's RANDOM order: a permutation from default_rng(seed + epoch).
+            order = torch.from_numpy(np.random.default_rng(self.seed + epoch).permutation(self.num_images))
+            order = order.to(self.images.device)
+        else:
+            order = None
+        for b in range(len(self)):
+            lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, self.num_images)
+            if order is None:
+                yield self.images[lo:hi], self.labels[lo:hi]
+            else:
+                idx = order[lo:hi]
+                yield self.images[idx], self.labels[idx]
+
+
+@dataclass
+class DataSource:
+    train: FFCVBatches | MemoryBatches
+    test: FFCVBatches | MemoryBatches
+    loader: str  # "ffcv" or "memory"
+    data_hash: str  # manifest hash (ffcv) or source checksum prefix (memory)
+    description: str
+
+
+def choose_loader(requested: str, log=print) -> str:
+    if requested == "ffcv" and not ffcv_available():
+        log("notice: ffcv is not installed; using --loader memory (the data set stays in device memory)")
+        return "memory"
+    return requested
+
+
+def open_data(*, loader: str, data_dir: str | Path, batch_size: int, device: torch.device, seed: int,
+              num_workers: int = 0, train_subset: int = 0, test_subset: int = 0,
+              eval_batch_size: int = 500, shuffle: bool = True, source: str | Path | None = None,
+              log=print) -> DataSource:
+    """Open the training and test batches for one run (``loader`` already resolved)."""
+    if loader == "ffcv":
+        manifest = prepare.verify_betons(data_dir)
+        counts = {s: manifest["files"][s]["count"] for s in prepare.BETONS}
+        _check_subsets(counts, train_subset, test_subset, batch_size)
+        workers = num_workers or (8 if device.type == "cuda" else 1)
+        common = {"device": device, "seed": seed, "num_workers": workers}
+        train = FFCVBatches(prepare.beton_path(data_dir, "train"), batch_size, shuffle=shuffle,
+                            drop_last=True, subset=train_subset, **common)
+        test = FFCVBatches(prepare.beton_path(data_dir, "test"), eval_batch_size, shuffle=False,
+                           drop_last=False, subset=test_subset, **common)
+        return DataSource(train, test, "ffcv", prepare.manifest_hash(manifest), f"FFCV betons in {data_dir}")
+
+    src = cifar.locate_source(source, data_dir)
+    if src is None:
+        raise FastresError(
+            f"--loader memory reads the CIFAR-10 source, and none was found (looked at {cifar.searched_locations(data_dir)}): "
+            f"set {cifar.ENV_VAR} or put '{cifar.FOLDER}' in --data-dir"
+        )
+    data = cifar.load_source(src, expect_full=False)
+    _check_subsets({"train": len(data.train), "test": len(data.test)}, train_subset, test_subset, batch_size)
+    train = MemoryBatches(data.train, batch_size, device, shuffle=shuffle, seed=seed, drop_last=True, subset=train_subset)
+    test = MemoryBatches(data.test, eval_batch_size, device, shuffle=False, seed=seed, drop_last=False, subset=test_subset)
+    return DataSource(train, test, "memory", cifar.source_checksum(src)[:16], f"CIFAR-10 source {src}, in device memory")
+
+
+def _check_subsets(counts: dict[str, int], train_subset: int, test_subset: int, batch_size: int) -> None:
+    for split, subset in (("train", train_subset), ("test", test_subset)):
+        if subset > counts[split]:
+            raise FastresError(f"--{split}-subset {subset} is larger than the {counts[split]} {split} images")
+    n_train = train_subset or counts["train"]
+    if batch_size > n_train:
+        raise FastresError(
+            f"batch size {batch_size} is larger than the {n_train} training images: pass --batch-size <= {n_train}"
+        )

@@ -1,0 +1,200 @@
+"""`fastres prepare-data`: CIFAR-10 source -> FFCV ``.beton`` files + manifest, once.
+
+The manifest records where the betons came from and what they must look like (sizes and
+hashes), so that training can refuse a truncated or swapped file and a second
+``prepare-data`` can be a no-op. Every file is written under a temporary name and renamed
+only when complete, so an interrupted conversion never leaves a file that looks finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import cifar
+from .errors import FastresError
+from .runtime import keep_torch_threads, package_version
+
+MANIFEST = "cifar10_manifest.json"
+BETONS = {"train": "cifar10_train.beton", "test": "cifar10_test.beton"}
+MANIFEST_VERSION = 1
+
+
+def beton_path(data_dir: str | Path, split: str) -> Path:
+    return Path(data_dir) / BETONS[split]
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def manifest_hash(manifest: dict[str, Any]) -> str:
+    """A short identity of the prepared data (recorded in every run's summary)."""
+    ident = {s: manifest["files"][s]["sha256"] for s in BETONS}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_manifest(data_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(data_dir) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        manifest["files"]["train"]["sha256"]  # noqa: B018 - shape check
+    except (OSError, ValueError, KeyError, TypeError):
+        raise FastresError(f"{path} is damaged: run 'fastres prepare-data --force --data-dir {data_dir}' to rebuild the data") from None
+    return manifest
+
+
+def verify_betons(data_dir: str | Path, *, check_hash: bool = True) -> dict[str, Any]:
+    """Check that both betons exist and match the manifest; return the manifest.
+
+    Raises a FastresError naming the bad file and the command that repairs it.
+    """
+    data_dir = Path(data_dir)
+    fix = f"run 'fastres prepare-data --data-dir {data_dir}' to (re)build it"
+    manifest = read_manifest(data_dir)
+    if manifest is None:
+        raise FastresError(f"no prepared CIFAR-10 in {data_dir} (no {MANIFEST}): {fix}")
+    for split, name in BETONS.items():
+        path = data_dir / name
+        expected = manifest["files"][split]
+        if not path.exists():
+            raise FastresError(f"{path} is missing: {fix}")
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            raise FastresError(f"{path} has {size} bytes, the manifest says {expected['bytes']} (truncated or replaced): {fix}")
+        if check_hash and file_sha256(path) != expected["sha256"]:
+            raise FastresError(f"{path} does not match the SHA-256 in {MANIFEST} (corrupted or replaced): {fix}")
+    return manifest
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class _IndexedSplit:
+    """The indexed-dataset protocol FFCV's writer consumes: (HWC uint8 image, int label)."""
+
+    def __init__(self, split: cifar.Split) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        return self.split.images[i], int(self.split.labels[i])
+
+
+def write_beton(split: cifar.Split, path: Path, num_workers: int = 1) -> None:
+    """Write one split as a beton: raw (lossless) RGB images and integer labels."""
+    with keep_torch_threads():
+        from ffcv.fields import IntField, RGBImageField
+        from ffcv.writer import DatasetWriter
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        writer = DatasetWriter(
+            str(tmp),
+            {"image": RGBImageField(write_mode="raw"), "label": IntField()},
+            num_workers=num_workers,
+        )
+        writer.from_indexed_dataset(_IndexedSplit(split), chunksize=1000)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _versions() -> dict[str, str]:
+    return {name: package_version(name) for name in ("fastres", "ffcv", "numpy", "torch")} | {
+        "python": platform.python_version()
+    }
+
+
+def prepare_data(
+    data_dir: str | Path = "data",
+    source: str | Path | None = None,
+    *,
+    force: bool = False,
+    allow_small: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Convert CIFAR-10 into ``<data_dir>/cifar10_{train,test}.beton`` and return the manifest.
+
+    A no-op when the manifest says the betons were built from the same source and they still
+    match it, unless ``force``. ``allow_small`` accepts a source with fewer images than CIFAR-10.
+    """
+    if package_version("ffcv") == "not installed":
+        raise FastresError(
+            "prepare-data needs ffcv, which is not installed: run 'bash scripts/setup.sh' "
+            "(or pip install 'fastres[ffcv]'), or train with --loader memory, which needs no betons"
+        )
+    data_dir = Path(data_dir)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        probe = data_dir / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise FastresError(f"data directory {data_dir} is not writable ({exc.strerror}): pass --data-dir with a folder you can write") from None
+
+    src = cifar.locate_source(source, data_dir) or cifar.download(data_dir, log=log)
+    checksum = cifar.source_checksum(src)
+
+    if not force:
+        try:
+            old = read_manifest(data_dir)
+        except FastresError:
+            old = None
+        if old is not None and old.get("source", {}).get("sha256") == checksum:
+            try:
+                verify_betons(data_dir)
+                log(f"{data_dir} already holds CIFAR-10 from {src} (unchanged); nothing to do (--force rebuilds)")
+                return old
+            except FastresError as exc:
+                log(f"rebuilding: {exc}")
+        elif old is not None:
+            log(f"the source changed since the last conversion ({src}); rebuilding")
+
+    t0 = time.perf_counter()
+    log(f"reading CIFAR-10 from {src}")
+    data = cifar.load_source(src, expect_full=not allow_small)
+    # The manifest goes first: betons renamed into place without a matching manifest are
+    # rejected by verify_betons, so a kill between the renames cannot pass for complete data.
+    (data_dir / MANIFEST).unlink(missing_ok=True)
+    files: dict[str, Any] = {}
+    for split_name, split in (("train", data.train), ("test", data.test)):
+        path = data_dir / BETONS[split_name]
+        log(f"writing {path} ({len(split)} images)")
+        write_beton(split, path, num_workers=min(4, os.cpu_count() or 1))
+        files[split_name] = {
+            "name": path.name, "count": len(split), "bytes": path.stat().st_size, "sha256": file_sha256(path),
+            "label_counts": np.bincount(split.labels, minlength=len(cifar.CLASSES)).tolist(),
+        }
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "dataset": "CIFAR-10",
+        "classes": list(cifar.CLASSES),
+        "source": {"path": str(src.resolve()), "sha256": checksum},
+        "files": files,
+        "image": {"height": 32, "width": 32, "channels": 3, "dtype": "uint8", "layout": "HWC", "encoding": "raw"},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": _versions(),
+    }
+    _atomic_write_text(data_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    log(f"done in {time.perf_counter() - t0:.1f}s: {data_dir / BETONS['train']}, {data_dir / BETONS['test']}, {data_dir / MANIFEST}")
+    return manifest

@@ -1,0 +1,138 @@
+"""What the machine decides: device, precision, torch.compile, determinism."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import platform
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .config import TrainConfig
+from .errors import FastresError
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    device_name: str
+    precision: str  # bf16 | fp16 | fp32, resolved
+    compile: bool
+    channels_last: bool
+
+    @property
+    def amp_dtype(self) -> torch.dtype:
+        return DTYPES[self.precision]
+
+    @property
+    def autocast(self) -> bool:
+        return self.precision != "fp32"
+
+    @property
+    def grad_scaler(self) -> bool:
+        # fp16 has too little range for small gradients; bf16 has fp32's exponent and needs none.
+        return self.precision == "fp16"
+
+    def describe(self) -> str:
+        return (f"{self.device_name} ({self.device.type}), precision {self.precision}, "
+                f"channels_last {'on' if self.channels_last else 'off'}, compile {'on' if self.compile else 'off'}")
+
+
+def cpu_supports_bf16() -> bool:
+    """True on CPUs with native bf16 matrix instructions (AVX-512 BF16 / AMX), where it pays."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "CPU"
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise FastresError("--device cuda was asked for but no CUDA GPU is visible: use --device auto or cpu")
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported()
+        if requested == "auto":
+            return "bf16" if bf16 else "fp16"
+        if requested == "bf16" and not bf16:
+            raise FastresError("this GPU has no bf16 support: use --precision fp16 or auto")
+        return requested
+    if requested == "auto":
+        return "bf16" if cpu_supports_bf16() else "fp32"
+    if requested == "fp16":
+        raise FastresError("fp16 training is not supported on the CPU: use --precision bf16, fp32 or auto")
+    return requested
+
+
+def resolve_runtime(config: TrainConfig) -> Runtime:
+    device = resolve_device(config.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    # compile pays on CUDA; on CPU it costs 25-45 s cold and gains nothing for bf16.
+    compile_ = config.compile == "on" or (config.compile == "auto" and device.type == "cuda")
+    return Runtime(device, name, resolve_precision(config.precision, device), compile_, config.channels_last)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_deterministic(enabled: bool) -> None:
+    """Deterministic kernels (and no cuDNN autotuning) when asked; fastest kernels otherwise."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled, warn_only=False)
+    torch.backends.cudnn.deterministic = enabled
+    torch.backends.cudnn.benchmark = not enabled
+
+
+def environment() -> dict[str, str]:
+    """Library versions recorded with every run."""
+    env = {"torch": torch.__version__, "python": platform.python_version(), "numpy": np.__version__,
+           "threads": str(torch.get_num_threads())}
+    env["ffcv"] = package_version("ffcv")
+    if torch.cuda.is_available():
+        env["cuda"] = torch.version.cuda or ""
+    return env
+
+
+def package_version(name: str) -> str:
+    """A distribution's version without importing it (importing ffcv has side effects)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+@contextlib.contextmanager
+def keep_torch_threads() -> Iterator[None]:
+    """Undo FFCV's habit of setting torch's thread count (on import and on every epoch)."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -1,0 +1,402 @@
+"""The training loop: ``train(config) -> summary``; the CLI is a thin layer over it.
+
+Per step: uint8 batch on the device -> batched augmentation -> model (channels_last,
+autocast) -> loss -> optimizer. Running sums live on the device and are read only at
+logging points and epoch ends, so a GPU step never waits for the host.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import checkpoint
+from .augment import BatchAugment
+from .config import MACHINE_FIELDS, TrainConfig
+from .data import DataSource, choose_loader, open_data
+from .errors import FastresError
+from .models import build_model, count_parameters
+from .rundir import TB_TAGS, RunDir, default_run_dir
+from .runtime import Runtime, environment, resolve_runtime, seed_everything, set_deterministic
+
+LOG_EVERY = 50  # steps between host reads of the running loss (progress, divergence check)
+
+
+class TrainingDiverged(FastresError):
+    exit_code = 3
+
+
+class Interrupted(FastresError):
+    """Ctrl-C or SIGTERM: the run stopped cleanly and can be resumed."""
+
+
+def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Multiplier of ``config.lr`` at optimizer step ``step`` (the schedule is per step)."""
+    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if config.lr_schedule == "cosine":
+        total = config.epochs * steps_per_epoch - warmup_steps
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup_steps) / max(1, total))))
+    if config.lr_schedule == "multistep":
+        # Compare in steps so a milestone lands exactly on an epoch boundary.
+        return config.lr_gamma ** sum(step >= round(m * steps_per_epoch) for m in config.milestone_epochs())
+    return 1.0
+
+
+def git_commit() -> str | None:
+    """The commit of the fastres source tree in use, with '-dirty' for local changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class Trainer:
+    """One run: model, optimizer, data and run directory, built from a config."""
+
+    def __init__(self, config: TrainConfig, runtime: Runtime, data: DataSource, run: RunDir,
+                 log: Callable[[str], None]) -> None:
+        self.config, self.runtime, self.data, self.run, self.log = config, runtime, data, run, log
+        device = runtime.device
+        seed_everything(config.seed)
+        self.model = build_model(config.model, norm=config.norm, width=config.width).to(device)
+        if runtime.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.params = count_parameters(self.model)
+        # torch.compile wraps the module; keep the plain one for state_dicts (no _orig_mod. prefix).
+        self.forward = torch.compile(self.model) if runtime.compile else self.model
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
+                                         nesterov=config.nesterov, weight_decay=config.weight_decay)
+        self.steps_per_epoch = len(data.train)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(config, step, self.steps_per_epoch))
+        self.scaler = torch.amp.GradScaler(device.type, enabled=runtime.grad_scaler)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        input_dtype = runtime.amp_dtype
+        self.augment = BatchAugment(device, input_dtype, channels_last=runtime.channels_last,
+                                    augment=config.augment, seed=config.seed)
+        self.epoch = 0  # completed epochs
+        self.best_val_acc = -1.0
+        self.best_epoch = 0
+
+    # -- state -------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch, "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "augment": self.augment.state_dict(), "rng": checkpoint.capture_rng(),
+            "config": self.config.to_dict(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.augment.load_state_dict(state["augment"])
+        checkpoint.restore_rng(state["rng"])
+        self.epoch, self.best_val_acc, self.best_epoch = state["epoch"], state["best_val_acc"], state["best_epoch"]
+
+    def save_checkpoint(self, improved: bool) -> float:
+        t0 = time.perf_counter()
+        checkpoint.save(self.state(), self.run.last_checkpoint)
+        if improved:
+            checkpoint.copy(self.run.last_checkpoint, self.run.best_checkpoint)
+        return time.perf_counter() - t0
+
+    # -- steps -------------------------------------------------------------------------
+
+    def autocast(self):
+        rt = self.runtime
+        return torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.autocast)
+
+    def train_epoch(self, progress) -> dict[str, float]:
+        self.model.train()
+        device = self.runtime.device
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        # First step whose loss was not finite, tracked on the device (-1: none yet).
+        bad_step = torch.full((), -1, device=device, dtype=torch.long)
+        step_counter = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        self.data.train.set_epoch(self.epoch)
+        t0 = time.perf_counter()
+        for i, (images, labels) in enumerate(self.data.train):
+            x = self.augment.train(images)
+            with self.autocast():
+                out = self.forward(x)
+                loss = self.criterion(out, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            loss = loss.detach().float()
+            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step_counter, bad_step)
+            step_counter += 1
+            loss_sum += loss * labels.shape[0]
+            correct += (out.argmax(1) == labels).sum()
+            seen += labels.shape[0]
+            if (i + 1) % LOG_EVERY == 0 or i + 1 == self.steps_per_epoch:
+                self._check_finite(bad_step)
+                if progress is not None:
+                    progress.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", refresh=False)
+            if progress is not None:
+                progress.update(1)
+        if self.runtime.device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t0
+        self._check_finite(bad_step)
+        return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
+                "images_per_s": seen / elapsed, "train_time_s": elapsed}
+
+    def _check_finite(self, bad_step: torch.Tensor) -> None:
+        step = int(bad_step.item())
+        if step < 0:
+            return
+        global_step = self.epoch * self.steps_per_epoch + step
+        lr = self.config.lr * lr_factor(self.config, global_step, self.steps_per_epoch)
+        hint = "enable BatchNorm (--norm batch)" if self.config.norm == "none" else "use fp32 (--precision fp32)"
+        raise TrainingDiverged(
+            f"training diverged: non-finite loss at epoch {self.epoch + 1}, step {step + 1} "
+            f"(lr {lr:.4g}); lower --lr (now {self.config.lr:g}), add --warmup-epochs, or {hint}. "
+            f"The last good checkpoint is {self.run.last_checkpoint}"
+        )
+
+    @torch.no_grad()
+    def evaluate(self, tta: bool = False) -> dict[str, float]:
+        return evaluate(self.forward, self.data, self.augment, self.runtime, tta=tta)
+
+    # -- loop --------------------------------------------------------------------------
+
+    def fit(self, started: float, show_progress: bool) -> dict[str, Any]:
+        from torch.utils.tensorboard import SummaryWriter
+
+        cfg = self.config
+        # purge_step drops events past the checkpoint when a resumed run re-logs those epochs.
+        tb = SummaryWriter(str(self.run.tensorboard), purge_step=self.epoch + 1 if self.epoch else None)
+        status = "running"
+        train_images, train_seconds, ckpt_seconds = 0, 0.0, 0.0
+        try:
+            while self.epoch < cfg.epochs:
+                epoch_start = time.perf_counter()
+                progress = None
+                if show_progress:
+                    from tqdm import tqdm
+
+                    progress = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                                    leave=False, dynamic_ncols=True)
+                try:
+                    stats = self.train_epoch(progress)
+                finally:
+                    if progress is not None:
+                        progress.close()
+                val = self.evaluate()
+                self.epoch += 1
+                row = {
+                    "epoch": self.epoch, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
+                    "val_loss": val["loss"], "val_acc": val["acc"],
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "images_per_s": stats["images_per_s"], "epoch_time_s": time.perf_counter() - epoch_start,
+                }
+                improved = row["val_acc"] > self.best_val_acc
+                if improved:
+                    self.best_val_acc, self.best_epoch = row["val_acc"], self.epoch
+                ckpt_seconds += self.save_checkpoint(improved)
+                row["checkpoint_time_s"] = ckpt_seconds
+                self.run.append_metrics(row)
+                for key, tag in TB_TAGS.items():
+                    tb.add_scalar(tag, row[key], self.epoch)
+                tb.flush()
+                train_images += round(stats["images_per_s"] * stats["train_time_s"])
+                train_seconds += stats["train_time_s"]
+                self.log(
+                    f"epoch {self.epoch}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%  "
+                    f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%  lr {row['lr']:.4g}  "
+                    f"{row['images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s"
+                )
+            status = "completed"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        except TrainingDiverged:
+            status = "diverged"
+            raise
+        finally:
+            tb.close()
+            if status == "running":
+                status = "failed"
+            self.summary = self._summary(status, started, train_images, train_seconds, ckpt_seconds)
+            self.run.write_summary(self.summary)
+        return self.summary
+
+    def _summary(self, status: str, started: float, train_images: int, train_seconds: float,
+                 ckpt_seconds: float) -> dict[str, Any]:
+        rows = self.run.read_metrics()
+        last = rows[-1] if rows else {}
+        rt = self.runtime
+        return {
+            "status": status,
+            "preset": self.config.preset,
+            "model": self.config.model,
+            "epochs": self.epoch,
+            "epochs_planned": self.config.epochs,
+            "best_val_acc": max((r["val_acc"] for r in rows), default=None),
+            "best_epoch": self.best_epoch or None,
+            "final_val_acc": last.get("val_acc"),
+            "final_val_loss": last.get("val_loss"),
+            "final_train_acc": last.get("train_acc"),
+            "final_train_loss": last.get("train_loss"),
+            "train_time_s": time.perf_counter() - started,
+            "images_per_s": train_images / train_seconds if train_seconds else None,
+            "checkpoint_time_s": ckpt_seconds,
+            "params": self.params,
+            "device": rt.device_name,
+            "device_type": rt.device.type,
+            "precision": rt.precision,
+            "channels_last": rt.channels_last,
+            "compile": rt.compile,
+            "loader": self.data.loader,
+            "data_hash": self.data.data_hash,
+            "seed": self.config.seed,
+            "versions": environment(),
+            "git_commit": git_commit(),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "run_dir": str(self.run.path),
+        }
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: DataSource, augment: BatchAugment, runtime: Runtime, *,
+             tta: bool = False) -> dict[str, float]:
+    """Test loss and accuracy; ``tta`` averages the logits of each image and its mirror."""
+    model.eval()
+    device = runtime.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    for images, labels in data.test:
+        x = augment.test(images)
+        with torch.autocast(device.type, dtype=runtime.amp_dtype, enabled=runtime.autocast):
+            out = model(x).float()
+            if tta:
+                out = (out + model(x.flip(3)).float()) / 2
+        loss_sum += criterion(out, labels)
+        correct += (out.argmax(1) == labels).sum()
+        seen += labels.shape[0]
+    return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen, "images": seen}
+
+
+def _open(config: TrainConfig, runtime: Runtime, log: Callable[[str], None]) -> DataSource:
+    loader = choose_loader(config.loader, log=log)
+    return open_data(loader=loader, data_dir=config.data_dir, batch_size=config.batch_size,
+                     device=runtime.device, seed=config.seed, num_workers=config.num_workers,
+                     train_subset=config.train_subset, test_subset=config.test_subset, log=log)
+
+
+def train(config: TrainConfig, *, log: Callable[[str], None] = print, progress: bool | None = None,
+          resume: bool = False) -> dict[str, Any]:
+    """Train one run and return its summary (also written to ``<run_dir>/summary.json``).
+
+    With ``resume=True``, ``config.run_dir`` must hold an earlier run of the same recipe;
+    training continues from its ``checkpoints/last.pt``.
+    """
+    started = time.perf_counter()
+    if resume:
+        config = _check_resume(config, log)
+    elif not config.run_dir:
+        config = config.replace(run_dir=str(default_run_dir(config.preset)))
+    run = RunDir(config.run_dir)
+    if not resume and run.holds_run():
+        run.create()  # raises: refuses to overwrite
+    set_deterministic(config.deterministic)
+    runtime = resolve_runtime(config)
+    data = _open(config, runtime, log)
+    trainer = Trainer(config, runtime, data, run, log)
+    if resume and run.last_checkpoint.exists():
+        state = checkpoint.load(run.last_checkpoint, map_location=runtime.device)
+        trainer.load_state(state)
+        run.rewrite_metrics(run.read_metrics()[: trainer.epoch])
+        log(f"resuming {run.path} after epoch {trainer.epoch}/{config.epochs}")
+    elif resume:
+        run.rewrite_metrics([])
+        log(f"{run.path} has no checkpoint yet; starting it from epoch 1")
+    else:
+        run.create()
+        run.write_config(config.to_dict())
+    log(f"run {run.path}: {config.model} (width {config.width}, {trainer.params / 1e6:.2f}M params), "
+        f"{config.epochs} epochs, batch {config.batch_size}, lr {config.lr:g} {config.lr_schedule}; "
+        f"{runtime.describe()}; data: {data.description}")
+    show = sys.stderr.isatty() if progress is None else progress
+    try:
+        summary = trainer.fit(started, show)
+    except KeyboardInterrupt as exc:
+        # 128 + signal number, the shell's convention: 130 for Ctrl-C, 143 for SIGTERM.
+        raise Interrupted(
+            f"interrupted after epoch {trainer.epoch}/{config.epochs}; continue with: fastres train --resume {run.path}",
+            exit_code=128 + getattr(exc, "signum", 2),
+        ) from None
+    best = summary["best_val_acc"]
+    log(f"finished: final val acc {100 * summary['final_val_acc']:.2f}% (best {100 * best:.2f}% at epoch "
+        f"{summary['best_epoch']}), {summary['train_time_s']:.0f}s; logs in {run.path} "
+        f"(tensorboard --logdir {run.tensorboard})")
+    return summary
+
+
+def _check_resume(config: TrainConfig, log: Callable[[str], None]) -> TrainConfig:
+    """The recorded config of ``config.run_dir`` with the machine fields of ``config``.
+
+    A different recipe is refused, naming each differing field.
+    """
+    run = RunDir(config.run_dir)
+    if not run.holds_run():
+        raise FastresError(f"--resume {run.path}: no fastres run there (no {run.config.name}); start one with fastres train --run-dir {run.path}")
+    recorded = TrainConfig.from_dict(run.read_config())
+    diffs = [f"{k} ({recorded.to_dict()[k]!r} recorded, {v!r} given)" for k, v in config.recipe().items()
+             if recorded.to_dict()[k] != v]
+    if diffs:
+        raise FastresError(f"cannot resume {run.path} with a different recipe: {'; '.join(diffs)}; drop those options or start a new --run-dir")
+    machine = {k: v for k, v in config.to_dict().items() if k in MACHINE_FIELDS and k != "run_dir"
+               and recorded.to_dict()[k] != v}
+    if machine:
+        log("resuming with machine settings changed: " + ", ".join(
+            f"{k} {recorded.to_dict()[k]!r} -> {v!r}" for k, v in machine.items()))
+    return recorded.replace(**machine, run_dir=config.run_dir)
+
+
+def evaluate_run(run_dir: str | Path, *, tta: bool = False, which: str = "last",
+                 device: str = "auto", log: Callable[[str], None] = print) -> dict[str, float]:
+    """Test accuracy of a finished (or interrupted) run's saved weights."""
+    run = RunDir(run_dir)
+    config = TrainConfig.from_dict(run.read_config()).replace(device=device)
+    path = run.last_checkpoint if which == "last" else run.best_checkpoint
+    if not path.exists():
+        raise FastresError(f"{run.path} has no {path.name} yet: train it first (fastres train --resume {run.path})")
+    runtime = resolve_runtime(config)
+    state = checkpoint.load(path, map_location=runtime.device)
+    model = build_model(config.model, norm=config.norm, width=config.width).to(runtime.device)
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.load_state_dict(state["model"])
+    data = _open(config, runtime, log)
+    augment = BatchAugment(runtime.device, runtime.amp_dtype, channels_last=runtime.channels_last)
+    result = evaluate(model, data, augment, runtime, tta=tta)
+    return {**result, "epoch": state["epoch"], "checkpoint": str(path), "tta": tta}
