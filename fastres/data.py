@@ -22,13 +22,9 @@ import torch
 
 from . import cifar, prepare
 from .errors import FastresError
-from .runtime import keep_torch_threads, package_version
+from .runtime import ffcv_available, keep_torch_threads
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-def ffcv_available() -> bool:
-    return package_version("ffcv") != "not installed"
 
 
 class FFCVBatches:
@@ -129,7 +125,7 @@ class DataSource:
 
 def choose_loader(requested: str, log=print) -> str:
     if requested == "ffcv" and not ffcv_available():
-        log("notice: ffcv is not installed; using --loader memory (the data set stays in device memory)")
+        log("notice: ffcv is not installed (or does not import); using --loader memory (the data set stays in device memory)")
         return "memory"
     return requested
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import cifar
 from .errors import FastresError
-from .runtime import keep_torch_threads, package_version
+from .runtime import ffcv_available, keep_torch_threads, package_version
 
 MANIFEST = "cifar10_manifest.json"
 BETONS = {"train": "cifar10_train.beton", "test": "cifar10_test.beton"}
@@ -138,9 +138,9 @@ def prepare_data(
     A no-op when the manifest says the betons were built from the same source and they still
     match it, unless ``force``. ``allow_small`` accepts a source with fewer images than CIFAR-10.
     """
-    if package_version("ffcv") == "not installed":
+    if not ffcv_available():
         raise FastresError(
-            "prepare-data needs ffcv, which is not installed: run 'bash scripts/setup.sh' "
+            "prepare-data needs ffcv, which is not installed (or does not import): run 'bash scripts/setup.sh' "
             "(or pip install 'fastres[ffcv]'), or train with --loader memory, which needs no betons"
         )
     data_dir = Path(data_dir)

@@ -136,3 +136,13 @@ def keep_torch_threads() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def ffcv_available() -> bool:
+    """Whether ffcv imports (not merely whether it is installed: broken builds are common)."""
+    try:
+        with keep_torch_threads():
+            import ffcv.loader  # noqa: F401
+    except ImportError:
+        return False
+    return True

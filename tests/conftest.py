@@ -1,0 +1,73 @@
+"""Shared fixtures: a small synthetic CIFAR-10 source, its betons, and the real data set.
+
+The real CIFAR-10 comes from $FASTRES_CIFAR10 (set by .ci/run). In CI a missing copy
+fails the run; elsewhere the tests that need it are skipped with the reason shown.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastres import cifar
+from fastres.prepare import prepare_data
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_split(n: int, seed: int) -> cifar.Split:
+    """Images whose class sets a colour tint, plus noise: learnable, but not trivially."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    rng.shuffle(labels)
+    tints = np.random.default_rng(123).integers(40, 216, size=(10, 3))
+    noise = rng.integers(-40, 41, size=(n, 32, 32, 3))
+    images = np.clip(tints[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
+    return cifar.Split(images, labels.astype(np.int64))
+
+
+@pytest.fixture(scope="session")
+def synthetic_source(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic") / cifar.FOLDER
+    return cifar.write_source(root, make_split(1000, 0), make_split(300, 1))
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory, synthetic_source) -> Path:
+    """A data dir with betons of the synthetic source (shared, treat as read-only)."""
+    data_dir = tmp_path_factory.mktemp("synthetic-data")
+    prepare_data(data_dir, synthetic_source, allow_small=True, log=lambda m: None)
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def real_source() -> Path:
+    value = os.environ.get(cifar.ENV_VAR)
+    path = Path(value) if value else None
+    if path is None or not (path / cifar.TEST_BATCH).exists():
+        reason = f"real CIFAR-10 not found: set {cifar.ENV_VAR} to a cifar-10-batches-py folder (got {value!r})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_data(tmp_path_factory, real_source) -> Path:
+    """A data dir with betons of the real CIFAR-10 (shared, treat as read-only)."""
+    data_dir = tmp_path_factory.mktemp("real-data")
+    prepare_data(data_dir, real_source, log=lambda m: None)
+    return data_dir
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600,
+            ) -> subprocess.CompletedProcess:
+    """Run ``python -m fastres ARGS`` as a user would, capturing its output."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "fastres", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)

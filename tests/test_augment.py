@@ -1,0 +1,71 @@
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from fastres.augment import CIFAR10_MEAN, CIFAR10_STD, BatchAugment, Normalizer, random_crop_flip
+
+
+def batch(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=g)
+
+
+def test_train_batch_shape_dtype_layout_and_range():
+    aug = BatchAugment("cpu", torch.bfloat16, channels_last=True, seed=0)
+    out = aug.train(batch())
+    assert out.shape == (64, 3, 32, 32) and out.dtype == torch.bfloat16
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    lo = min((0 - m) / s for m, s in zip(CIFAR10_MEAN, CIFAR10_STD, strict=True))
+    hi = max((1 - m) / s for m, s in zip(CIFAR10_MEAN, CIFAR10_STD, strict=True))
+    assert out.float().min() >= lo - 0.05 and out.float().max() <= hi + 0.05
+    plain = BatchAugment("cpu", torch.float32, channels_last=False).test(batch())
+    assert plain.is_contiguous() and plain.dtype == torch.float32
+
+
+def test_normalisation_matches_torchvision():
+    x = batch(8)
+    ours = Normalizer(torch.device("cpu"), torch.float32, channels_last=False)(x)
+    ref = TF.normalize(x.permute(0, 3, 1, 2).float() / 255, list(CIFAR10_MEAN), list(CIFAR10_STD))
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_every_output_is_a_crop_of_the_padded_image_possibly_mirrored():
+    x = batch(32)
+    out = random_crop_flip(x, 4, True, torch.Generator().manual_seed(1))
+    padded = torch.nn.functional.pad(x, (0, 0, 4, 4, 4, 4))
+    offsets, flips = set(), 0
+    for i in range(len(x)):
+        matches = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in (False, True)
+                   if torch.equal(out[i], (lambda w: w.flip(1) if f else w)(padded[i, dy:dy + 32, dx:dx + 32]))]
+        assert matches, f"image {i} is not a crop of its padded input"
+        offsets.add(matches[0][:2])
+        flips += matches[0][2]
+    assert len(offsets) > 10, "crops should land at many different offsets"
+    assert 4 <= flips <= 28, "about half the images should be mirrored"
+
+
+def test_same_seed_same_batches_different_seed_different():
+    x = batch()
+    a = BatchAugment("cpu", seed=7)
+    b = BatchAugment("cpu", seed=7)
+    c = BatchAugment("cpu", seed=8)
+    first_a, first_b, first_c = a.train(x).clone(), b.train(x).clone(), c.train(x).clone()
+    assert torch.equal(first_a, first_b)
+    assert not torch.equal(first_a, first_c)
+    assert not torch.equal(first_a, a.train(x)), "successive batches draw new crops"
+
+
+def test_generator_state_round_trips():
+    x = batch()
+    a = BatchAugment("cpu", seed=3)
+    a.train(x)
+    state = {k: v.clone() for k, v in a.state_dict().items()}
+    expected = a.train(x).clone()
+    b = BatchAugment("cpu", seed=99)
+    b.load_state_dict(state)
+    assert torch.equal(b.train(x), expected)
+
+
+def test_augment_off_is_normalisation_only():
+    x = batch()
+    aug = BatchAugment("cpu", augment=False)
+    assert torch.equal(aug.train(x), aug.test(x))

@@ -1,0 +1,124 @@
+"""Bad input: one line naming the problem and the fix, a non-zero exit, no traceback, nothing lost."""
+
+import pickle
+import shutil
+
+import pytest
+
+from fastres import cifar
+from fastres.prepare import BETONS
+
+from .conftest import run_cli
+
+
+def assert_clean_error(res, *needles):
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr, res.stderr
+    lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, res.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--preset", "cosin"], ["unknown preset 'cosin'", "cosine", "small_batch"]),
+    (["--model", "resnet101"], ["model must be one of", "resnet50"]),
+    (["--epochs", "0"], ["epochs must be a positive integer", "--epochs"]),
+    (["--batch-size", "-4"], ["batch_size must be a positive integer"]),
+    (["--lr", "0"], ["lr must be positive", "--lr"]),
+    (["--lr-schedule", "linear"], ["lr_schedule must be one of cosine, multistep, none"]),
+    (["--milestones", "half,end"], ["malformed milestones"]),
+    (["--milestones", "0.75,0.5"], ["strictly increasing"]),
+    (["--epochs", "ten"], ["invalid int value: 'ten'"]),
+])
+def test_bad_training_options(args, needles, tmp_path):
+    res = run_cli("train", *args, "--run-dir", str(tmp_path / "run"))
+    assert_clean_error(res, *needles)
+    assert not (tmp_path / "run").exists(), "nothing is written for a refused command"
+
+
+def test_batch_larger_than_the_data_set(synthetic_data, tmp_path):
+    res = run_cli("train", "--width", "8", "--batch-size", "5000", "--data-dir", str(synthetic_data),
+                  "--run-dir", str(tmp_path / "run"))
+    assert_clean_error(res, "batch size 5000 is larger than the 1000 training images", "--batch-size")
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_betons_point_to_prepare_data(tmp_path):
+    res = run_cli("train", "--width", "8", "--data-dir", str(tmp_path / "empty"), "--run-dir", str(tmp_path / "run"))
+    assert_clean_error(res, "no prepared CIFAR-10", "fastres prepare-data")
+
+
+def test_damaged_beton_is_refused(synthetic_data, tmp_path):
+    data = shutil.copytree(synthetic_data, tmp_path / "data")
+    beton = data / BETONS["train"]
+    beton.write_bytes(beton.read_bytes()[:-100])
+    res = run_cli("train", "--width", "8", "--data-dir", str(data), "--run-dir", str(tmp_path / "run"))
+    assert_clean_error(res, "truncated or replaced", "prepare-data")
+
+
+def broken_copy(src, dst, name, mutate):
+    dst = shutil.copytree(src, dst / cifar.FOLDER)
+    if mutate is None:
+        (dst / name).unlink()
+    elif mutate == "truncate":
+        (dst / name).write_bytes((dst / name).read_bytes()[:5000])
+    else:
+        batch = pickle.loads((dst / name).read_bytes(), encoding="latin1")
+        mutate(batch)
+        (dst / name).write_bytes(pickle.dumps(batch, protocol=2))
+    return dst
+
+
+def _bad_labels(batch):
+    batch["labels"][3] = 12
+
+
+def _bad_shape(batch):
+    batch["data"] = batch["data"][:, :1024]
+
+
+@pytest.mark.parametrize("name,mutate,needle", [
+    ("data_batch_3", None, "missing data_batch_3"),
+    ("data_batch_2", "truncate", "data_batch_2 is truncated or not a CIFAR-10 batch"),
+    ("test_batch", _bad_labels, "labels outside 0..9"),
+    ("data_batch_1", _bad_shape, "expected (N, 3072) uint8"),
+])
+def test_broken_source_is_refused(synthetic_source, tmp_path, name, mutate, needle):
+    src = broken_copy(synthetic_source, tmp_path, name, mutate)
+    res = run_cli("prepare-data", "--allow-small", "--source", str(src), "--data-dir", str(tmp_path / "data"))
+    assert_clean_error(res, needle)
+    assert not any((tmp_path / "data").glob("*.beton")), "no beton is written from a broken source"
+
+
+def test_no_source_and_no_network_says_where_it_looked(tmp_path):
+    res = run_cli("prepare-data", "--data-dir", str(tmp_path / "data"),
+                  env={"FASTRES_CIFAR10": "", "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"},
+                  timeout=120)
+    assert_clean_error(res, "no CIFAR-10 found", "FASTRES_CIFAR10", "--source", "cifar-10-batches-py")
+    assert not (tmp_path / "data" / cifar.ARCHIVE).exists()
+
+
+def test_source_path_that_does_not_exist(tmp_path):
+    res = run_cli("prepare-data", "--source", str(tmp_path / "nope"), "--data-dir", str(tmp_path / "data"))
+    assert_clean_error(res, "does not exist", "cifar-10-batches-py")
+
+
+def test_unwritable_data_and_run_directories(synthetic_source, synthetic_data, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    res = run_cli("prepare-data", "--allow-small", "--source", str(synthetic_source), "--data-dir", str(blocker / "data"))
+    assert_clean_error(res, "is not writable", "--data-dir")
+    res = run_cli("train", "--width", "8", "--batch-size", "100", "--epochs", "1", "--data-dir", str(synthetic_data),
+                  "--run-dir", str(blocker / "run"))
+    assert_clean_error(res, "cannot write the run directory", "--run-dir")
+
+
+def test_resume_of_a_folder_without_a_run(tmp_path):
+    res = run_cli("train", "--resume", str(tmp_path))
+    assert_clean_error(res, "no fastres run there", "--run-dir")
+
+
+def test_eval_of_a_folder_without_a_run(tmp_path):
+    res = run_cli("eval", str(tmp_path))
+    assert_clean_error(res, "holds no fastres run")

@@ -1,0 +1,74 @@
+import json
+
+import pytest
+
+from fastres import PRESETS, ConfigError, TrainConfig, get_preset
+from fastres.config import load_config_file, parse_milestones, preset_differences
+
+
+def test_baseline_is_the_studys_recipe():
+    b = get_preset("baseline")
+    assert (b.model, b.lr, b.momentum, b.weight_decay, b.batch_size, b.epochs, b.seed) == (
+        "resnet18", 0.1, 0.9, 5e-4, 128, 200, 42)
+    assert b.lr_schedule == "multistep" and b.milestone_epochs() == [100, 150]
+
+
+@pytest.mark.parametrize("name,change", [
+    ("cosine", {"lr_schedule": ("multistep", "cosine")}),
+    ("no_schedule", {"lr_schedule": ("multistep", "none")}),
+    ("resnet34", {"model": ("resnet18", "resnet34")}),
+    ("resnet50", {"model": ("resnet18", "resnet50")}),
+    ("no_batchnorm", {"norm": ("batch", "none"), "lr": (0.1, 0.01)}),
+    ("small_batch", {"batch_size": (128, 32)}),
+])
+def test_each_ablation_preset_is_baseline_plus_exactly_its_change(name, change):
+    assert preset_differences(name) == change
+
+
+def test_alias_and_quick_preset():
+    assert get_preset("cosine_schedule") == PRESETS["cosine"]
+    quick = get_preset("quick")
+    assert quick.width < 64 and quick.epochs <= 10
+
+
+def test_unknown_preset_lists_valid_names():
+    with pytest.raises(ConfigError, match="baseline.*cosine.*small_batch"):
+        get_preset("cosin")
+
+
+def test_fraction_milestones_follow_an_epochs_override():
+    assert get_preset("baseline").replace(epochs=100).milestone_epochs() == [50, 75]
+    assert TrainConfig(epochs=10, milestones=(3, 6)).milestone_epochs() == [3, 6]
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"epochs": 0}, "epochs must be a positive integer"),
+    ({"batch_size": -1}, "batch_size must be a positive integer"),
+    ({"lr": 0.0}, "lr must be positive"),
+    ({"lr": float("nan")}, "lr must be positive"),
+    ({"lr_schedule": "linear"}, "lr_schedule must be one of cosine, multistep, none"),
+    ({"milestones": (0.75, 0.5)}, "strictly increasing"),
+    ({"milestones": (0.5, 150)}, "mix fractions and epochs"),
+    ({"milestones": (100, 250)}, "not inside the 200-epoch run"),
+    ({"model": "vgg"}, "model must be one of"),
+    ({"label_smoothing": 1.0}, "label_smoothing"),
+    ({"warmup_epochs": 500.0}, "warmup_epochs"),
+])
+def test_invalid_configs_are_refused_with_a_clear_message(changes, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig().replace(**changes)
+
+
+def test_parse_milestones():
+    assert parse_milestones("0.5,0.75") == (0.5, 0.75)
+    assert parse_milestones("100 150") == (100.0, 150.0)
+    with pytest.raises(ConfigError, match="malformed milestones"):
+        parse_milestones("half,end")
+
+
+def test_config_round_trips_through_json(tmp_path):
+    cfg = get_preset("cosine").replace(width=16, epochs=3)
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
+    assert load_config_file(tmp_path) == cfg
+    with pytest.raises(ConfigError, match="unknown config field"):
+        TrainConfig.from_dict({**cfg.to_dict(), "bogus": 1})

@@ -1,0 +1,107 @@
+"""End to end: `fastres train` / `fastres eval` as a user runs them, and the run directory."""
+
+import json
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from fastres import TrainConfig, train
+from fastres.rundir import METRIC_KEYS, TB_TAGS, RunDir
+from fastres.train import lr_factor
+
+from .conftest import run_cli
+
+TINY = ["--width", "8", "--batch-size", "100", "--no-progress"]
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_train_on_real_cifar10_learns_and_writes_the_run_directory(real_data, tmp_path):
+    run_dir = tmp_path / "run"
+    res = run_cli("train", "--preset", "quick", "--width", "8", "--epochs", "3", "--train-subset", "10000",
+                  "--batch-size", "128", "--lr", "0.1", "--warmup-epochs", "0.5", "--data-dir", str(real_data),
+                  "--run-dir", str(run_dir), "--no-progress")
+    assert res.returncode == 0, res.stderr
+    run = RunDir(run_dir)
+    summary = run.read_summary()
+    assert summary["status"] == "completed" and summary["epochs"] == 3
+    assert summary["final_val_acc"] > 0.35, summary
+    for key in ("best_val_acc", "final_val_acc"):
+        assert 0 <= summary[key] <= 1
+    for key in ("train_time_s", "images_per_s", "params", "device", "precision", "versions", "data_hash"):
+        assert summary[key], key
+    assert summary["versions"]["ffcv"] == "1.0.2" and summary["loader"] == "ffcv"
+    config = run.read_config()
+    assert config["width"] == 8 and config["preset"] == "quick" and config["run_dir"] == str(run_dir)
+    rows = run.read_metrics()
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert all(set(METRIC_KEYS) <= set(r) for r in rows)
+    assert run.last_checkpoint.exists() and run.best_checkpoint.exists()
+    assert f"logs in {run_dir}" in res.stdout
+
+    # TensorBoard's own reader finds the same scalars as metrics.jsonl.
+    acc = EventAccumulator(str(run.tensorboard))
+    acc.Reload()
+    for key, tag in TB_TAGS.items():
+        events = acc.Scalars(tag)
+        assert [e.step for e in events] == [1, 2, 3]
+        assert [e.value for e in events] == pytest.approx([r[key] for r in rows], rel=1e-6)
+
+    # fastres eval reproduces the final accuracy from the saved weights, and flip-TTA runs.
+    res = run_cli("eval", str(run_dir), "--json")
+    assert res.returncode == 0, res.stderr
+    evaluated = json.loads(res.stdout.strip().splitlines()[-1])
+    assert evaluated["acc"] == pytest.approx(summary["final_val_acc"], abs=0.002)
+    res = run_cli("eval", str(run_dir), "--tta", "--json")
+    assert res.returncode == 0 and json.loads(res.stdout.strip().splitlines()[-1])["acc"] > 0.35
+
+
+def test_run_directory_is_never_overwritten_and_config_reruns(synthetic_data, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["train", "--preset", "cosine", *TINY, "--epochs", "1", "--data-dir", str(synthetic_data)]
+    assert run_cli(*args, "--run-dir", str(run_dir)).returncode == 0
+    before = (run_dir / "metrics.jsonl").read_text()
+    again = run_cli(*args, "--run-dir", str(run_dir))
+    assert again.returncode != 0
+    assert "already holds a run" in again.stderr and "--resume" in again.stderr
+    assert (run_dir / "metrics.jsonl").read_text() == before
+    # --config re-runs the recorded recipe in a new directory.
+    rerun = run_cli("train", "--config", str(run_dir / "config.json"), "--run-dir", str(tmp_path / "rerun"),
+                    "--no-progress")
+    assert rerun.returncode == 0, rerun.stderr
+    recorded, repeated = (json.loads((d / "config.json").read_text()) for d in (run_dir, tmp_path / "rerun"))
+    assert {k: v for k, v in recorded.items() if k != "run_dir"} == {k: v for k, v in repeated.items() if k != "run_dir"}
+
+
+def test_python_api_trains_with_the_memory_loader(synthetic_source, synthetic_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTRES_CIFAR10", str(synthetic_source))
+    cfg = TrainConfig(model="resnet18", width=8, epochs=2, batch_size=100, lr=0.05, lr_schedule="cosine",
+                      loader="memory", data_dir=str(tmp_path), run_dir=str(tmp_path / "api"))
+    summary = train(cfg, log=lambda m: None, progress=False)
+    assert summary["loader"] == "memory" and summary["epochs"] == 2
+    assert summary["final_val_acc"] > 0.5, "the synthetic classes differ by colour: easy to learn"
+
+
+def test_missing_ffcv_falls_back_to_the_memory_loader_with_a_notice(synthetic_source, tmp_path):
+    shadow = tmp_path / "shadow" / "ffcv"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('ffcv is broken here')\n")
+    res = run_cli("train", *TINY, "--epochs", "1", "--data-dir", str(tmp_path / "nodata"),
+                  "--run-dir", str(tmp_path / "run"),
+                  env={"PYTHONPATH": str(shadow.parent), "FASTRES_CIFAR10": str(synthetic_source)})
+    assert res.returncode == 0, res.stderr
+    assert "using --loader memory" in res.stdout
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["loader"] == "memory"
+
+
+def test_lr_schedules_have_the_documented_shape():
+    spe = 10
+    base = TrainConfig(epochs=20)
+    multistep = [lr_factor(base, e * spe, spe) for e in (0, 9, 10, 14, 15, 19)]
+    assert multistep == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    cos = base.replace(lr_schedule="cosine")
+    assert lr_factor(cos, 0, spe) == 1 and lr_factor(cos, 100, spe) == pytest.approx(0.5)
+    assert lr_factor(cos, 199, spe) < 0.001
+    warm = cos.replace(warmup_epochs=2)
+    assert lr_factor(warm, 0, spe) == pytest.approx(1 / 20) and lr_factor(warm, 19, spe) == 1
+    assert lr_factor(base.replace(lr_schedule="none"), 150, spe) == 1
