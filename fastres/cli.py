@@ -35,6 +35,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _milestones(text: str) -> tuple[float, ...]:
+    try:
+        return parse_milestones(text)
+    except FastresError as exc:  # argparse would replace a ValueError's message with its own
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _log(message: str) -> None:
     print(message, flush=True)
 
@@ -52,7 +59,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
         elif f.name == "milestones":
-            group.add_argument(flag, type=parse_milestones, default=argparse.SUPPRESS, metavar="M1,M2", help=help_)
+            group.add_argument(flag, type=_milestones, default=argparse.SUPPRESS, metavar="M1,M2", help=help_)
         else:
             metavar = {int: "N", float: "X"}.get(kind, f.name.upper())
             group.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=metavar, help=help_)
@@ -63,7 +70,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 def _config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     """The resolved config and whether this is a resume."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    overrides = {k: v for k, v in vars(args).items() if k in names}
+    overrides = {k: v for k, v in vars(args).items() if k in names and k != "preset"}
     if args.resume:
         from .rundir import RunDir
 
@@ -119,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=("last", "best"), default="last")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    from . import bench
+
+    bench.add_parser(sub)
     return parser
 
 
@@ -161,7 +172,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"prepare-data": _cmd_prepare, "train": _cmd_train, "eval": _cmd_eval}
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run
+
+    return run(args)
+
+
+COMMANDS = {"prepare-data": _cmd_prepare, "train": _cmd_train, "eval": _cmd_eval, "bench": _cmd_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -66,6 +66,24 @@ def git_commit() -> str | None:
         return None
 
 
+def train_step(forward: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, runtime: Runtime, x: torch.Tensor,
+               labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step (forward under autocast, loss, backward, step); no host sync.
+
+    Returns the detached fp32 loss and the logits. Shared by the trainer and the benchmarks,
+    so the benchmarked step is the trained one.
+    """
+    with torch.autocast(runtime.device.type, dtype=runtime.amp_dtype, enabled=runtime.autocast):
+        out = forward(x)
+        loss = criterion(out, labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach().float(), out
+
+
 class Trainer:
     """One run: model, optimizer, data and run directory, built from a config."""
 
@@ -123,10 +141,6 @@ class Trainer:
 
     # -- steps -------------------------------------------------------------------------
 
-    def autocast(self):
-        rt = self.runtime
-        return torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.autocast)
-
     def train_epoch(self, progress) -> dict[str, float]:
         self.model.train()
         device = self.runtime.device
@@ -140,15 +154,8 @@ class Trainer:
         t0 = time.perf_counter()
         for i, (images, labels) in enumerate(self.data.train):
             x = self.augment.train(images)
-            with self.autocast():
-                out = self.forward(x)
-                loss = self.criterion(out, labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            loss, out = train_step(self.forward, self.criterion, self.optimizer, self.scaler, self.runtime, x, labels)
             self.scheduler.step()
-            loss = loss.detach().float()
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step_counter, bad_step)
             step_counter += 1
             loss_sum += loss * labels.shape[0]

@@ -34,7 +34,7 @@ def make_split(n: int, seed: int) -> cifar.Split:
 @pytest.fixture(scope="session")
 def synthetic_source(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic") / cifar.FOLDER
-    return cifar.write_source(root, make_split(1000, 0), make_split(300, 1))
+    return cifar.write_source(root, make_split(2000, 0), make_split(300, 1))
 
 
 @pytest.fixture(scope="session")
@@ -71,3 +71,16 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "fastres", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def run_main(capsys, *args: str) -> subprocess.CompletedProcess:
+    """Run the CLI in this process (no interpreter start-up): for the many bad-input checks."""
+    from fastres.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse exits on bad options
+        code = exc.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["fastres", *args], code, out, err)

@@ -8,7 +8,13 @@ import pytest
 from fastres import cifar
 from fastres.prepare import BETONS
 
-from .conftest import run_cli
+from .conftest import run_cli, run_main
+
+
+def test_a_real_process_exits_non_zero_without_traceback(tmp_path):
+    res = run_cli("train", "--preset", "cosin", "--run-dir", str(tmp_path / "run"))
+    assert_clean_error(res, "unknown preset 'cosin'")
+    assert res.returncode == 2
 
 
 def assert_clean_error(res, *needles):
@@ -31,29 +37,29 @@ def assert_clean_error(res, *needles):
     (["--milestones", "0.75,0.5"], ["strictly increasing"]),
     (["--epochs", "ten"], ["invalid int value: 'ten'"]),
 ])
-def test_bad_training_options(args, needles, tmp_path):
-    res = run_cli("train", *args, "--run-dir", str(tmp_path / "run"))
+def test_bad_training_options(args, needles, tmp_path, capsys):
+    res = run_main(capsys, "train", *args, "--run-dir", str(tmp_path / "run"))
     assert_clean_error(res, *needles)
     assert not (tmp_path / "run").exists(), "nothing is written for a refused command"
 
 
-def test_batch_larger_than_the_data_set(synthetic_data, tmp_path):
-    res = run_cli("train", "--width", "8", "--batch-size", "5000", "--data-dir", str(synthetic_data),
+def test_batch_larger_than_the_data_set(synthetic_data, tmp_path, capsys):
+    res = run_main(capsys, "train", "--width", "8", "--batch-size", "5000", "--data-dir", str(synthetic_data),
                   "--run-dir", str(tmp_path / "run"))
-    assert_clean_error(res, "batch size 5000 is larger than the 1000 training images", "--batch-size")
+    assert_clean_error(res, "batch size 5000 is larger than the 2000 training images", "--batch-size")
     assert not (tmp_path / "run").exists()
 
 
-def test_missing_betons_point_to_prepare_data(tmp_path):
-    res = run_cli("train", "--width", "8", "--data-dir", str(tmp_path / "empty"), "--run-dir", str(tmp_path / "run"))
+def test_missing_betons_point_to_prepare_data(tmp_path, capsys):
+    res = run_main(capsys, "train", "--width", "8", "--data-dir", str(tmp_path / "empty"), "--run-dir", str(tmp_path / "run"))
     assert_clean_error(res, "no prepared CIFAR-10", "fastres prepare-data")
 
 
-def test_damaged_beton_is_refused(synthetic_data, tmp_path):
+def test_damaged_beton_is_refused(synthetic_data, tmp_path, capsys):
     data = shutil.copytree(synthetic_data, tmp_path / "data")
     beton = data / BETONS["train"]
     beton.write_bytes(beton.read_bytes()[:-100])
-    res = run_cli("train", "--width", "8", "--data-dir", str(data), "--run-dir", str(tmp_path / "run"))
+    res = run_main(capsys, "train", "--width", "8", "--data-dir", str(data), "--run-dir", str(tmp_path / "run"))
     assert_clean_error(res, "truncated or replaced", "prepare-data")
 
 
@@ -84,9 +90,9 @@ def _bad_shape(batch):
     ("test_batch", _bad_labels, "labels outside 0..9"),
     ("data_batch_1", _bad_shape, "expected (N, 3072) uint8"),
 ])
-def test_broken_source_is_refused(synthetic_source, tmp_path, name, mutate, needle):
+def test_broken_source_is_refused(synthetic_source, tmp_path, name, mutate, needle, capsys):
     src = broken_copy(synthetic_source, tmp_path, name, mutate)
-    res = run_cli("prepare-data", "--allow-small", "--source", str(src), "--data-dir", str(tmp_path / "data"))
+    res = run_main(capsys, "prepare-data", "--allow-small", "--source", str(src), "--data-dir", str(tmp_path / "data"))
     assert_clean_error(res, needle)
     assert not any((tmp_path / "data").glob("*.beton")), "no beton is written from a broken source"
 
@@ -99,26 +105,26 @@ def test_no_source_and_no_network_says_where_it_looked(tmp_path):
     assert not (tmp_path / "data" / cifar.ARCHIVE).exists()
 
 
-def test_source_path_that_does_not_exist(tmp_path):
-    res = run_cli("prepare-data", "--source", str(tmp_path / "nope"), "--data-dir", str(tmp_path / "data"))
+def test_source_path_that_does_not_exist(tmp_path, capsys):
+    res = run_main(capsys, "prepare-data", "--source", str(tmp_path / "nope"), "--data-dir", str(tmp_path / "data"))
     assert_clean_error(res, "does not exist", "cifar-10-batches-py")
 
 
-def test_unwritable_data_and_run_directories(synthetic_source, synthetic_data, tmp_path):
+def test_unwritable_data_and_run_directories(synthetic_source, synthetic_data, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    res = run_cli("prepare-data", "--allow-small", "--source", str(synthetic_source), "--data-dir", str(blocker / "data"))
+    res = run_main(capsys, "prepare-data", "--allow-small", "--source", str(synthetic_source), "--data-dir", str(blocker / "data"))
     assert_clean_error(res, "is not writable", "--data-dir")
-    res = run_cli("train", "--width", "8", "--batch-size", "100", "--epochs", "1", "--data-dir", str(synthetic_data),
-                  "--run-dir", str(blocker / "run"))
+    res = run_main(capsys, "train", "--width", "8", "--batch-size", "100", "--epochs", "1",
+                   "--data-dir", str(synthetic_data), "--run-dir", str(blocker / "run"))
     assert_clean_error(res, "cannot write the run directory", "--run-dir")
 
 
-def test_resume_of_a_folder_without_a_run(tmp_path):
-    res = run_cli("train", "--resume", str(tmp_path))
+def test_resume_of_a_folder_without_a_run(tmp_path, capsys):
+    res = run_main(capsys, "train", "--resume", str(tmp_path))
     assert_clean_error(res, "no fastres run there", "--run-dir")
 
 
-def test_eval_of_a_folder_without_a_run(tmp_path):
-    res = run_cli("eval", str(tmp_path))
+def test_eval_of_a_folder_without_a_run(tmp_path, capsys):
+    res = run_main(capsys, "eval", str(tmp_path))
     assert_clean_error(res, "holds no fastres run")

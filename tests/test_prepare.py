@@ -83,7 +83,7 @@ def test_tar_gz_source_and_search_order(tmp_path, synthetic_source, monkeypatch)
 
 
 def test_partial_source_is_refused_without_allow_small(tmp_path, synthetic_source):
-    with pytest.raises(FastresError, match="holds 1000 train images, CIFAR-10 has 50000"):
+    with pytest.raises(FastresError, match="holds 2000 train images, CIFAR-10 has 50000"):
         prepare_data(tmp_path, synthetic_source, log=lambda m: None)
     assert not (tmp_path / MANIFEST).exists()
 
@@ -107,14 +107,14 @@ def test_training_refuses_tampered_betons(tmp_path, synthetic_source):
 
 
 def test_ffcv_and_memory_loaders_yield_identical_sequential_batches(synthetic_source, synthetic_data):
-    kwargs = {"batch_size": 128, "device": CPU, "seed": 0, "shuffle": False}
+    kwargs = {"batch_size": 128, "device": CPU, "seed": 0, "shuffle": False, "eval_batch_size": 128}
     ffcv = open_data(loader="ffcv", data_dir=synthetic_data, **kwargs)
     mem = open_data(loader="memory", data_dir=synthetic_data, source=synthetic_source, **kwargs)
     assert isinstance(mem.train, MemoryBatches)
     for split in ("train", "test"):
         a = [(x.clone(), y.clone()) for x, y in getattr(ffcv, split)]
         b = [(x.clone(), y.clone()) for x, y in getattr(mem, split)]
-        assert len(a) == len(b) > 1
+        assert len(a) == len(b) >= 1
         for (xa, ya), (xb, yb) in zip(a, b, strict=True):
             assert xa.dtype == xb.dtype == torch.uint8 and xa.shape == xb.shape
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
@@ -135,5 +135,5 @@ def test_shuffled_epochs_are_permutations_in_the_same_order_for_both_loaders(syn
 
 
 def test_batch_larger_than_dataset_is_refused(synthetic_data):
-    with pytest.raises(FastresError, match="batch size 5000 is larger than the 1000 training images"):
+    with pytest.raises(FastresError, match="batch size 5000 is larger than the 2000 training images"):
         open_data(loader="ffcv", data_dir=synthetic_data, batch_size=5000, device=CPU, seed=0)
