@@ -58,7 +58,7 @@ RECORD_KEYS = (
     "model", "batch_size", "mode", "config", "status", "images_per_s", "step_ms",
     "steps_per_repeat", "repeats", "warmup_steps", "repeat_images_per_s", "first_step_s",
     "compile_s", "peak_memory_mb", "estimated_memory_mb", "precision", "channels_last",
-    "compile", "width", "device", "threads", "reason",
+    "compile", "augment", "width", "device", "threads", "reason",
 )
 CSV_KEYS = tuple(k for k in RECORD_KEYS if k != "repeat_images_per_s")
 
@@ -254,11 +254,11 @@ def _activation_profile(model: str, width: int) -> tuple[int, int, int]:
 def estimate_memory_bytes(model: str, batch_size: int, mode: str, precision: str, width: int = 64) -> int:
     """Rough peak memory of one configuration, to skip those that cannot fit before trying.
 
-    Training keeps every layer's output for the backward pass (counted once per layer, which
-    also covers the in-place ReLUs the hooks see twice), plus gradient buffers of the largest
-    layers and fp32 weights, gradients and momentum. Inference keeps a few layers alive at a
-    time. Calibrated on this machine's measured peaks; ResNet-50 at batch 512 in fp32 comes
-    out at about 20 GB, as measured.
+    Training keeps most layers' outputs for the backward pass, plus gradient buffers of the
+    largest layers and fp32 weights, gradients and momentum; inference keeps a few layers
+    alive at a time. Deliberately on the high side: on the 2-core CPU the measured peaks of
+    ResNet-18/50 at batch 16-64 were 70-90% of this estimate, and an underestimate there
+    means the OOM killer. ResNet-50 at batch 512 in fp32 comes out at ~22 GB.
     """
     params, per_image, largest = _activation_profile(model, width)
     elem = 4 if precision == "fp32" else 2
@@ -267,7 +267,7 @@ def estimate_memory_bytes(model: str, batch_size: int, mode: str, precision: str
         weights = params * 4 * 3 + (params * 2 if precision != "fp32" else 0)
         acts = per_image * batch_size * elem * 0.85 + largest * batch_size * 4 * 4
         return int(weights + acts + overhead)
-    return int(params * 4 + largest * batch_size * 4 * 4 + overhead)
+    return int(params * 4 + largest * batch_size * 4 * 6 + overhead)
 
 
 # --- the step benchmark ----------------------------------------------------------------
@@ -281,7 +281,8 @@ class StepBench:
     """
 
     def __init__(self, model: str, batch_size: int, mode: str, runtime: Runtime, *, width: int = 64,
-                 seed: int = 0, compile_backend: str = "inductor", autotune: bool = True) -> None:
+                 seed: int = 0, compile_backend: str = "inductor", autotune: bool = True,
+                 augment: bool = False) -> None:
         import torch
         from torch import nn
 
@@ -312,7 +313,12 @@ class StepBench:
             torch.backends.cudnn.benchmark = autotune
         gen = torch.Generator().manual_seed(seed)
         images = torch.randint(0, 256, (batch_size, 32, 32, 3), dtype=torch.uint8, generator=gen).to(device)
-        self.x = BatchAugment(device, runtime.amp_dtype, channels_last=runtime.channels_last).test(images)
+        self.images = images
+        # augment=True times the trainer's data path: the uint8 batch already on the device goes
+        # through the random crop + flip + normalise of BatchAugment.train before every step.
+        self.augment = BatchAugment(device, runtime.amp_dtype, channels_last=runtime.channels_last, seed=seed)
+        self.augment_each_step = augment
+        self.x = self.augment.test(images)
         self.labels = torch.randint(0, 10, (batch_size,), generator=gen).to(device)
         defaults = TrainConfig()
         self.optimizer = torch.optim.SGD(net.parameters(), lr=defaults.lr, momentum=defaults.momentum,
@@ -328,13 +334,14 @@ class StepBench:
 
         from .train import train_step
 
+        x = self.augment.train(self.images) if self.augment_each_step else self.x
         if self.mode == "train":
             self.last_loss, _ = train_step(self.forward, self.criterion, self.optimizer, self.scaler,
-                                           self.runtime, self.x, self.labels)
+                                           self.runtime, x, self.labels)
             return
         rt = self.runtime
         with torch.no_grad(), torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.autocast):
-            self.forward(self.x)
+            self.forward(x)
 
     def run(self, steps: int) -> float:
         """Run ``steps`` steps; the synchronised wall time in seconds."""
@@ -379,13 +386,14 @@ class StepBench:
         }
 
 
-def base_record(model: str, batch_size: int, mode: str, config: str, runtime: Runtime, width: int) -> dict[str, Any]:
+def base_record(model: str, batch_size: int, mode: str, config: str, runtime: Runtime, width: int,
+                augment: bool = False) -> dict[str, Any]:
     import torch
 
     record: dict[str, Any] = dict.fromkeys(RECORD_KEYS)
     record.update(model=model, batch_size=batch_size, mode=mode, config=config,
                   precision=runtime.precision, channels_last=runtime.channels_last,
-                  compile=runtime.compile, width=width, device=runtime.device.type,
+                  compile=runtime.compile, augment=augment, width=width, device=runtime.device.type,
                   threads=torch.get_num_threads())
     return record
 
@@ -402,7 +410,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def measure_step(model: str, batch_size: int, mode: str, config: str, *, device: torch.device,
                  width: int = 64, timing: Timing = FULL_TIMING, mem_limit_bytes: int | None = None,
-                 compile_backend: str = "inductor", runtime: Runtime | None = None,
+                 compile_backend: str = "inductor", runtime: Runtime | None = None, augment: bool = False,
                  repeat: Callable[[Callable[[int], float], int, int], object] | None = None,
                  ) -> dict[str, Any]:
     """Measure one configuration; a record with status ok, skipped (would not fit) or oom.
@@ -415,7 +423,7 @@ def measure_step(model: str, batch_size: int, mode: str, config: str, *, device:
     import torch
 
     runtime = runtime or runtime_for(config, device)
-    record = base_record(model, batch_size, mode, config, runtime, width)
+    record = base_record(model, batch_size, mode, config, runtime, width, augment)
     estimate = estimate_memory_bytes(model, batch_size, mode, runtime.precision, width)
     record["estimated_memory_mb"] = round(estimate / 2**20, 1)
     if device.type == "cpu":
@@ -429,7 +437,7 @@ def measure_step(model: str, batch_size: int, mode: str, config: str, *, device:
     try:
         with PeakMemory(device) as peak:
             bench = StepBench(model, batch_size, mode, runtime, width=width, compile_backend=compile_backend,
-                              autotune=config != "baseline")
+                              autotune=config != "baseline", augment=augment)
             record.update(bench.measure(timing, repeat=repeat))
         record["peak_memory_mb"] = round(peak.peak_bytes / 2**20, 1) if peak.peak_bytes is not None else None
         record["status"] = "ok"
@@ -496,8 +504,12 @@ def _short_result(record: dict[str, Any]) -> str:
 # --- data loading and end to end ---------------------------------------------------------
 
 
+# repeat(run_one, repeats) runs the timed epochs; pytest-benchmark's pedantic in the suites.
+EpochRepeat = Callable[[Callable[[], object], int], object]
+
+
 def measure_ffcv_loader(data_dir: str | Path, batch_size: int, *, device: torch.device, subset: int = 0,
-                        repeats: int = 3, seed: int = 0) -> dict[str, Any]:
+                        repeats: int = 3, seed: int = 0, repeat: EpochRepeat | None = None) -> dict[str, Any]:
     """Images/s of fastres' FFCV loader plus its device-side augmentation, per epoch.
 
     Each repeat is one epoch over ``subset`` training images; the first epoch (FFCV
@@ -508,7 +520,7 @@ def measure_ffcv_loader(data_dir: str | Path, batch_size: int, *, device: torch.
 
     runtime = fastres_runtime(device)
     data = open_data(loader="ffcv", data_dir=data_dir, batch_size=batch_size, device=device, seed=seed,
-                     train_subset=subset, test_subset=min(subset, 500) if subset else 500, log=lambda m: None)
+                     train_subset=subset, log=lambda m: None)
     augment = BatchAugment(device, runtime.amp_dtype, channels_last=runtime.channels_last, seed=seed)
 
     def epoch() -> int:
@@ -518,7 +530,7 @@ def measure_ffcv_loader(data_dir: str | Path, batch_size: int, *, device: torch.
             seen += images.shape[0]
         return seen
 
-    return _time_epochs(epoch, device, repeats) | {
+    return _time_epochs(epoch, device, repeats, repeat) | {
         "loader": "ffcv", "augmentation": "fastres BatchAugment (crop+flip+normalise on the device)",
         "batch_size": batch_size, "workers": data.train.loader.num_workers,
         "precision": runtime.precision, "channels_last": runtime.channels_last,
@@ -541,7 +553,8 @@ class _PILImages:
 
 
 def measure_torchvision_loader(source: str | Path, batch_size: int, *, device: torch.device, subset: int = 0,
-                               repeats: int = 3, workers: int = 2, seed: int = 0) -> dict[str, Any]:
+                               repeats: int = 3, workers: int = 2, seed: int = 0,
+                               repeat: EpochRepeat | None = None) -> dict[str, Any]:
     """Images/s of a plain torchvision DataLoader (persistent workers, PIL transforms).
 
     RandomCrop(32, 4) + RandomHorizontalFlip + ToTensor + Normalize over the same training
@@ -574,27 +587,38 @@ def measure_torchvision_loader(source: str | Path, batch_size: int, *, device: t
         return seen
 
     try:
-        result = _time_epochs(epoch, device, repeats)
+        result = _time_epochs(epoch, device, repeats, repeat)
     finally:
         loader = None  # dropping the last reference shuts the persistent workers down
     return result | {"loader": "torchvision", "augmentation": "RandomCrop(32, 4) + RandomHorizontalFlip + Normalize (PIL, in workers)",
                      "batch_size": batch_size, "workers": workers}
 
 
-def _time_epochs(epoch: Callable[[], int], device: torch.device, repeats: int) -> dict[str, Any]:
+def _time_epochs(epoch: Callable[[], int], device: torch.device, repeats: int,
+                 repeat: EpochRepeat | None = None) -> dict[str, Any]:
+    """One untimed warm-up epoch, then ``repeats`` synchronised epochs; the median rate."""
     t0 = time.perf_counter()
     epoch()
     synchronize(device)
     warmup_s = time.perf_counter() - t0
-    rates, images = [], 0
-    for _ in range(repeats):
+    rates: list[float] = []
+    images = 0
+
+    def run_one() -> None:
+        nonlocal images
         synchronize(device)
         t0 = time.perf_counter()
         images = epoch()
         synchronize(device)
         rates.append(images / (time.perf_counter() - t0))
+
+    if repeat is None:
+        for _ in range(repeats):
+            run_one()
+    else:
+        repeat(run_one, repeats)
     return {"images_per_s": statistics.median(rates), "repeat_images_per_s": rates,
-            "images_per_epoch": images, "repeats": repeats, "warmup_epoch_s": warmup_s}
+            "images_per_epoch": images, "repeats": len(rates), "warmup_epoch_s": warmup_s}
 
 
 def measure_data_loading(data_dir: str | Path, source: str | Path, batch_size: int, *, device: torch.device,
@@ -608,12 +632,15 @@ def measure_data_loading(data_dir: str | Path, source: str | Path, batch_size: i
 
 def measure_end_to_end(model: str, batch_size: int, data_dir: str | Path, run_dir: str | Path, *,
                        device: torch.device, width: int = 64, train_subset: int = 0, epochs: int = 2,
-                       timing: Timing = FULL_TIMING) -> dict[str, Any]:
+                       test_subset: int = 500, timing: Timing = FULL_TIMING,
+                       run_training: Callable[[Callable[[], dict[str, Any]]], dict[str, Any]] | None = None,
+                       ) -> dict[str, Any]:
     """A real training run's epoch rate against the pure train-step rate of the same setup.
 
     The run is ``fastres.train.train`` with the FFCV loader; its last epoch is compared
     (the first one includes FFCV's pipeline compilation and, on CUDA, torch.compile).
     ``kept`` = epoch images/s / step images/s: how much of the step rate the whole loop keeps.
+    ``run_training(fn)`` calls ``fn`` (pytest-benchmark's pedantic times it in the suite).
     """
     from .config import TrainConfig
     from .rundir import RunDir
@@ -621,14 +648,18 @@ def measure_end_to_end(model: str, batch_size: int, data_dir: str | Path, run_di
     from .train import train
 
     config = TrainConfig(model=model, width=width, batch_size=batch_size, epochs=epochs,
-                         lr_schedule="none", train_subset=train_subset, test_subset=500,
+                         lr_schedule="none", train_subset=train_subset, test_subset=test_subset,
                          loader="ffcv", data_dir=str(data_dir), run_dir=str(run_dir),
                          device=device.type, preset="bench")
     runtime = resolve_runtime(config)
     step = measure_step(model, batch_size, "train", "fastres", device=device, width=width, timing=timing,
                         runtime=runtime)
     t0 = time.perf_counter()
-    summary = train(config, log=lambda m: None, progress=False)
+
+    def training() -> dict[str, Any]:
+        return train(config, log=lambda m: None, progress=False)
+
+    summary = run_training(training) if run_training is not None else training()
     wall = time.perf_counter() - t0
     rows = RunDir(run_dir).read_metrics()
     epoch_rate = rows[-1]["images_per_s"]
@@ -669,20 +700,28 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     }
 
 
-def pair_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (model, batch size, mode) with the baseline and fastres records side by side."""
+def pair_rows(records: Iterable[dict[str, Any]], configs: Sequence[str] = CONFIGS) -> list[dict[str, Any]]:
+    """One row per (model, batch size, mode) with each config's record side by side.
+
+    ``speedup`` is the last measured config's images/s over the first's (fastres over baseline).
+    Rows come in model, mode, batch size order.
+    """
     rows: dict[tuple[str, int, str], dict[str, Any]] = {}
     for r in records:
         row = rows.setdefault((r["model"], r["batch_size"], r["mode"]),
                               {"model": r["model"], "batch_size": r["batch_size"], "mode": r["mode"]})
         row[r["config"]] = r
-    out = []
     for row in rows.values():
-        base, fast = row.get("baseline"), row.get("fastres")
-        ok = base and fast and base["status"] == fast["status"] == "ok"
-        row["speedup"] = fast["images_per_s"] / base["images_per_s"] if ok else None
-        out.append(row)
-    return out
+        first = row.get(configs[0])
+        last = next((row[c] for c in reversed(configs[1:]) if c in row and row[c]["status"] == "ok"), None)
+        ok = first and last and first["status"] == "ok"
+        row["speedup"] = last["images_per_s"] / first["images_per_s"] if ok else None
+    order = {m: i for i, m in enumerate(MODEL_NAMES)}
+    return sorted(rows.values(), key=lambda r: (order.get(r["model"], len(order)), r["model"],
+                                                 MODES.index(r["mode"]) if r["mode"] in MODES else 9, r["batch_size"]))
+
+
+_SHORT = {"baseline": "base", "fastres": "fast", "fastres_eager": "eager"}
 
 
 def _cell(record: dict[str, Any] | None) -> str:
@@ -699,18 +738,18 @@ def _mem(record: dict[str, Any] | None) -> str:
     return f"{record['peak_memory_mb']:.0f}"
 
 
-def format_table(records: Sequence[dict[str, Any]]) -> str:
+def format_table(records: Sequence[dict[str, Any]], configs: Sequence[str] = CONFIGS) -> str:
     """The side-by-side table, then one line per configuration that was not measured."""
-    header = ("model", "batch", "mode", "baseline img/s", "fastres img/s", "speedup",
-              "peak MB base/fast", "compile s")
+    header = ("model", "batch", "mode", *(f"{c} img/s" for c in configs), "speedup",
+              f"peak MB {'/'.join(_SHORT.get(c, c) for c in configs)}", "compile s")
     lines = []
-    for row in pair_rows(records):
-        base, fast = row.get("baseline"), row.get("fastres")
-        compile_s = fast.get("compile_s") if fast else None
+    for row in pair_rows(records, configs):
+        recs = [row.get(c) for c in configs]
+        compile_s = next((r["compile_s"] for r in recs if r and r.get("compile_s") is not None), None)
         lines.append((
-            row["model"], str(row["batch_size"]), row["mode"], _cell(base), _cell(fast),
+            row["model"], str(row["batch_size"]), row["mode"], *(_cell(r) for r in recs),
             f"{row['speedup']:.2f}x" if row["speedup"] else "-",
-            f"{_mem(base)} / {_mem(fast)}", f"{compile_s:.1f}" if compile_s is not None else "-",
+            " / ".join(_mem(r) for r in recs), f"{compile_s:.1f}" if compile_s is not None else "-",
         ))
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
     left = {0, 2}  # text columns; numbers right-aligned
@@ -731,6 +770,11 @@ def check_writable(path: str | Path, flag: str) -> Path:
     p = Path(path)
     if p.is_dir():
         raise FastresError(f"cannot write {flag} {p}: it is a directory; pass a file path")
+    ancestor = p.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise FastresError(f"cannot write {flag} {p}: {ancestor} is a file, not a folder; pass a path in a folder")
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -864,7 +908,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                    help="auto (CUDA when present, else CPU), cuda or cpu")
     p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch CPU threads for both configurations (default: torch's default)")
+                   help="torch CPU threads for both configurations (default: torch's default; --quick: 1)")
     p.add_argument("--warmup", type=int, default=None, metavar="N",
                    help=f"untimed steps after the first (default {FULL_TIMING.warmup})")
     p.add_argument("--repeats", type=int, default=None, metavar="N",
@@ -907,8 +951,11 @@ def run(args: argparse.Namespace) -> int:
     from .runtime import resolve_device
 
     device = resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    # --quick defaults to one thread: its tiny steps are mostly OpenMP barriers, which stall
+    # for whole scheduler slices when the cores are shared; it is a smoke test, not a measurement.
+    threads = args.threads or (1 if args.quick else None)
+    if threads:
+        torch.set_num_threads(threads)
     machine = machine_info(device)
     fast = fastres_runtime(device)
     print(f"fastres bench on {machine['gpu'] or machine['cpu']} ({device.type}, {machine['threads']} threads, "
@@ -929,6 +976,8 @@ def run(args: argparse.Namespace) -> int:
         write_csv(outputs["--csv"], records)
     if "--plot" in outputs:
         write_plot(outputs["--plot"], records, title=f"{machine['gpu'] or machine['cpu']}, torch {machine['torch']}")
+    if outputs:
+        print()
     for flag, path in outputs.items():
         print(f"wrote {flag[2:]}: {path}", flush=True)
     return 0

@@ -127,6 +127,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    p = sub.add_parser(
+        "ablate", help="run presets over several seeds, then report mean and spread",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run each chosen preset with seeds S, S+1, ..., S+N-1, one run directory each "
+                    "(OUT/<preset>/seed<S>/), then write OUT/report.md (see fastres report). Running "
+                    "the same command again skips finished runs and resumes interrupted ones. Every "
+                    "training option below applies to every run.\n\n" + _presets_table(),
+        epilog="examples:\n  fastres ablate --list\n  fastres ablate --all --seeds 3 --epochs 100\n"
+               "  fastres ablate --config baseline no_batchnorm --seeds 2 --width 16 --epochs 4 --train-subset 10000\n"
+               "  fastres ablate --all --seeds 2 --dry-run > jobs.txt      # one command per line, for a scheduler\n"
+               "  fastres ablate --all --seeds 3 --devices 0,1,2,3        # one run per GPU at a time")
+    p.add_argument("--list", action="store_true", help="list every preset, its description and its differences from baseline")
+    p.add_argument("--config", nargs="+", metavar="NAME", help="presets (or aliases, e.g. cosine_schedule) to run")
+    p.add_argument("--all", action="store_true", help="the seven ablation presets of the original study")
+    p.add_argument("--seeds", type=int, default=1, metavar="N", help="runs per preset, seeds S..S+N-1 (default: 1); S is --seed (default: the preset's, 42)")
+    p.add_argument("--out", default="runs/ablations", metavar="DIR", help="where the run directories and the report go (default: runs/ablations)")
+    p.add_argument("--dry-run", action="store_true", help="print the fastres train commands, one per line, and run nothing")
+    p.add_argument("--devices", metavar="0,1,...", help="GPU indices: up to one run per GPU at a time, each pinned to its GPU")
+    _add_config_options(p)
+
+    p = sub.add_parser("report", help="aggregate the runs in a folder: report.md, plots, JSON",
+                       description="Group the runs below DIR by setting (preset + recipe), and write DIR/report.md "
+                                   "(final and best-epoch val accuracy, mean ± sample std over seeds, train accuracy, "
+                                   "epochs, wall time, images/s, the original study's number), DIR/report.json and the "
+                                   "plots DIR/val_acc.png and DIR/lr_schedule.png. Unfinished runs are listed, not counted.")
+    p.add_argument("dir", metavar="DIR", help="a folder of runs, e.g. the --out of fastres ablate")
+    p.add_argument("--json", action="store_true", help="print the aggregated results as JSON (accuracies as fractions)")
+
     from . import bench
 
     bench.add_parser(sub)
@@ -172,13 +200,86 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from . import ablate
+
+    if args.list:
+        print(ablate.preset_listing())
+        return 0
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    overrides = {k: v for k, v in vars(args).items() if k in names and k != "preset"}
+    seed = overrides.pop("seed", None)
+    presets = list(args.config or []) + (ablate.ablation_presets() if args.all else [])
+    devices = ablate.parse_devices(args.devices) if args.devices else None
+    runs = ablate.plan_ablation(presets, seeds=args.seeds, seed=seed, overrides=overrides, out=args.out,
+                                devices=devices if args.dry_run else None)
+    if args.dry_run:
+        for run in runs:
+            if run.action == "skip":
+                print(f"# {run.run_dir}: already finished", file=sys.stderr)
+            else:
+                print(run.shell())
+        return 0
+    slots = ablate.check_devices(devices, overrides) if devices else None
+    ablate.check_writable(args.out)
+    if slots:
+        why = f"up to {len(slots)} at a time, one per GPU ({', '.join(devices)})"
+    elif overrides.get("device") == "cpu" or not _cuda_available():
+        why = ("one after another: on the CPU each run already uses every core, so runs side by side "
+               "would only slow each other down")
+    else:
+        why = "one after another on the default GPU (pass --devices 0,1,... to run one per GPU)"
+    _log(f"ablation in {args.out}: {ablate.describe_plan(runs)}; {why}")
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    result = ablate.run_ablation(runs, devices=slots, log=_log)
+    from .report import write_report
+
+    try:
+        data = write_report(args.out)
+        _log(f"report: {args.out}/{data['files']['markdown']} (plots {data['files']['val_plot']}, {data['files']['lr_plot']})")
+    except FastresError as exc:
+        _log(f"no report: {exc}")
+    failed = result.failed
+    for r in failed:
+        print(f"fastres: failed: {r.run.name} ({r.run.run_dir}): {r.message}", file=sys.stderr, flush=True)
+    done = result.count("finished") + result.count("skipped")
+    if result.interrupted:
+        raise FastresError(f"ablation interrupted with {done}/{len(runs)} runs done; run the same command again to "
+                           "resume the stopped runs", exit_code=130)
+    if failed:
+        raise FastresError(f"{len(failed)} of {len(runs)} runs failed (listed above); the others finished. "
+                           "Fix the cause and run the same command again to retry them", exit_code=1)
+    _log(f"ablation finished: {done}/{len(runs)} runs done")
+    return 0
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import summary_table, write_report
+
+    data = write_report(args.dir)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(summary_table(data))
+        print(f"wrote {args.dir}/{data['files']['markdown']}, {data['files']['json']}, "
+              f"{data['files']['val_plot']}, {data['files']['lr_plot']}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run
 
     return run(args)
 
 
-COMMANDS = {"prepare-data": _cmd_prepare, "train": _cmd_train, "eval": _cmd_eval, "bench": _cmd_bench}
+COMMANDS = {"prepare-data": _cmd_prepare, "train": _cmd_train, "eval": _cmd_eval, "bench": _cmd_bench,
+            "ablate": _cmd_ablate, "report": _cmd_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

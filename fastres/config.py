@@ -189,7 +189,7 @@ ABLATIONS: dict[str, tuple[str, TrainConfig]] = {
 # Sized for a CPU without a GPU: a quarter-width ResNet-18 with a one-cycle style schedule
 # (short warm-up, cosine to zero) and label smoothing, which converge in a few epochs.
 QUICK = BASELINE.replace(
-    width=16, epochs=8, batch_size=256, lr=0.2, lr_schedule="cosine", warmup_epochs=1.0,
+    width=16, epochs=4, batch_size=256, lr=0.2, lr_schedule="cosine", warmup_epochs=1.0,
     nesterov=True, label_smoothing=0.1, preset="quick",
 )
 

@@ -8,6 +8,7 @@ only when complete, so an interrupted conversion never leaves a file that looks 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -152,6 +153,17 @@ def prepare_data(
     except OSError as exc:
         raise FastresError(f"data directory {data_dir} is not writable ({exc.strerror}): pass --data-dir with a folder you can write") from None
 
+    # One conversion per data dir at a time; the lock dies with its process, so a killed
+    # run never blocks the next one, which then clears the temporary files it left.
+    with open(data_dir / ".cifar10_prepare.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for stale in data_dir.glob(".cifar10_*.tmp-*"):
+            stale.unlink(missing_ok=True)
+        return _prepare_locked(data_dir, source, force=force, allow_small=allow_small, log=log)
+
+
+def _prepare_locked(data_dir: Path, source: str | Path | None, *, force: bool, allow_small: bool,
+                    log: Callable[[str], None]) -> dict[str, Any]:
     src = cifar.locate_source(source, data_dir) or cifar.download(data_dir, log=log)
     checksum = cifar.source_checksum(src)
 

@@ -134,6 +134,30 @@ class RunDir:
     def read_summary(self) -> dict[str, Any]:
         return _read_json(self.summary, "summary")
 
+    def state(self) -> str:
+        """``'new'`` (no run here), ``'completed'`` (every planned epoch done), or why not.
+
+        Otherwise the summary's status (``interrupted``, ``diverged``, ``failed``), or
+        ``'incomplete'`` when no summary was written (killed, or still running). A summary
+        that says completed with fewer epochs than the config plans also counts as incomplete.
+        """
+        if not self.holds_run():
+            return "new"
+        if not self.summary.exists():
+            return "incomplete"
+        summary = self.read_summary()
+        status = summary.get("status", "incomplete")
+        planned = self.read_config().get("epochs")
+        if status == "completed" and planned is not None and (summary.get("epochs") or 0) < planned:
+            return "incomplete"
+        return status
+
+
+def find_runs(root: str | Path) -> list[RunDir]:
+    """Every run directory at or below ``root``, sorted by path."""
+    root = Path(root)
+    return [RunDir(p.parent) for p in sorted(root.rglob(CONFIG)) if p.is_file()]
+
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
     try:

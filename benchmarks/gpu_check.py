@@ -1,0 +1,203 @@
+"""The GPU check: train-step sweep and GPU data path, on a machine that has only torch.
+
+Run through ``benchmarks/gpu_check.sh OUTDIR`` (which sets PYTHONPATH to the repository, so
+nothing needs installing; ffcv is not used). Writes ``OUTDIR/gpu_check.json`` after every
+measurement, so a run stopped by its time limit still leaves what it measured
+(``"complete": false``).
+
+Full mode (a CUDA GPU), in priority order so the most wanted numbers come first:
+
+1. ResNet-18 at batch 512, the fastres path with torch.compile (bf16, channels_last):
+   the headline number (aim: >= 30,000 images/s on an H100).
+2. The eager sweep: every model and batch size, ``baseline`` (fp32, NCHW, eager) and
+   ``fastres_eager`` (fastres' precision and channels_last, no compile).
+3. The data path: synthetic uint8 batches already on the GPU -> BatchAugment -> train step,
+   bf16 and fp16 with GradScaler, next to the same step without augmentation.
+4. ResNet-34 and ResNet-50 compiled at batch 512, while the time budget allows.
+
+Compilation happens once per model, at one batch size, so the whole check fits in five
+minutes; what the budget leaves out is recorded as skipped.
+
+``--tiny`` (or FASTRES_GPU_CHECK_TINY=1) runs every code path above on the CPU in seconds:
+width-8 models, batch sizes 2 and 4, one step per repeat, torch.compile with the "eager"
+backend (dynamo's graph capture without inductor's C++ build, which takes minutes on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "fastres-gpu-check/1"
+TARGET_IMAGES_PER_S = 30_000  # ResNet-18, batch 512, bf16 + channels_last + compile, H100
+COMPILE_BATCH = 512
+COMPILE_RESERVE_S = 75.0  # do not start a compile with less budget left than this
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="gpu_check", description=__doc__.split("\n\n")[0])
+    p.add_argument("outdir", help="folder for gpu_check.json")
+    p.add_argument("--tiny", action="store_true", default=os.environ.get("FASTRES_GPU_CHECK_TINY", "") == "1",
+                   help="run every code path on the CPU in seconds (width 8, tiny batches)")
+    p.add_argument("--budget-s", type=float, default=float(os.environ.get("FASTRES_GPU_CHECK_BUDGET_S", 270)),
+                   help="stop starting new measurements after this many seconds (default 270)")
+    return p.parse_args(argv)
+
+
+class Check:
+    """Collects records and rewrites the JSON after each, against a time budget."""
+
+    def __init__(self, outdir: Path, tiny: bool, budget_s: float) -> None:
+        import torch
+
+        from fastres import bench
+
+        self.started = time.perf_counter()
+        self.bench = bench
+        self.tiny = tiny
+        self.budget_s = budget_s
+        self.path = outdir / "gpu_check.json"
+        if tiny:
+            torch.set_num_threads(1)  # a smoke test: one thread never stalls on shared cores
+            self.device = torch.device("cpu")
+            self.models, self.batch_sizes, self.width = list(bench.MODEL_NAMES), [2, 4], 8
+            self.timing = bench.QUICK_TIMING
+            self.compile_backend, self.compile_batch, self.data_batch = "eager", 4, 4
+        else:
+            if not torch.cuda.is_available():
+                raise SystemExit("gpu_check: no CUDA GPU is visible; run with --tiny for the CPU mode")
+            self.device = torch.device("cuda", torch.cuda.current_device())
+            self.models, self.batch_sizes, self.width = list(bench.MODEL_NAMES), list(bench.DEFAULT_BATCH_SIZES), 64
+            # GPU steps take milliseconds: short repeats give a stable median and keep the sweep short.
+            self.timing = bench.Timing(warmup=3, repeats=5, min_repeat_s=0.15, max_steps=100)
+            self.compile_backend, self.compile_batch, self.data_batch = "inductor", COMPILE_BATCH, COMPILE_BATCH
+        fast = bench.fastres_runtime(self.device)
+        if tiny:
+            fast = dataclasses.replace(fast, precision="bf16")  # the GPU's precision, whatever this CPU has
+        self.fast_eager = dataclasses.replace(fast, compile=False)
+        self.fast_compiled = dataclasses.replace(fast, compile=True)
+        self.doc: dict[str, Any] = {
+            "schema": SCHEMA, "mode": "tiny" if tiny else "full", "complete": False,
+            "machine": bench.machine_info(self.device),
+            "settings": {
+                "models": self.models, "batch_sizes": self.batch_sizes, "width": self.width,
+                "warmup": self.timing.warmup, "repeats": self.timing.repeats,
+                "min_repeat_s": self.timing.min_repeat_s, "compile_batch_size": self.compile_batch,
+                "compile_backend": self.compile_backend, "budget_s": budget_s,
+                "fastres": {"precision": fast.precision, "channels_last": fast.channels_last},
+            },
+            "target": {"model": "resnet18", "batch_size": COMPILE_BATCH, "images_per_s": TARGET_IMAGES_PER_S},
+            "records": [], "data_path": [], "errors": [], "elapsed_s": 0.0,
+        }
+        self.write()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def left(self) -> float:
+        return self.budget_s - self.elapsed()
+
+    def write(self) -> None:
+        from fastres.rundir import atomic_write_text
+
+        self.doc["elapsed_s"] = round(self.elapsed(), 2)
+        atomic_write_text(self.path, json.dumps(self.doc, indent=2) + "\n")
+
+    def skipped(self, model: str, batch: int, config: str, runtime: Any, reason: str, **extra: Any) -> dict:
+        record = self.bench.base_record(model, batch, "train", config, runtime, self.width, extra.get("augment", False))
+        record.update(status="skipped", reason=reason)
+        return record
+
+    def measure(self, model: str, batch: int, config: str, runtime: Any, *, augment: bool = False,
+                needs_s: float = 0.0) -> dict:
+        label = f"{model} b{batch} {config}{' +augment' if augment else ''}"
+        if self.left() < needs_s:
+            record = self.skipped(model, batch, config, runtime, f"skipped: time budget ({self.budget_s:.0f}s) spent",
+                                  augment=augment)
+        else:
+            try:
+                record = self.bench.measure_step(
+                    model, batch, "train", config, device=self.device, width=self.width, timing=self.timing,
+                    runtime=runtime, compile_backend=self.compile_backend, augment=augment)
+            except Exception as exc:  # noqa: BLE001 - one failure must not lose the rest of the check
+                record = self.skipped(model, batch, config, runtime, f"error: {type(exc).__name__}: {exc}"[:300],
+                                      augment=augment)
+                record["status"] = "error"
+                self.doc["errors"].append({"what": label, "traceback": traceback.format_exc()[-4000:]})
+        print(f"[{self.elapsed():6.1f}s] {label}: {self.bench._short_result(record)}", flush=True)
+        return record
+
+    def add(self, record: dict) -> dict:
+        self.doc["records"].append(record)
+        self.write()
+        return record
+
+    def run(self) -> None:
+        first, *others = self.models
+        # 1. The headline: the fastres path, compiled, at the compile batch size.
+        self.add(self.measure(first, self.compile_batch, "fastres", self.fast_compiled))
+        # 2. The eager sweep, baseline and fastres side by side.
+        baseline = self.bench.baseline_runtime(self.device)
+        for model in self.models:
+            for batch in self.batch_sizes:
+                self.add(self.measure(model, batch, "baseline", baseline, needs_s=5))
+                self.add(self.measure(model, batch, "fastres_eager", self.fast_eager, needs_s=5))
+        # 3. The data path: augmentation on the device, then the step; bf16, and fp16 with GradScaler.
+        for precision in ("bf16", "fp16"):
+            runtime = dataclasses.replace(self.fast_eager, precision=precision)
+            step = self.measure(first, self.data_batch, f"data_{precision}", runtime, needs_s=5)
+            full = self.measure(first, self.data_batch, f"data_{precision}", runtime, augment=True, needs_s=5)
+            entry = {"model": first, "batch_size": self.data_batch, "precision": precision,
+                     "grad_scaler": runtime.grad_scaler, "channels_last": runtime.channels_last,
+                     "status": "ok" if step["status"] == full["status"] == "ok" else "not measured",
+                     "step_images_per_s": step["images_per_s"], "augment_step_images_per_s": full["images_per_s"],
+                     "kept": (full["images_per_s"] / step["images_per_s"]
+                              if step["images_per_s"] and full["images_per_s"] else None),
+                     "records": [step, full]}
+            self.doc["data_path"].append(entry)
+            self.write()
+        # 4. The other models compiled, as long as a compile still fits in the budget.
+        for model in others:
+            self.add(self.measure(model, self.compile_batch, "fastres", self.fast_compiled,
+                                  needs_s=0 if self.tiny else COMPILE_RESERVE_S))
+        self.doc["complete"] = True
+        self.write()
+
+    def summary(self) -> str:
+        records = self.doc["records"]
+        lines = [self.bench.format_table(records, ("baseline", "fastres_eager", "fastres"))]
+        head = next((r for r in records if r["config"] == "fastres" and r["model"] == self.models[0]), None)
+        if self.tiny:
+            lines.append("\n(tiny mode: every code path on the CPU; the numbers are not measurements)")
+        if head and head["status"] == "ok":
+            lines.append(f"\nheadline: {head['model']} b{head['batch_size']} train, {head['precision']} + channels_last"
+                         f" + compile: {head['images_per_s']:,.0f} images/s (aim >= {TARGET_IMAGES_PER_S:,}), "
+                         f"compile {head['compile_s']:.1f}s")
+        for d in self.doc["data_path"]:
+            if d["status"] == "ok":
+                lines.append(f"data path {d['precision']}{' + GradScaler' if d['grad_scaler'] else ''}: "
+                             f"augment+step {d['augment_step_images_per_s']:,.0f} vs step {d['step_images_per_s']:,.0f}"
+                             f" images/s ({100 * d['kept']:.1f}% kept)")
+        return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    outdir = Path(args.outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    check = Check(outdir, args.tiny, args.budget_s)
+    check.run()
+    print(check.summary(), flush=True)
+    print(f"wrote {check.path} ({check.elapsed():.0f}s)", flush=True)
+    return 1 if check.doc["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,432 @@
+"""Multi-seed ablations: plan one run per (preset, seed), run them, resume and skip as needed.
+
+Every run is an ordinary ``fastres train`` subprocess writing an ordinary run directory,
+``<out>/<preset>/seed<S>/``; the command that runs is exactly the one ``--dry-run`` prints, so
+a study can equally be handed to a job scheduler line by line. Whether a run is new, finished
+or to be resumed is read from its run directory (``RunDir.state``), so re-running the same
+command is always safe: finished runs are skipped and interrupted ones continue.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .config import ABLATIONS, MACHINE_FIELDS, TrainConfig, get_preset, preset_names
+from .errors import FastresError
+from .rundir import RunDir
+
+DEFAULT_OUT = "runs/ablations"
+# Status lines of a child worth forwarding are all of them; its stderr is kept for the error.
+TRAIN = [sys.executable, "-m", "fastres", "train"]
+
+
+def ablation_presets() -> list[str]:
+    """The seven presets of the original study's ablation table (``--all``)."""
+    return list(ABLATIONS)
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One (preset, seed) of a study: where it lives, what is to be done, the exact command."""
+
+    preset: str
+    seed: int
+    run_dir: Path
+    config: TrainConfig
+    action: str  # "train" (new), "resume" (interrupted), "skip" (finished)
+    state: str  # RunDir.state() before this study touched it
+    command: tuple[str, ...]
+    done_epochs: int = 0
+    device: str | None = None  # CUDA_VISIBLE_DEVICES of the child in a --dry-run with --devices
+
+    @property
+    def name(self) -> str:
+        return f"{self.preset}/seed{self.seed}"
+
+    def shell(self) -> str:
+        """The command as one pasteable shell line (with its GPU pinning, if any)."""
+        prefix = f"CUDA_VISIBLE_DEVICES={self.device} " if self.device is not None else ""
+        return prefix + shlex.join(self.command)
+
+
+def _option_args(overrides: Mapping[str, Any]) -> list[str]:
+    """``fastres train`` options that reproduce ``overrides`` (TrainConfig field -> value)."""
+    args: list[str] = []
+    for name, value in overrides.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + name.replace("_", "-"))
+        elif name == "milestones":
+            args += [flag, ",".join(repr(float(m)) for m in value)]
+        else:
+            # repr keeps floats exact (1e-05, 0.1), so the child parses the very same value.
+            args += [flag, repr(value) if isinstance(value, float) else str(value)]
+    return args
+
+
+def plan_ablation(presets: Sequence[str], *, seeds: int = 1, seed: int | None = None,
+                  overrides: Mapping[str, Any] | None = None, out: str | Path = DEFAULT_OUT,
+                  devices: Sequence[str] | None = None) -> list[PlannedRun]:
+    """The runs of a study, in order (preset by preset, seeds ascending), each with its command.
+
+    ``presets`` are preset names or aliases; ``seed`` is the first seed (default: each
+    preset's own); ``overrides`` are TrainConfig fields applied to every run. Bad input and
+    run directories that hold a different recipe raise ``FastresError`` before anything runs.
+    ``devices`` only labels the commands (round robin) for ``--dry-run`` output.
+    """
+    overrides = dict(overrides or {})
+    if not presets:
+        raise FastresError("no presets chosen: pass --config NAME [NAME ...] or --all (see fastres ablate --list)")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise FastresError(f"--seeds must be a whole number >= 1, got {seeds!r}")
+    for key in ("run_dir", "preset", "seed"):
+        if key in overrides:
+            what = {"run_dir": "each run's directory is <out>/<preset>/seed<S>: pass --out instead",
+                    "preset": "pass presets with --config or --all",
+                    "seed": "pass the first seed as seed=, not in overrides"}[key]
+            raise FastresError(f"{key} cannot be overridden in an ablation: {what}")
+    unknown = sorted(set(overrides) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise FastresError(f"unknown training option(s) {', '.join(unknown)}")
+    names: list[str] = []
+    for p in presets:
+        canonical = get_preset(p).preset  # raises with the valid names for an unknown one
+        if canonical not in names:
+            names.append(canonical)
+
+    runs: list[PlannedRun] = []
+    conflicts: list[str] = []
+    for name in names:
+        base = get_preset(name)
+        first = base.seed if seed is None else seed
+        for s in range(first, first + seeds):
+            run_dir = Path(out) / name / f"seed{s}"
+            config = base.replace(**overrides, seed=s, run_dir=str(run_dir))
+            run = RunDir(run_dir)
+            state = run.state()
+            done = 0
+            if state == "new":
+                action = "train"
+                command = (*TRAIN, "--preset", name, "--seed", str(s), *_option_args(overrides),
+                           "--run-dir", str(run_dir))
+            else:
+                recorded = TrainConfig.from_dict(run.read_config())
+                diffs = [f"{k} {v!r} recorded, {config.recipe()[k]!r} planned"
+                         for k, v in recorded.recipe().items() if config.recipe()[k] != v]
+                if diffs:
+                    conflicts.append(f"{run_dir} ({'; '.join(diffs)})")
+                    continue
+                done = len(run.read_metrics())
+                if state == "completed":
+                    action, command = "skip", ()
+                else:
+                    # Only machine settings may change on a resume; the recipe is the recorded one.
+                    machine = {k: v for k, v in overrides.items() if k in MACHINE_FIELDS}
+                    action = "resume"
+                    command = (*TRAIN, "--resume", str(run_dir), *_option_args(machine))
+            runs.append(PlannedRun(name, s, run_dir, config, action, state, command, done))
+    if conflicts:
+        raise FastresError(
+            f"{len(conflicts)} run folder(s) hold a different recipe than this study: {conflicts[0]}"
+            f"{' and others' if len(conflicts) > 1 else ''}; pass another --out, or the options those runs used"
+        )
+    if devices:
+        todo = [r for r in runs if r.action != "skip"]
+        for i, r in enumerate(todo):
+            runs[runs.index(r)] = _with_device(r, devices[i % len(devices)])
+    return runs
+
+
+def _with_device(run: PlannedRun, device: str | None) -> PlannedRun:
+    return PlannedRun(run.preset, run.seed, run.run_dir, run.config, run.action, run.state, run.command,
+                      run.done_epochs, device)
+
+
+def parse_devices(text: str) -> list[str]:
+    """``"0,1,3"`` -> ``["0", "1", "3"]``: GPU indices as CUDA_VISIBLE_DEVICES takes them."""
+    parts = [p.strip() for p in text.replace(" ", ",").split(",") if p.strip()]
+    if not parts or not all(p.isdigit() for p in parts) or len(set(parts)) != len(parts):
+        raise FastresError(f"--devices takes distinct GPU indices such as 0,1,2,3, got {text!r}")
+    return parts
+
+
+def check_devices(devices: Sequence[str], overrides: Mapping[str, Any]) -> list[str]:
+    """The CUDA_VISIBLE_DEVICES value for each requested GPU index; refuse ones not there.
+
+    Indices count the GPUs this process sees, so they are mapped through an inherited
+    CUDA_VISIBLE_DEVICES (``--devices 0`` under ``CUDA_VISIBLE_DEVICES=2,3`` pins GPU 2).
+    """
+    import torch
+
+    if overrides.get("device") == "cpu":
+        raise FastresError("--devices pins runs to GPUs, but --device cpu was given: drop one of them")
+    count = torch.cuda.device_count()
+    if count == 0:
+        raise FastresError("--devices needs CUDA GPUs, and none is visible: drop --devices to run on the CPU")
+    bad = [d for d in devices if int(d) >= count]
+    if bad:
+        raise FastresError(f"--devices {','.join(bad)}: only {count} GPU(s) visible (indices 0..{count - 1})")
+    inherited = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    return [inherited[int(d)] if len(inherited) > int(d) else d for d in devices]
+
+
+# --- running ---------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    run: PlannedRun
+    status: str  # "skipped", "finished", "failed", "interrupted"
+    seconds: float = 0.0
+    returncode: int | None = None
+    message: str = ""
+
+
+@dataclass
+class AblationResult:
+    results: list[RunResult] = field(default_factory=list)
+    interrupted: bool = False
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.results)
+
+    @property
+    def failed(self) -> list[RunResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class _Eta:
+    """Time left, from the epoch times the study's runs have logged so far.
+
+    A preset not yet seen is assumed to cost the mean of the seen ones, so the estimate is
+    rough until every preset has run an epoch. Start-up (interpreter, data, first epoch's
+    warm-up) is added per run from the runs measured so far.
+    """
+
+    def __init__(self, runs: Sequence[PlannedRun], slots: int) -> None:
+        self.runs, self.slots = list(runs), max(1, slots)
+        self.overheads: list[float] = []
+
+    def epoch_seconds(self) -> dict[str, list[float]]:
+        seen: dict[str, list[float]] = {}
+        for run in self.runs:
+            for row in RunDir(run.run_dir).read_metrics():
+                seen.setdefault(run.preset, []).append(float(row["epoch_time_s"]))
+        return seen
+
+    def left(self, pending: Sequence[PlannedRun]) -> float | None:
+        seen = self.epoch_seconds()
+        if not seen:
+            return None
+        per_preset = {p: sum(v) / len(v) for p, v in seen.items()}
+        fallback = sum(per_preset.values()) / len(per_preset)
+        overhead = sum(self.overheads) / len(self.overheads) if self.overheads else 0.0
+        total = 0.0
+        for run in pending:
+            left_epochs = run.config.epochs - len(RunDir(run.run_dir).read_metrics())
+            total += max(0, left_epochs) * per_preset.get(run.preset, fallback) + overhead
+        return total / self.slots
+
+
+class _Child:
+    """A running ``fastres train``: its process, output readers and last error line."""
+
+    def __init__(self, run: PlannedRun, device: str | None, log: Callable[[str], None],
+                 on_epoch: Callable[[], None]) -> None:
+        self.run, self.device, self.started = run, device, time.monotonic()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = device
+        # A session of its own: a Ctrl-C in the terminal reaches only the ablation, which then
+        # stops every child exactly once (a second SIGINT would make a child skip its summary).
+        self.proc = subprocess.Popen(run.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=env, start_new_session=True, bufsize=1)
+        self.last_error = ""
+        tag = f"  {run.name}" + (f" @GPU{device}" if device is not None else "") + " | "
+
+        def pump(stream: Any, is_err: bool) -> None:
+            for line in stream:
+                line = line.rstrip()
+                if not line:
+                    continue
+                if is_err:
+                    self.last_error = line
+                log(tag + line)
+                if not is_err and line.startswith("epoch "):
+                    on_epoch()
+
+        self.readers = [threading.Thread(target=pump, args=(s, e), daemon=True)
+                        for s, e in ((self.proc.stdout, False), (self.proc.stderr, True))]
+        for t in self.readers:
+            t.start()
+
+    def finish(self) -> int:
+        code = self.proc.wait()
+        for t in self.readers:
+            t.join(timeout=10)
+        return code
+
+
+def run_ablation(runs: Sequence[PlannedRun], *, devices: Sequence[str] | None = None,
+                 log: Callable[[str], None] = print, poll_s: float = 0.2) -> AblationResult:
+    """Run the planned runs: skip finished ones, resume interrupted ones, train the rest.
+
+    With ``devices`` (CUDA_VISIBLE_DEVICES values), up to one run per device goes at a time,
+    each pinned to its device; otherwise runs go one after another. A failed run is reported
+    with its last error line and the others go on. Ctrl-C/SIGTERM stops the running children
+    cleanly (they can be resumed by running the same study again) and sets ``interrupted``.
+    """
+    lock = threading.Lock()
+
+    def say(message: str) -> None:
+        with lock:
+            log(message)
+
+    result = AblationResult()
+    todo = [r for r in runs if r.action != "skip"]
+    for r in runs:
+        if r.action == "skip":
+            result.results.append(RunResult(r, "skipped", message="already finished"))
+    total = len(runs)
+    slots: list[str | None] = list(devices) if devices else [None]
+    eta = _Eta(runs, len(slots))
+    queue = list(todo)
+    running: dict[str | None, _Child] = {}
+    # Reader threads only raise this flag; the main loop (which owns `running`) prints.
+    epoch_seen = threading.Event()
+    last_progress = time.monotonic()
+
+    def progress() -> str:
+        done = result.count("finished") + result.count("skipped")
+        left = eta.left([c.run for c in running.values()] + queue)
+        text = f"{done}/{total} done"
+        if result.failed:
+            text += f", {len(result.failed)} failed"
+        return text + (f", about {_duration(left)} left" if left is not None else ", time left: after the first epoch")
+
+    if result.results:
+        say(f"ablation: skipping {len(result.results)} finished run(s): "
+            + ", ".join(r.run.name for r in result.results))
+    try:
+        while queue or running:
+            for slot in slots:
+                if slot in running or not queue:
+                    continue
+                run = queue.pop(0)
+                what = (f"resuming after epoch {run.done_epochs}/{run.config.epochs}" if run.action == "resume"
+                        else f"training {run.config.epochs} epochs")
+                where = f" on GPU {slot}" if slot is not None else ""
+                index = total - len(queue) - len(running)
+                with lock:  # the header comes before the child's first line
+                    running[slot] = _Child(run, slot, say, epoch_seen.set)
+                    log(f"[{index}/{total}] {run.name}: {what}{where} -> {run.run_dir} ({progress()})")
+            time.sleep(poll_s)
+            # A progress line after an epoch, at most every 30 s, keeps long runs readable.
+            if epoch_seen.is_set() and time.monotonic() - last_progress >= 30:
+                epoch_seen.clear()
+                last_progress = time.monotonic()
+                say(f"ablation: {progress()}")
+            for slot, child in list(running.items()):
+                if child.proc.poll() is None:
+                    continue
+                code = child.finish()
+                del running[slot]
+                seconds = time.monotonic() - child.started
+                _record(result, child, code, seconds, eta)
+                say(_result_line(result.results[-1]) + f" ({progress()})")
+    except KeyboardInterrupt as exc:
+        result.interrupted = True
+        sig = getattr(exc, "signum", signal.SIGINT)
+        say(f"ablation: stopping {len(running)} running run(s) cleanly ...")
+        for child in running.values():
+            if child.proc.poll() is None:
+                child.proc.send_signal(sig)
+        for child in running.values():
+            try:
+                code = child.proc.wait(timeout=120)
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+                child.proc.kill()
+                code = child.proc.wait()
+            child.finish()
+            result.results.append(RunResult(child.run, "interrupted", time.monotonic() - child.started, code,
+                                            f"stopped after epoch {len(RunDir(child.run.run_dir).read_metrics())}"))
+    return result
+
+
+def _record(result: AblationResult, child: _Child, code: int, seconds: float, eta: _Eta) -> None:
+    run = child.run
+    state = RunDir(run.run_dir).state()
+    if code == 0 and state == "completed":
+        summary = RunDir(run.run_dir).read_summary()
+        epoch_s = sum(float(r["epoch_time_s"]) for r in RunDir(run.run_dir).read_metrics()[run.done_epochs:])
+        eta.overheads.append(max(0.0, seconds - epoch_s))
+        result.results.append(RunResult(run, "finished", seconds, code,
+                                        f"final val acc {100 * summary['final_val_acc']:.2f}%"))
+        return
+    reason = child.last_error or f"exit status {code}, run state {state}"
+    result.results.append(RunResult(run, "failed", seconds, code, reason))
+
+
+def _result_line(r: RunResult) -> str:
+    if r.status == "finished":
+        return f"done {r.run.name} in {_duration(r.seconds)}: {r.message}"
+    return f"FAILED {r.run.name} after {_duration(r.seconds)} (exit {r.returncode}): {r.message}"
+
+
+def describe_plan(runs: Sequence[PlannedRun]) -> str:
+    """One line: how many runs, presets, seeds, and what will happen to them."""
+    presets = list(dict.fromkeys(r.preset for r in runs))
+    counts = {a: sum(r.action == a for r in runs) for a in ("train", "resume", "skip")}
+    return (f"{len(runs)} run(s) ({len(presets)} preset(s) x {len(runs) // max(1, len(presets))} seed(s)): "
+            f"{counts['train']} to train, {counts['resume']} to resume, {counts['skip']} already finished")
+
+
+def preset_listing() -> str:
+    """Every preset with its one-line description and its differences from ``baseline``."""
+    from .config import ALIASES, DESCRIPTIONS, preset_differences
+
+    lines = []
+    width = max(len(n) for n in preset_names())
+    for name in preset_names():
+        diffs = preset_differences(name)
+        changes = ", ".join(f"{k} {_fmt(a)} -> {_fmt(b)}" for k, (a, b) in diffs.items())
+        lines.append(f"{name:<{width}}  {DESCRIPTIONS[name]}")
+        lines.append(f"{'':<{width}}  vs baseline: {changes or 'none (the reference)'}")
+    lines.append("aliases: " + ", ".join(f"{a} = {t}" for a, t in ALIASES.items()))
+    lines.append("--all runs the ablation presets: " + ", ".join(ABLATIONS))
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ",".join(f"{v:g}" for v in value)
+    return str(value)
+
+
+def check_writable(out: str | Path) -> None:
+    """Create ``out`` and prove it writable now, not after the first run has trained."""
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise FastresError(f"cannot write --out {out} ({exc.strerror or exc}): pass --out with a folder you can write") from None

@@ -1,0 +1,401 @@
+"""``fastres report DIR``: aggregate every run below DIR into report.md, plots and JSON.
+
+Runs are grouped by preset and recipe (everything but the seed), so seeds of one setting
+are averaged and nothing else is. Only runs that finished all their planned epochs enter
+the statistics; the others are listed as unfinished, never mixed in. Run directories are
+read through ``fastres.rundir`` only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import PRESETS, TrainConfig
+from .errors import FastresError
+from .rundir import atomic_write_text, find_runs
+
+# The original study: one run per setting, 100 epochs, best-epoch test accuracy (percent).
+ORIGINAL_STUDY = {"cosine": 94.1, "baseline": 93.9, "no_schedule": 90.9, "resnet34": 89.9,
+                  "resnet50": 88.3, "no_batchnorm": 87.0, "small_batch": 88.4}
+ORIGINAL_EPOCHS = 100
+REPORT_MD, REPORT_JSON, VAL_PLOT, LR_PLOT = "report.md", "report.json", "val_acc.png", "lr_schedule.png"
+# Recipe fields that do not make two runs different settings.
+_NOT_SETTING = {"seed"}
+
+
+@dataclass
+class Run:
+    path: Path
+    rel: str
+    config: TrainConfig
+    state: str
+    summary: dict[str, Any] | None
+    metrics: list[dict[str, Any]]
+
+    @property
+    def complete(self) -> bool:
+        return self.state == "completed"
+
+
+@dataclass
+class Group:
+    preset: str
+    label: str
+    recipe: dict[str, Any]
+    config: TrainConfig  # of its first run: the setting's recipe
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def done(self) -> list[Run]:
+        return [r for r in self.runs if r.complete]
+
+    @property
+    def unfinished(self) -> list[Run]:
+        return [r for r in self.runs if not r.complete]
+
+
+def stats(values: list[float]) -> dict[str, Any]:
+    """mean, sample std (ddof 1; None for fewer than 2 values), min, max, n, values."""
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return {"n": 0, "mean": None, "std": None, "min": None, "max": None, "values": []}
+    return {"n": len(values), "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else None,
+            "min": min(values), "max": max(values), "values": values}
+
+
+def load_runs(root: str | Path) -> list[Run]:
+    root = Path(root)
+    if not root.is_dir():
+        raise FastresError(f"{root} is not a folder: pass the --out folder of an ablation (default runs/ablations)")
+    runs = []
+    for rd in find_runs(root):
+        try:
+            config = TrainConfig.from_dict(rd.read_config())
+            state = rd.state()
+            summary = rd.read_summary() if rd.summary.exists() else None
+        except FastresError:
+            continue  # not a readable fastres run (a stray config.json): nothing to report
+        rel = str(rd.path.relative_to(root)) if rd.path != root else "."
+        runs.append(Run(rd.path, rel, config, state, summary, rd.read_metrics()))
+    if not runs:
+        raise FastresError(f"{root} holds no fastres runs (no run directories with a config.json below it): "
+                           "pass the --out folder of an ablation, e.g. fastres report runs/ablations")
+    return runs
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """One group per (preset, recipe without the seed), in the ablation table's order."""
+    groups: dict[tuple[str, str], Group] = {}
+    for run in runs:
+        recipe = {k: v for k, v in run.config.recipe().items() if k not in _NOT_SETTING}
+        key = (run.config.preset, json.dumps(recipe, sort_keys=True))
+        if key not in groups:
+            groups[key] = Group(run.config.preset, run.config.preset or "custom", recipe, run.config)
+        groups[key].runs.append(run)
+    result = list(groups.values())
+    # Settings that share a preset name get the fields that tell them apart in their label.
+    for preset in {g.preset for g in result}:
+        same = [g for g in result if g.preset == preset]
+        if len(same) > 1:
+            varying = [k for k in same[0].recipe if len({json.dumps(g.recipe[k]) for g in same}) > 1]
+            for g in same:
+                g.label = f"{preset or 'custom'} ({', '.join(f'{k}={_value(g.recipe[k])}' for k in varying)})"
+    order = list(PRESETS)
+    result.sort(key=lambda g: (order.index(g.preset) if g.preset in order else len(order), g.label))
+    return result
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, list | tuple):
+        return ",".join(f"{x:g}" for x in v)
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def aggregate(root: str | Path, runs: list[Run] | None = None) -> dict[str, Any]:
+    """Everything the report shows, as plain data (accuracies as fractions, like summary.json)."""
+    root = Path(root)
+    runs = load_runs(root) if runs is None else runs
+    groups = group_runs(runs)
+    baseline = next((g for g in groups if g.preset == "baseline" and g.done), None)
+    out_groups = []
+    for g in groups:
+        done = [r.summary for r in g.done]
+        final = stats([s["final_val_acc"] for s in done])
+        entry = {
+            "preset": g.preset, "label": g.label, "n": len(done), "seeds": [r.config.seed for r in g.done],
+            "final_val_acc": final,
+            "best_val_acc": stats([s["best_val_acc"] for s in done]),
+            "final_train_acc": stats([s["final_train_acc"] for s in done]),
+            "epochs": sorted({int(s["epochs"]) for s in done}),
+            "train_time_s": stats([s["train_time_s"] for s in done]),
+            "images_per_s": stats([s["images_per_s"] for s in done]),
+            "diff_vs_baseline": None,
+            "original_best_acc": None,
+            "original_best_acc_reference": ORIGINAL_STUDY[g.preset] / 100 if g.preset in ORIGINAL_STUDY else None,
+            "recipe": g.recipe,
+            "runs": [r.rel for r in g.done],
+            "unfinished": [_unfinished(r) for r in g.unfinished],
+        }
+        if g.preset in ORIGINAL_STUDY and done and all(int(s["epochs_planned"]) == ORIGINAL_EPOCHS for s in done):
+            entry["original_best_acc"] = ORIGINAL_STUDY[g.preset] / 100
+        if baseline is not None and g is not baseline and final["n"]:
+            b = stats([r.summary["final_val_acc"] for r in baseline.done])
+            se = (math.sqrt(final["std"] ** 2 / final["n"] + b["std"] ** 2 / b["n"])
+                  if final["std"] is not None and b["std"] is not None else None)
+            entry["diff_vs_baseline"] = {"mean": final["mean"] - b["mean"], "stderr": se}
+        out_groups.append(entry)
+    return {
+        "root": str(root),
+        "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "settings": out_groups,
+        "runs": [_run_entry(r) for r in runs],
+        "unfinished": [_unfinished(r) for r in runs if not r.complete],
+        "common_changes": _common_changes(runs),
+        "provenance": _provenance(runs),
+        "files": {"markdown": REPORT_MD, "json": REPORT_JSON, "val_plot": VAL_PLOT, "lr_plot": LR_PLOT},
+    }
+
+
+def _unfinished(r: Run) -> dict[str, Any]:
+    return {"run": r.rel, "preset": r.config.preset, "seed": r.config.seed, "state": r.state,
+            "epochs": len(r.metrics), "epochs_planned": r.config.epochs}
+
+
+def _run_entry(r: Run) -> dict[str, Any]:
+    s = r.summary or {}
+    return {"run": r.rel, "preset": r.config.preset, "seed": r.config.seed, "state": r.state,
+            "epochs": len(r.metrics), "epochs_planned": r.config.epochs,
+            "final_val_acc": s.get("final_val_acc"), "best_val_acc": s.get("best_val_acc"),
+            "best_epoch": s.get("best_epoch"), "final_train_acc": s.get("final_train_acc"),
+            "train_time_s": s.get("train_time_s"), "images_per_s": s.get("images_per_s"),
+            "git_commit": s.get("git_commit"), "device": s.get("device"), "precision": s.get("precision"),
+            "data_hash": s.get("data_hash")}
+
+
+def _common_changes(runs: list[Run]) -> dict[str, Any]:
+    """Fields every run changed from its preset in the same way (the study's overrides)."""
+    common: dict[str, Any] | None = None
+    for r in runs:
+        if r.config.preset not in PRESETS:
+            continue
+        preset = PRESETS[r.config.preset].to_dict()
+        mine = {k: v for k, v in r.config.to_dict().items()
+                if k not in {"seed", "run_dir", "preset"} and v != preset[k]}
+        common = mine if common is None else {k: v for k, v in common.items() if mine.get(k, object()) == v}
+    return common or {}
+
+
+def _provenance(runs: list[Run]) -> dict[str, list[str]]:
+    def distinct(key: str, sub: str | None = None) -> list[str]:
+        values = set()
+        for r in runs:
+            if r.summary is None:
+                continue
+            v = r.summary.get(key)
+            v = v.get(sub) if sub and isinstance(v, dict) else v
+            if v is not None:
+                values.add(str(v))
+        return sorted(values)
+
+    return {"device": distinct("device"), "precision": distinct("precision"), "git_commit": distinct("git_commit"),
+            "torch": distinct("versions", "torch"), "data_hash": distinct("data_hash"),
+            "seeds": sorted({str(r.config.seed) for r in runs}, key=int)}
+
+
+# --- rendering ---------------------------------------------------------------------------
+
+
+def _pct(v: float | None, digits: int = 2) -> str:
+    return "-" if v is None else f"{100 * v:.{digits}f}"
+
+
+def _mean_std(s: dict[str, Any]) -> str:
+    if s["mean"] is None:
+        return "-"
+    return f"{_pct(s['mean'])} ± {_pct(s['std']) if s['std'] is not None else 'n/a'}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def render_markdown(data: dict[str, Any]) -> str:
+    settings = data["settings"]
+    n_runs = len(data["runs"])
+    lines = [
+        f"# Ablation report: `{data['root']}`",
+        "",
+        f"{n_runs} run(s) in {len(settings)} setting(s), written {data['generated']} by `fastres report`.",
+        "",
+        "CIFAR-10 test-set accuracy in percent. Each row is one setting over its seeds: "
+        "mean ± sample standard deviation (ddof 1). **Final** is the accuracy after the last epoch, "
+        "the number to compare. *Best epoch* is the best of all epochs, picked on the test set "
+        "itself, so it is optimistic (it is what the original study reported). Only runs that "
+        "finished all their planned epochs are counted.",
+        "",
+        "## Setup",
+        "",
+    ]
+    common = data["common_changes"]
+    lines.append("- Changes from each preset applied to every run: "
+                 + (", ".join(f"`{k}={_value(v)}`" for k, v in common.items()) if common else "none") + ".")
+    prov = data["provenance"]
+    lines.append(f"- Seeds: {', '.join(prov['seeds'])}.")
+    for key, name in (("device", "Device"), ("precision", "Precision"), ("torch", "torch"),
+                      ("git_commit", "fastres commit"), ("data_hash", "Data (manifest hash)")):
+        if prov[key]:
+            lines.append(f"- {name}: {', '.join(f'`{v}`' for v in prov[key])}.")
+    lines += ["", "## Results", ""]
+    header = ["setting", "n", "final val acc", "Δ final vs baseline", "best-epoch val acc (optimistic)",
+              "final train acc", "epochs", "wall time / run", "images/s", "original study (1 run, best)"]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join(["---"] + ["--:"] * (len(header) - 1)) + "|")
+    notes = False
+    for g in settings:
+        n = str(g["n"])
+        if g["unfinished"]:
+            n += f" (+{len(g['unfinished'])} unfinished†)"
+        diff = g["diff_vs_baseline"]
+        diff_text = "-" if diff is None else (
+            f"{100 * diff['mean']:+.2f}" + (f" ± {100 * diff['stderr']:.2f}" if diff["stderr"] is not None else ""))
+        epochs = "-" if not g["epochs"] else "/".join(str(e) for e in g["epochs"])
+        if g["original_best_acc"] is not None:
+            original = _pct(g["original_best_acc"], 1)
+        elif g["original_best_acc_reference"] is not None:
+            original = "(100 ep. only)*"
+            notes = True
+        else:
+            original = "-"
+        ips = g["images_per_s"]["mean"]
+        lines.append("| " + " | ".join([
+            f"`{g['label']}`", n, _mean_std(g["final_val_acc"]), diff_text, _mean_std(g["best_val_acc"]),
+            _mean_std(g["final_train_acc"]), epochs, _duration(g["train_time_s"]["mean"]),
+            "-" if ips is None else f"{ips:,.0f}", original]) + " |")
+    lines.append("")
+    lines.append("Δ: difference of the final-accuracy means from `baseline`, in points, ± its standard error "
+                 "(sqrt(s1²/n1 + s2²/n2)); an effect well inside about two standard errors is not "
+                 "distinguishable from seed noise.")
+    if notes:
+        lines.append("")
+        lines.append(f"\\* The original study's single-run best accuracies come from {ORIGINAL_EPOCHS}-epoch, "
+                     "full-size runs; they are shown only next to runs of the same length: "
+                     + ", ".join(f"{k} {v}" for k, v in ORIGINAL_STUDY.items()) + ".")
+    if data["unfinished"]:
+        lines += ["", "## Unfinished runs (not counted above) †", "",
+                  "| run | state | epochs done / planned |", "|---|---|--:|"]
+        for u in data["unfinished"]:
+            lines.append(f"| `{u['run']}` | {u['state']} | {u['epochs']}/{u['epochs_planned']} |")
+        lines.append("")
+        lines.append("Re-run the ablation command to resume them (`fastres train --resume RUN_DIR` for one).")
+    lines += ["", "## Curves", "",
+              f"![validation accuracy per epoch: mean over seeds, band = min-max]({VAL_PLOT})", "",
+              f"![learning-rate schedules]({LR_PLOT})", "",
+              "## Runs", "",
+              "| run | seed | state | epochs | final val | best val (epoch) | final train | wall time | images/s | commit |",
+              "|---|--:|---|--:|--:|--:|--:|--:|--:|---|"]
+    for r in data["runs"]:
+        best = "-" if r["best_val_acc"] is None else f"{_pct(r['best_val_acc'])} ({r['best_epoch']})"
+        ips = "-" if r["images_per_s"] is None else f"{r['images_per_s']:,.0f}"
+        commit = (r["git_commit"] or "-")[:12] + ("-dirty" if (r["git_commit"] or "").endswith("-dirty") else "")
+        lines.append(f"| `{r['run']}` | {r['seed']} | {r['state']} | {r['epochs']}/{r['epochs_planned']} | "
+                     f"{_pct(r['final_val_acc'])} | {best} | {_pct(r['final_train_acc'])} | "
+                     f"{_duration(r['train_time_s'])} | {ips} | `{commit}` |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_val_acc(runs: list[Run], path: Path) -> None:
+    """Val accuracy per epoch for each setting: mean over finished seeds, min-max band."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.add_subplot()
+    for i, g in enumerate(group_runs(runs)):
+        curves = [[row["val_acc"] for row in r.metrics] for r in g.done]
+        if not curves:
+            continue
+        length = min(len(c) for c in curves)
+        curves = [c[:length] for c in curves]
+        epochs = list(range(1, length + 1))
+        per_epoch = list(zip(*curves, strict=True))
+        mean = [100 * statistics.fmean(v) for v in per_epoch]
+        color = f"C{i % 10}"
+        ax.plot(epochs, mean, color=color, marker="o" if length < 20 else None, markersize=3,
+                label=f"{g.label} (n={len(curves)})")
+        if len(curves) > 1:
+            ax.fill_between(epochs, [100 * min(v) for v in per_epoch], [100 * max(v) for v in per_epoch],
+                            color=color, alpha=0.2, linewidth=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val accuracy (%)")
+    ax.set_title("Validation accuracy: mean over seeds, band = min-max")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.savefig(path, dpi=110)
+
+
+def plot_lr(runs: list[Run], path: Path) -> None:
+    """The learning rate against (fractional) epoch for each setting, as the trainer applies it."""
+    from matplotlib.figure import Figure
+
+    from .train import lr_factor
+
+    fig = Figure(figsize=(8, 4), layout="constrained")
+    ax = fig.add_subplot()
+    # Settings with the same schedule share one curve (and one legend entry).
+    curves: dict[str, tuple[TrainConfig, list[str]]] = {}
+    for g in group_runs(runs):
+        c = g.config
+        key = json.dumps([c.lr, c.lr_schedule, list(c.milestones), c.lr_gamma, c.warmup_epochs, c.epochs])
+        curves.setdefault(key, (c, []))[1].append(g.label)
+    resolution = 100  # nominal steps per epoch: the schedule's shape, whatever the data size
+    for i, (c, labels) in enumerate(curves.values()):
+        steps = range(c.epochs * resolution)
+        lrs = [c.lr * lr_factor(c, s, resolution) for s in steps]
+        # Step s holds its lr from s to s+1: a post-step line shows milestone drops as vertical edges.
+        ax.step([s / resolution for s in steps] + [c.epochs], lrs + lrs[-1:], where="post",
+                color=f"C{i % 10}", label=", ".join(labels))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("learning rate")
+    ax.set_title("Learning-rate schedules")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.savefig(path, dpi=110)
+
+
+def write_report(root: str | Path) -> dict[str, Any]:
+    """Write report.md, report.json and the plots into ``root``; return the report's data."""
+    root = Path(root)
+    runs = load_runs(root)
+    data = aggregate(root, runs)
+    try:
+        plot_val_acc(runs, root / VAL_PLOT)
+        plot_lr(runs, root / LR_PLOT)
+        atomic_write_text(root / REPORT_MD, render_markdown(data))
+        atomic_write_text(root / REPORT_JSON, json.dumps(data, indent=2) + "\n")
+    except OSError as exc:
+        raise FastresError(f"cannot write the report into {root} ({exc.strerror or exc}): "
+                           "check that you can write there") from None
+    return data
+
+
+def summary_table(data: dict[str, Any]) -> str:
+    """The results table for the terminal (the markdown table's main columns)."""
+    rows = [("setting", "n", "final val acc %", "best-epoch %", "epochs", "unfinished")]
+    for g in data["settings"]:
+        rows.append((g["label"], str(g["n"]), _mean_std(g["final_val_acc"]), _mean_std(g["best_val_acc"]),
+                     "/".join(str(e) for e in g["epochs"]) or "-", str(len(g["unfinished"])) if g["unfinished"] else ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+

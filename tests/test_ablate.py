@@ -1,0 +1,234 @@
+"""``fastres ablate``: planning, dry-run commands, skip/resume on re-run, failures, devices."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fastres.ablate import PlannedRun, check_devices, plan_ablation, run_ablation
+from fastres.cli import _config_from_args, build_parser
+from fastres.rundir import RunDir
+
+from .conftest import REPO, run_cli, run_main
+
+# 20 steps per epoch, 3 epochs: a Ctrl-C sent right after epoch 1 lands inside the run.
+TINY = ["--width", "8", "--batch-size", "50", "--epochs", "3", "--train-subset", "1000", "--test-subset", "100",
+        "--lr", "0.05"]
+STUDY = ["ablate", "--config", "baseline", "cosine_schedule", "--seeds", "2"]
+FOLDERS = ["baseline/seed42", "baseline/seed43", "cosine/seed42", "cosine/seed43"]
+
+
+def summaries(out: Path) -> dict[str, dict]:
+    return {f: json.loads((out / f / "summary.json").read_text()) for f in FOLDERS}
+
+
+@pytest.fixture(scope="module")
+def study(synthetic_data, tmp_path_factory):
+    """A 2-preset x 2-seed study, built the hard way: interrupted, partly run by hand from
+    the --dry-run commands, then completed by re-running the same ablate command."""
+    out = tmp_path_factory.mktemp("study") / "abl"
+    args = [*STUDY, *TINY, "--data-dir", str(synthetic_data), "--out", str(out)]
+    stages = {}
+
+    stages["dry_run"] = run_cli(*args, "--dry-run")
+    stages["created_by_dry_run"] = out.exists()
+
+    # Ctrl-C the ablation during its first run: it stops that run cleanly and exits.
+    proc = subprocess.Popen([sys.executable, "-m", "fastres", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+    metrics = out / FOLDERS[0] / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.exists() and metrics.read_text().strip()):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    stages["interrupted"] = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    stages["interrupted_state"] = RunDir(out / FOLDERS[0]).state()
+
+    # Run one of the printed commands by hand, as a job scheduler would.
+    stages["dry_run_after"] = run_cli(*args, "--dry-run")
+    line = next(c for c in stages["dry_run"].stdout.splitlines() if c.endswith(FOLDERS[1]))
+    stages["by_hand"] = subprocess.run(shlex.split(line), capture_output=True, text=True, cwd=REPO, timeout=600)
+
+    stages["rerun"] = run_cli(*args)
+    stages["mtimes"] = {f: (out / f / "summary.json").stat().st_mtime_ns for f in FOLDERS}
+    stages["again"] = run_cli(*args)
+    return out, args, stages
+
+
+def test_dry_run_prints_one_runnable_train_command_per_run(study):
+    out, _, stages = study
+    res = stages["dry_run"]
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert len(lines) == 4
+    for line, folder in zip(lines, FOLDERS, strict=True):
+        argv = shlex.split(line)
+        assert argv[:4] == [sys.executable, "-m", "fastres", "train"]
+        assert argv[-2:] == ["--run-dir", str(out / folder)]
+        assert "--seed" in argv and argv[argv.index("--seed") + 1] == folder[-2:]
+        assert all(opt in argv for opt in TINY)
+    assert not stages["created_by_dry_run"], "a dry run plans only"
+
+
+def test_ctrl_c_stops_the_running_run_cleanly(study):
+    _, _, stages = study
+    res = stages["interrupted"]
+    assert res.returncode == 130, res.stderr
+    assert "Traceback" not in res.stderr
+    assert "run the same command again" in res.stderr
+    assert stages["interrupted_state"] == "interrupted"
+    # Then the dry run offers to resume that run and still to train the others.
+    lines = stages["dry_run_after"].stdout.splitlines()
+    assert f"train --resume {study[0] / FOLDERS[0]} " in lines[0]
+    assert [line.split()[-1] for line in lines[1:]] == [str(study[0] / f) for f in FOLDERS[1:]]
+
+
+def test_rerun_resumes_the_interrupted_run_skips_the_finished_and_trains_the_rest(study):
+    out, _, stages = study
+    assert stages["by_hand"].returncode == 0, stages["by_hand"].stderr
+    res = stages["rerun"]
+    assert res.returncode == 0, res.stderr
+    assert "2 to train, 1 to resume, 1 already finished" in res.stdout
+    assert "baseline/seed42: resuming after epoch" in res.stdout
+    assert "skipping 1 finished run(s): baseline/seed43" in res.stdout
+    assert "[4/4]" in res.stdout and "4/4 done" in res.stdout
+    assert sorted(str(p.parent.relative_to(out)) for p in out.rglob("config.json")) == FOLDERS
+    for folder, summary in summaries(out).items():
+        assert summary["status"] == "completed" and summary["epochs"] == summary["epochs_planned"] == 3, folder
+        assert [r["epoch"] for r in RunDir(out / folder).read_metrics()] == [1, 2, 3], folder
+        assert summary["seed"] == int(folder[-2:]) and summary["preset"] == folder.split("/")[0]
+
+
+def test_run_made_from_a_dry_run_line_is_the_ablations_own_run(study):
+    out, args, _ = study
+    by_hand = json.loads((out / FOLDERS[1] / "config.json").read_text())
+    planned = plan_ablation(["baseline"], seeds=2, overrides={"width": 8, "batch_size": 50, "epochs": 3,
+                            "train_subset": 1000, "test_subset": 100, "lr": 0.05,
+                            "data_dir": args[args.index("--data-dir") + 1]}, out=out)
+    assert by_hand == planned[1].config.to_dict()
+
+
+def test_second_rerun_skips_every_finished_run(study):
+    out, _, stages = study
+    res = stages["again"]
+    assert res.returncode == 0, res.stderr
+    assert "0 to train, 0 to resume, 4 already finished" in res.stdout
+    assert "ablation finished: 4/4 runs done" in res.stdout
+    assert {f: (out / f / "summary.json").stat().st_mtime_ns for f in FOLDERS} == stages["mtimes"]
+
+
+def test_ablation_ends_with_a_report_of_mean_and_sample_std(study):
+    out, _, _ = study
+    text = (out / "report.md").read_text()
+    sums = summaries(out)
+    for preset in ("baseline", "cosine"):
+        finals = [sums[f]["final_val_acc"] for f in FOLDERS if f.startswith(preset)]
+        bests = [sums[f]["best_val_acc"] for f in FOLDERS if f.startswith(preset)]
+        mean, std = sum(finals) / 2, abs(finals[0] - finals[1]) / 2 ** 0.5  # ddof 1 with two values
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{preset}` |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1] == "2"
+        assert cells[2] == f"{100 * mean:.2f} ± {100 * std:.2f}"
+        assert cells[4] == f"{100 * statistics.fmean(bests):.2f} ± {100 * statistics.stdev(bests):.2f}"
+    for png in ("val_acc.png", "lr_schedule.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_failed_run_is_reported_and_the_others_go_on(synthetic_data, tmp_path):
+    # baseline's batch of 128 does not fit 64 images; small_batch's 32 does.
+    res = run_cli("ablate", "--config", "baseline", "small_batch", "--width", "8", "--epochs", "1",
+                  "--train-subset", "64", "--test-subset", "100",
+                  "--data-dir", str(synthetic_data), "--out", str(tmp_path / "abl"))
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr
+    assert "FAILED baseline/seed42" in res.stdout and "batch size 128 is larger than the 64 training images" in res.stdout
+    assert "fastres: failed: baseline/seed42" in res.stderr and "1 of 2 runs failed" in res.stderr
+    assert RunDir(tmp_path / "abl" / "small_batch" / "seed42").state() == "completed"
+    report = (tmp_path / "abl" / "report.md").read_text()
+    assert "| `small_batch` | 1 |" in report
+
+
+def test_commands_reproduce_the_planned_configs(tmp_path):
+    overrides = {"width": 16, "lr": 1e-05, "nesterov": True, "augment": False, "milestones": (0.3, 0.6, 0.9),
+                 "norm": "none", "precision": "fp32", "label_smoothing": 0.1, "epochs": 7}
+    runs = plan_ablation(["cosine_schedule", "no_bn", "small_batch", "cosine"], seeds=3, seed=7,
+                         overrides=overrides, out=tmp_path / "o")
+    assert [(r.preset, r.seed) for r in runs] == [(p, s) for p in ("cosine", "no_batchnorm", "small_batch")
+                                                  for s in (7, 8, 9)]
+    parser = build_parser()
+    for run in runs:
+        assert run.action == "train" and run.run_dir == tmp_path / "o" / run.preset / f"seed{run.seed}"
+        args = parser.parse_args(list(run.command[3:]))
+        config, resume = _config_from_args(args)
+        assert not resume and config == run.config
+
+
+def test_runs_go_one_per_device_at_a_time_each_pinned(tmp_path):
+    code = "import os, time; print('pinned', os.environ['CUDA_VISIBLE_DEVICES']); time.sleep(1.5)"
+    base = plan_ablation(["baseline"], seeds=4, out=tmp_path)
+    runs = [PlannedRun(r.preset, r.seed, r.run_dir, r.config, "train", "new", (sys.executable, "-c", code))
+            for r in base]
+    lines: list[str] = []
+    t0 = time.monotonic()
+    run_ablation(runs, devices=["5", "7"], log=lines.append, poll_s=0.05)
+    elapsed = time.monotonic() - t0
+    assert elapsed < 4 * 1.5, "two devices: the four runs go two at a time"
+    pinned = [line for line in lines if "pinned" in line]
+    assert len(pinned) == 4
+    assert all(line.split("@GPU")[1].split()[0] == line.split()[-1] for line in pinned), pinned
+    assert sum(line.endswith("pinned 5") for line in pinned) == 2
+
+
+def test_device_indices_follow_an_inherited_cuda_visible_devices(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert check_devices(["1", "0"], {}) == ["3", "2"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert check_devices(["1"], {}) == ["1"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config", "resnet99"], "unknown preset 'resnet99': choose one of baseline, cosine"),
+    (["--config", "baseline", "--seeds", "0"], "--seeds must be a whole number >= 1, got 0"),
+    (["--config", "baseline", "--out", "/proc/no/such"], "cannot write --out /proc/no/such"),
+    (["--config", "baseline", "--run-dir", "x"], "run_dir cannot be overridden"),
+    ([], "no presets chosen"),
+    (["--config", "baseline", "--devices", "0,x"], "--devices takes distinct GPU indices"),
+    (["--config", "baseline", "--devices", "0", "--device", "cpu"], "--devices pins runs to GPUs"),
+])
+def test_bad_input_gets_a_one_line_error(capsys, args, message):
+    res = run_main(capsys, "ablate", *args)
+    assert res.returncode == 2
+    assert res.stdout == "" and res.stderr.count("\n") == 1 and message in res.stderr, res.stderr
+
+
+def test_a_run_folder_with_another_recipe_is_refused_before_anything_runs(study, capsys):
+    out, args, _ = study
+    res = run_main(capsys, *args[: args.index("--epochs")], "--epochs", "4", *args[args.index("--epochs") + 2:])
+    assert res.returncode == 2 and res.stderr.count("\n") == 1
+    assert "hold a different recipe" in res.stderr and "epochs 3 recorded, 4 planned" in res.stderr
+
+
+def test_list_shows_every_preset_and_its_differences(capsys):
+    res = run_main(capsys, "ablate", "--list")
+    assert res.returncode == 0
+    from fastres.config import PRESETS
+
+    for name in PRESETS:
+        assert any(line.startswith(name + " ") for line in res.stdout.splitlines()), name
+    assert "vs baseline: norm batch -> none, lr 0.1 -> 0.01" in res.stdout
+    assert "vs baseline: batch_size 128 -> 32" in res.stdout
+    assert "cosine_schedule = cosine" in res.stdout

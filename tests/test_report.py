@@ -1,0 +1,159 @@
+"""``fastres report``: statistics, unfinished runs, the original study's column, JSON, plots.
+
+The run directories are written through RunDir with chosen numbers (no training), and the
+expected statistics are computed here from their summary.json files, not by the report's code.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from fastres.config import get_preset
+from fastres.rundir import RunDir
+
+from .conftest import run_cli, run_main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def make_run(root: Path, preset: str, seed: int, finals: list[float], *, epochs: int | None = None,
+             status: str | None = "completed", **changes) -> Path:
+    """A run dir whose val accuracy per epoch is ``finals`` (its length = epochs done)."""
+    planned = epochs or len(finals)
+    changes = {"width": 8} | changes
+    config = get_preset(preset).replace(seed=seed, epochs=planned, **changes)
+    name = f"{preset}-w{config.width}"
+    run = RunDir(root / name / f"seed{seed}")
+    run.path.mkdir(parents=True)
+    run.write_config(config.replace(run_dir=str(run.path)).to_dict())
+    for e, acc in enumerate(finals, 1):
+        run.append_metrics({"epoch": e, "train_loss": 1.0 / e, "train_acc": min(1.0, acc + 0.05), "val_loss": 1.0,
+                            "val_acc": acc, "lr": 0.1, "images_per_s": 1000.0 + seed, "epoch_time_s": 2.0})
+    if status is not None:
+        best = max(finals)
+        run.write_summary({
+            "status": status, "preset": config.preset, "model": config.model, "epochs": len(finals),
+            "epochs_planned": planned, "best_val_acc": best, "best_epoch": finals.index(best) + 1,
+            "final_val_acc": finals[-1], "final_train_acc": min(1.0, finals[-1] + 0.05),
+            "train_time_s": 10.0 * len(finals) + seed, "images_per_s": 1000.0 + seed, "seed": seed,
+            "device": "TestCPU", "precision": "bf16", "git_commit": "abc123", "versions": {"torch": "9.9"},
+            "data_hash": "d1",
+        })
+    return run.path
+
+
+@pytest.fixture
+def runs(tmp_path) -> Path:
+    root = tmp_path / "runs"
+    make_run(root, "baseline", 42, [0.50, 0.712, 0.701])
+    make_run(root, "baseline", 43, [0.40, 0.733, 0.722])
+    make_run(root, "baseline", 44, [0.45, 0.698, 0.690])
+    make_run(root, "no_batchnorm", 42, [0.30, 0.41, 0.52])
+    make_run(root, "no_batchnorm", 43, [0.35, 0.45, 0.48])
+    make_run(root, "cosine", 42, [0.6, 0.7, 0.8])
+    make_run(root, "cosine", 43, [0.99], epochs=3, status="interrupted")  # stopped after epoch 1
+    make_run(root, "cosine", 44, [0.98, 0.99], epochs=3, status=None)  # killed: no summary
+    make_run(root, "resnet34", 42, [0.5] * 99 + [0.8])  # the original study's 100 epochs
+    make_run(root, "resnet34", 43, [0.5] * 99 + [0.9])
+    return root
+
+
+def summary_values(root: Path, preset: str, key: str) -> list[float]:
+    return [json.loads(p.read_text())[key] for p in sorted(root.glob(f"{preset}-w8/seed*/summary.json"))
+            if json.loads(p.read_text())["status"] == "completed"]
+
+
+def row(text: str, label: str) -> list[str]:
+    line = next(line for line in text.splitlines() if line.startswith(f"| `{label}` |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_report_rows_hold_mean_and_sample_std_over_finished_seeds(runs):
+    res = run_cli("report", str(runs))  # once through a real process, as a user runs it
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr and "wrote" in res.stdout
+    text = (runs / "report.md").read_text()
+    for preset in ("baseline", "no_batchnorm", "resnet34"):
+        cells = row(text, preset)
+        for col, key in ((2, "final_val_acc"), (4, "best_val_acc"), (5, "final_train_acc")):
+            values = summary_values(runs, preset, key)
+            assert cells[col] == f"{100 * statistics.fmean(values):.2f} ± {100 * statistics.stdev(values):.2f}", (preset, key)
+        assert cells[1] == str(len(summary_values(runs, preset, "final_val_acc")))
+    base = summary_values(runs, "baseline", "final_val_acc")
+    nobn = summary_values(runs, "no_batchnorm", "final_val_acc")
+    se = (statistics.variance(base) / len(base) + statistics.variance(nobn) / len(nobn)) ** 0.5
+    assert row(text, "no_batchnorm")[3] == f"{100 * (statistics.fmean(nobn) - statistics.fmean(base)):+.2f} ± {100 * se:.2f}"
+    # Final and best-epoch differ in this data: the table must not confuse them.
+    assert row(text, "baseline")[2] != row(text, "baseline")[4]
+    assert "optimistic" in text
+    assert row(text, "baseline")[6] == "3" and row(text, "resnet34")[6] == "100"
+
+
+def test_unfinished_runs_are_marked_and_not_averaged(runs, capsys):
+    assert run_main(capsys, "report", str(runs)).returncode == 0
+    text = (runs / "report.md").read_text()
+    cells = row(text, "cosine")
+    assert cells[1] == "1 (+2 unfinished†)"
+    assert cells[2] == "80.00 ± n/a", "only the finished run counts (the unfinished ones reached 98-99%)"
+    assert "## Unfinished runs" in text
+    assert "| `cosine-w8/seed43` | interrupted | 1/3 |" in text
+    assert "| `cosine-w8/seed44` | incomplete | 2/3 |" in text
+
+
+def test_original_study_column_only_for_100_epoch_runs(runs, capsys):
+    assert run_main(capsys, "report", str(runs)).returncode == 0
+    text = (runs / "report.md").read_text()
+    assert row(text, "resnet34")[-1] == "89.9"
+    assert row(text, "baseline")[-1] != "93.9" and "93.9" not in row(text, "baseline")[-1]
+
+
+def test_json_output_uses_fractions(runs, capsys):
+    res = run_main(capsys, "report", str(runs), "--json")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data == json.loads((runs / "report.json").read_text())
+    setting = next(s for s in data["settings"] if s["label"] == "baseline")
+    values = summary_values(runs, "baseline", "final_val_acc")
+    assert setting["final_val_acc"]["mean"] == pytest.approx(statistics.fmean(values))
+    assert setting["final_val_acc"]["std"] == pytest.approx(statistics.stdev(values))
+    assert setting["n"] == 3 and setting["seeds"] == [42, 43, 44]
+    assert {u["run"] for u in data["unfinished"]} == {"cosine-w8/seed43", "cosine-w8/seed44"}
+    assert next(s for s in data["settings"] if s["label"] == "resnet34")["original_best_acc"] == pytest.approx(0.899)
+
+
+def test_plots_are_valid_pngs(runs, capsys):
+    assert run_main(capsys, "report", str(runs)).returncode == 0
+    import matplotlib.image
+
+    for name in ("val_acc.png", "lr_schedule.png"):
+        data = (runs / name).read_bytes()
+        assert data[:8] == PNG
+        image = matplotlib.image.imread(runs / name)
+        assert image.shape[0] > 200 and image.shape[1] > 400
+        assert image.std() > 0.01, f"{name} is blank"
+        assert f"]({name})" in (runs / "report.md").read_text()
+
+
+def test_settings_that_share_a_preset_but_differ_are_kept_apart(tmp_path, capsys):
+    root = tmp_path / "runs"
+    make_run(root, "baseline", 42, [0.5, 0.6])
+    make_run(root, "baseline", 42, [0.5, 0.9], width=16)
+    assert run_main(capsys, "report", str(root)).returncode == 0
+    text = (root / "report.md").read_text()
+    assert row(text, "baseline (width=8)")[2] == "60.00 ± n/a"
+    assert row(text, "baseline (width=16)")[2] == "90.00 ± n/a"
+
+
+@pytest.mark.parametrize("make", ["empty", "missing"])
+def test_report_on_a_folder_without_runs_is_a_one_line_error(capsys, tmp_path, make):
+    target = tmp_path / "nothing"
+    if make == "empty":
+        target.mkdir()
+    res = run_main(capsys, "report", str(target))
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+    assert ("holds no fastres runs" if make == "empty" else "is not a folder") in res.stderr
