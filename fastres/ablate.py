@@ -196,6 +196,7 @@ class RunResult:
 class AblationResult:
     results: list[RunResult] = field(default_factory=list)
     interrupted: bool = False
+    signum: int = 0  # the signal that stopped the study (SIGINT or SIGTERM), when interrupted
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -354,6 +355,7 @@ def run_ablation(runs: Sequence[PlannedRun], *, devices: Sequence[str] | None = 
     except KeyboardInterrupt as exc:
         result.interrupted = True
         sig = getattr(exc, "signum", signal.SIGINT)
+        result.signum = int(sig)
         say(f"ablation: stopping {len(running)} running run(s) cleanly ...")
         for child in running.values():
             if child.proc.poll() is None:

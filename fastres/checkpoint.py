@@ -11,6 +11,7 @@ import pickle
 import random
 import shutil
 import zipfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +86,49 @@ def load(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]
     if state.get("version") != VERSION:
         raise FastresError(f"checkpoint {path} has format version {state.get('version')}, this fastres reads {VERSION}")
     return state
+
+
+def to_cpu(state: Any) -> Any:
+    """A deep copy with every tensor on the CPU: a snapshot training can run on from."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: to_cpu(v) for k, v in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(to_cpu(v) for v in state)
+    return state
+
+
+class BackgroundWriter:
+    """Writes checkpoints on a thread, so the training loop only pays for the CPU snapshot.
+
+    On a GPU an epoch of ResNet-18 takes seconds and a synchronous 90 MB write would cost
+    several percent of it. One write is in flight at a time; ``wait`` blocks until it is on disk.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastres-checkpoint")
+        self._pending: Future | None = None
+
+    def submit(self, state: dict[str, Any], path: Path, best: Path | None) -> None:
+        self.wait()
+        snapshot = to_cpu(state)
+        self._pending = self._pool.submit(self._write, snapshot, path, best)
+
+    @staticmethod
+    def _write(state: dict[str, Any], path: Path, best: Path | None) -> None:
+        save(state, path)
+        if best is not None:
+            copy(path, best)
+
+    def wait(self) -> None:
+        """Block until the last submitted checkpoint is on disk; re-raise its error if any."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)

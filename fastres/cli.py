@@ -245,7 +245,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     done = result.count("finished") + result.count("skipped")
     if result.interrupted:
         raise FastresError(f"ablation interrupted with {done}/{len(runs)} runs done; run the same command again to "
-                           "resume the stopped runs", exit_code=130)
+                           "resume the stopped runs", exit_code=128 + result.signum)
     if failed:
         raise FastresError(f"{len(failed)} of {len(runs)} runs failed (listed above); the others finished. "
                            "Fix the cause and run the same command again to retry them", exit_code=1)

@@ -108,6 +108,7 @@ class Trainer:
         input_dtype = runtime.amp_dtype
         self.augment = BatchAugment(device, input_dtype, channels_last=runtime.channels_last,
                                     augment=config.augment, seed=config.seed)
+        self.writer = checkpoint.BackgroundWriter()
         self.epoch = 0  # completed epochs
         self.best_val_acc = -1.0
         self.best_epoch = 0
@@ -133,10 +134,9 @@ class Trainer:
         self.epoch, self.best_val_acc, self.best_epoch = state["epoch"], state["best_val_acc"], state["best_epoch"]
 
     def save_checkpoint(self, improved: bool) -> float:
+        """Queue last.pt (and best.pt); returns the seconds the training loop was held up."""
         t0 = time.perf_counter()
-        checkpoint.save(self.state(), self.run.last_checkpoint)
-        if improved:
-            checkpoint.copy(self.run.last_checkpoint, self.run.best_checkpoint)
+        self.writer.submit(self.state(), self.run.last_checkpoint, self.run.best_checkpoint if improved else None)
         return time.perf_counter() - t0
 
     # -- steps -------------------------------------------------------------------------
@@ -226,8 +226,8 @@ class Trainer:
                 improved = row["val_acc"] > self.best_val_acc
                 if improved:
                     self.best_val_acc, self.best_epoch = row["val_acc"], self.epoch
-                ckpt_seconds += self.save_checkpoint(improved)
-                row["checkpoint_time_s"] = ckpt_seconds
+                row["checkpoint_time_s"] = self.save_checkpoint(improved)
+                ckpt_seconds += row["checkpoint_time_s"]
                 self.run.append_metrics(row)
                 for key, tag in TB_TAGS.items():
                     tb.add_scalar(tag, row[key], self.epoch)
@@ -248,6 +248,8 @@ class Trainer:
             raise
         finally:
             tb.close()
+            # The last checkpoint must be on disk before the run reports where it stopped.
+            self.writer.close()
             if status == "running":
                 status = "failed"
             self.summary = self._summary(status, started, train_images, train_seconds, ckpt_seconds)
