@@ -9,6 +9,7 @@ NCHW view is exactly the channels_last memory format, so no copy is needed for i
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -80,6 +81,12 @@ class BatchAugment:
 
     def test(self, images: torch.Tensor) -> torch.Tensor:
         return self.normalize(images)
+
+    def set_epoch(self, seed: int, epoch: int, rank: int = 0) -> None:
+        """Reseed from (seed, epoch, rank): each epoch's crops are fixed by those three numbers,
+        so a resumed run redraws them exactly and data-parallel ranks draw different ones."""
+        mixed = np.random.SeedSequence([seed, epoch, rank]).generate_state(1, dtype=np.uint64)[0]
+        self.generator.manual_seed(int(mixed) & 0x7FFF_FFFF_FFFF_FFFF)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"generator": self.generator.get_state()}

@@ -26,7 +26,7 @@ DEVICES = ("auto", "cuda", "cpu")
 # between a run and its resume, and between runs that are meant to be comparable.
 MACHINE_FIELDS = frozenset(
     {"precision", "channels_last", "compile", "loader", "num_workers", "data_dir", "run_dir",
-     "device", "deterministic", "progress"}
+     "device", "deterministic", "progress", "sync_bn"}
 )
 
 
@@ -49,6 +49,8 @@ class TrainConfig:
     weight_decay: float = field(default=5e-4, metadata={"help": "L2 weight decay"})
     label_smoothing: float = field(default=0.0, metadata={"help": "cross-entropy label smoothing in [0, 1)"})
     augment: bool = field(default=True, metadata={"help": "random crop (padding 4) and horizontal flip on training batches"})
+    shuffle: bool = field(default=True, metadata={"help": "shuffle the training set every epoch (off: sequential order)"})
+    sync_bn: bool = field(default=False, metadata={"help": "SyncBatchNorm across data-parallel processes (torchrun)"})
     seed: int = field(default=42, metadata={"help": "seed for initialisation, data order and augmentation"})
     train_subset: int = field(default=0, metadata={"help": "train on the first N training images only (0 = all 50,000)"})
     test_subset: int = field(default=0, metadata={"help": "evaluate on the first N test images only (0 = all 10,000)"})

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DistributedSampler
 
 from . import cifar, prepare
 from .errors import FastresError
@@ -35,7 +36,8 @@ class FFCVBatches:
     """
 
     def __init__(self, path: Path, batch_size: int, device: torch.device, *, shuffle: bool,
-                 seed: int, drop_last: bool, num_workers: int, subset: int = 0) -> None:
+                 seed: int, drop_last: bool, num_workers: int, subset: int = 0,
+                 distributed: bool = False) -> None:
         self._threads = torch.get_num_threads()
         with keep_torch_threads():
             from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
@@ -51,7 +53,7 @@ class FFCVBatches:
         self.loader = Loader(
             str(path), batch_size=batch_size, num_workers=num_workers,
             order=OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL,
-            seed=seed, drop_last=drop_last,
+            seed=seed, drop_last=drop_last, distributed=distributed,
             indices=np.arange(subset) if subset else None,
             pipelines={"image": image_pipe, "label": label_pipe},
             batches_ahead=2,
@@ -78,7 +80,7 @@ class MemoryBatches:
     """The whole uint8 split resident on the device; batches are index gathers."""
 
     def __init__(self, split: cifar.Split, batch_size: int, device: torch.device, *, shuffle: bool,
-                 seed: int, drop_last: bool, subset: int = 0) -> None:
+                 seed: int, drop_last: bool, subset: int = 0, rank: int = 0, world_size: int = 1) -> None:
         n = subset or len(split)
         self.images = torch.from_numpy(split.images[:n]).to(device)
         self.labels = torch.from_numpy(split.labels[:n]).to(device)
@@ -87,7 +89,12 @@ class MemoryBatches:
         self.seed = seed
         self.drop_last = drop_last
         self.next_epoch = 0
-        self.num_images = n
+        self.sampler = None
+        if world_size > 1:
+            # The same sharding (and padding) as FFCV's distributed mode, which uses this sampler.
+            self.sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=shuffle,
+                                              seed=seed, drop_last=False)
+        self.num_images = len(self.sampler) if self.sampler is not None else n
 
     def set_epoch(self, epoch: int) -> None:
         self.next_epoch = epoch
@@ -99,7 +106,10 @@ class MemoryBatches:
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.next_epoch
         self.next_epoch += 1
-        if self.shuffle:
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+            order = torch.tensor(list(self.sampler), device=self.images.device)
+        elif self.shuffle:
             # Same recipe as FFCV's RANDOM order: a permutation from default_rng(seed + epoch).
             order = torch.from_numpy(np.random.default_rng(self.seed + epoch).permutation(self.num_images))
             order = order.to(self.images.device)
@@ -133,16 +143,25 @@ def choose_loader(requested: str, log=print) -> str:
 def open_data(*, loader: str, data_dir: str | Path, batch_size: int, device: torch.device, seed: int,
               num_workers: int = 0, train_subset: int = 0, test_subset: int = 0,
               eval_batch_size: int = 500, shuffle: bool = True, source: str | Path | None = None,
-              log=print) -> DataSource:
-    """Open the training and test batches for one run (``loader`` already resolved)."""
+              rank: int = 0, world_size: int = 1, log=print) -> DataSource:
+    """Open the training and test batches for one run (``loader`` already resolved).
+
+    ``batch_size`` is global: with ``world_size`` > 1 each rank reads its own shard of the
+    training set in batches of ``batch_size // world_size``. Every rank reads the whole test set.
+    """
+    if batch_size % world_size:
+        raise FastresError(
+            f"batch size {batch_size} does not divide over {world_size} processes: pass a --batch-size "
+            f"that is a multiple of {world_size} (the batch size is global, split evenly between processes)"
+        )
     if loader == "ffcv":
         manifest = prepare.verify_betons(data_dir)
         counts = {s: manifest["files"][s]["count"] for s in prepare.BETONS}
         _check_subsets(counts, train_subset, test_subset, batch_size)
         workers = num_workers or (8 if device.type == "cuda" else 1)
         common = {"device": device, "seed": seed, "num_workers": workers}
-        train = FFCVBatches(prepare.beton_path(data_dir, "train"), batch_size, shuffle=shuffle,
-                            drop_last=True, subset=train_subset, **common)
+        train = FFCVBatches(prepare.beton_path(data_dir, "train"), batch_size // world_size, shuffle=shuffle,
+                            drop_last=True, subset=train_subset, distributed=world_size > 1, **common)
         test = FFCVBatches(prepare.beton_path(data_dir, "test"), eval_batch_size, shuffle=False,
                            drop_last=False, subset=test_subset, **common)
         return DataSource(train, test, "ffcv", prepare.manifest_hash(manifest), f"FFCV betons in {data_dir}")
@@ -155,7 +174,8 @@ def open_data(*, loader: str, data_dir: str | Path, batch_size: int, device: tor
         )
     data = cifar.load_source(src, expect_full=False)
     _check_subsets({"train": len(data.train), "test": len(data.test)}, train_subset, test_subset, batch_size)
-    train = MemoryBatches(data.train, batch_size, device, shuffle=shuffle, seed=seed, drop_last=True, subset=train_subset)
+    train = MemoryBatches(data.train, batch_size // world_size, device, shuffle=shuffle, seed=seed, drop_last=True,
+                          subset=train_subset, rank=rank, world_size=world_size)
     test = MemoryBatches(data.test, eval_batch_size, device, shuffle=False, seed=seed, drop_last=False, subset=test_subset)
     return DataSource(train, test, "memory", cifar.source_checksum(src)[:16], f"CIFAR-10 source {src}, in device memory")
 

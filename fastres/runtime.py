@@ -64,12 +64,13 @@ def cpu_name() -> str:
     return platform.processor() or "CPU"
 
 
-def resolve_device(requested: str) -> torch.device:
+def resolve_device(requested: str, local_rank: int | None = None) -> torch.device:
+    """CUDA when present (the process's own GPU under torchrun), else CPU."""
     if requested == "cuda" and not torch.cuda.is_available():
         raise FastresError("--device cuda was asked for but no CUDA GPU is visible: use --device auto or cpu")
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cuda", torch.cuda.current_device() if local_rank is None else local_rank)
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
@@ -87,8 +88,8 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     return requested
 
 
-def resolve_runtime(config: TrainConfig) -> Runtime:
-    device = resolve_device(config.device)
+def resolve_runtime(config: TrainConfig, local_rank: int | None = None) -> Runtime:
+    device = resolve_device(config.device, local_rank)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     # compile pays on CUDA; on CPU it costs 25-45 s cold and gains nothing for bf16.
     compile_ = config.compile == "on" or (config.compile == "auto" and device.type == "cuda")

@@ -7,6 +7,7 @@ logging points and epoch ends, so a GPU step never waits for the host.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import subprocess
 import sys
@@ -17,8 +18,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .augment import BatchAugment
 from .config import MACHINE_FIELDS, TrainConfig
 from .data import DataSource, choose_loader, open_data
@@ -88,16 +90,25 @@ class Trainer:
     """One run: model, optimizer, data and run directory, built from a config."""
 
     def __init__(self, config: TrainConfig, runtime: Runtime, data: DataSource, run: RunDir,
-                 log: Callable[[str], None]) -> None:
-        self.config, self.runtime, self.data, self.run, self.log = config, runtime, data, run, log
+                 log: Callable[[str], None], dist: distributed.Dist = distributed.SINGLE) -> None:
+        self.config, self.runtime, self.data, self.run, self.log, self.dist = config, runtime, data, run, log, dist
         device = runtime.device
         seed_everything(config.seed)
         self.model = build_model(config.model, norm=config.norm, width=config.width).to(device)
         if runtime.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.params = count_parameters(self.model)
-        # torch.compile wraps the module; keep the plain one for state_dicts (no _orig_mod. prefix).
-        self.forward = torch.compile(self.model) if runtime.compile else self.model
+        if dist.enabled and config.sync_bn and config.norm == "batch":
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        # torch.compile and DDP wrap the module; the plain one gives state_dicts without their
+        # prefixes, so checkpoints load in any setting (one process or many, compiled or not).
+        compiled = torch.compile(self.model) if runtime.compile else self.model
+        if dist.enabled:
+            ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+            self.forward = torch.compile(ddp) if runtime.compile else ddp
+        else:
+            self.forward = compiled
+        self.eval_forward = compiled  # no gradient sync needed: evaluation is per process
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                          nesterov=config.nesterov, weight_decay=config.weight_decay)
         self.steps_per_epoch = len(data.train)
@@ -109,6 +120,7 @@ class Trainer:
         self.augment = BatchAugment(device, input_dtype, channels_last=runtime.channels_last,
                                     augment=config.augment, seed=config.seed)
         self.writer = checkpoint.BackgroundWriter()
+        self.rows: list[dict[str, Any]] = []  # metrics of the finished epochs
         self.epoch = 0  # completed epochs
         self.best_val_acc = -1.0
         self.best_epoch = 0
@@ -120,7 +132,7 @@ class Trainer:
             "epoch": self.epoch, "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "augment": self.augment.state_dict(), "rng": checkpoint.capture_rng(),
+            "rng": checkpoint.capture_rng(),
             "config": self.config.to_dict(),
         }
 
@@ -129,7 +141,6 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.augment.load_state_dict(state["augment"])
         checkpoint.restore_rng(state["rng"])
         self.epoch, self.best_val_acc, self.best_epoch = state["epoch"], state["best_val_acc"], state["best_epoch"]
 
@@ -151,6 +162,7 @@ class Trainer:
         step_counter = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
         self.data.train.set_epoch(self.epoch)
+        self.augment.set_epoch(self.config.seed, self.epoch, self.dist.rank)
         t0 = time.perf_counter()
         for i, (images, labels) in enumerate(self.data.train):
             x = self.augment.train(images)
@@ -167,12 +179,14 @@ class Trainer:
                     progress.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", refresh=False)
             if progress is not None:
                 progress.update(1)
-        if self.runtime.device.type == "cuda":
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - t0
         self._check_finite(bad_step)
-        return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
-                "images_per_s": seen / elapsed, "train_time_s": elapsed}
+        # Sum over processes: the epoch's numbers describe every image trained on.
+        totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct.to(loss_sum.dtype),
+                                                         torch.tensor(float(seen), device=device)]), self.dist)
+        loss_total, correct_total, seen_total = totals.tolist()  # also waits for the device
+        elapsed = time.perf_counter() - t0
+        return {"train_loss": loss_total / seen_total, "train_acc": correct_total / seen_total,
+                "images_per_s": seen_total / elapsed, "train_time_s": elapsed}
 
     def _check_finite(self, bad_step: torch.Tensor) -> None:
         step = int(bad_step.item())
@@ -189,7 +203,7 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, tta: bool = False) -> dict[str, float]:
-        return evaluate(self.forward, self.data, self.augment, self.runtime, tta=tta)
+        return evaluate(self.eval_forward, self.data, self.augment, self.runtime, tta=tta)
 
     # -- loop --------------------------------------------------------------------------
 
@@ -197,15 +211,16 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
 
         cfg = self.config
+        main = self.dist.is_main  # only rank 0 writes the run directory
         # purge_step drops events past the checkpoint when a resumed run re-logs those epochs.
-        tb = SummaryWriter(str(self.run.tensorboard), purge_step=self.epoch + 1 if self.epoch else None)
+        tb = SummaryWriter(str(self.run.tensorboard), purge_step=self.epoch + 1 if self.epoch else None) if main else None
         status = "running"
         train_images, train_seconds, ckpt_seconds = 0, 0.0, 0.0
         try:
             while self.epoch < cfg.epochs:
                 epoch_start = time.perf_counter()
                 progress = None
-                if show_progress:
+                if show_progress and main:
                     from tqdm import tqdm
 
                     progress = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
@@ -219,19 +234,21 @@ class Trainer:
                 self.epoch += 1
                 row = {
                     "epoch": self.epoch, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
-                    "val_loss": val["loss"], "val_acc": val["acc"],
+                    "val_loss": val["loss"], "val_acc": val["acc"], "val_images": val["images"],
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "images_per_s": stats["images_per_s"], "epoch_time_s": time.perf_counter() - epoch_start,
                 }
                 improved = row["val_acc"] > self.best_val_acc
                 if improved:
                     self.best_val_acc, self.best_epoch = row["val_acc"], self.epoch
-                row["checkpoint_time_s"] = self.save_checkpoint(improved)
+                row["checkpoint_time_s"] = self.save_checkpoint(improved) if main else 0.0
                 ckpt_seconds += row["checkpoint_time_s"]
-                self.run.append_metrics(row)
-                for key, tag in TB_TAGS.items():
-                    tb.add_scalar(tag, row[key], self.epoch)
-                tb.flush()
+                self.rows.append(row)
+                if main:
+                    self.run.append_metrics(row)
+                    for key, tag in TB_TAGS.items():
+                        tb.add_scalar(tag, row[key], self.epoch)
+                    tb.flush()
                 train_images += round(stats["images_per_s"] * stats["train_time_s"])
                 train_seconds += stats["train_time_s"]
                 self.log(
@@ -247,18 +264,20 @@ class Trainer:
             status = "diverged"
             raise
         finally:
-            tb.close()
+            if tb is not None:
+                tb.close()
             # The last checkpoint must be on disk before the run reports where it stopped.
             self.writer.close()
             if status == "running":
                 status = "failed"
             self.summary = self._summary(status, started, train_images, train_seconds, ckpt_seconds)
-            self.run.write_summary(self.summary)
+            if main:
+                self.run.write_summary(self.summary)
         return self.summary
 
     def _summary(self, status: str, started: float, train_images: int, train_seconds: float,
                  ckpt_seconds: float) -> dict[str, Any]:
-        rows = self.run.read_metrics()
+        rows = self.rows
         last = rows[-1] if rows else {}
         rt = self.runtime
         return {
@@ -289,6 +308,7 @@ class Trainer:
             "git_commit": git_commit(),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "run_dir": str(self.run.path),
+            "world_size": self.dist.world_size,
         }
 
 
@@ -314,11 +334,13 @@ def evaluate(model: nn.Module, data: DataSource, augment: BatchAugment, runtime:
     return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen, "images": seen}
 
 
-def _open(config: TrainConfig, runtime: Runtime, log: Callable[[str], None]) -> DataSource:
+def _open(config: TrainConfig, runtime: Runtime, log: Callable[[str], None],
+          d: distributed.Dist = distributed.SINGLE) -> DataSource:
     loader = choose_loader(config.loader, log=log)
     return open_data(loader=loader, data_dir=config.data_dir, batch_size=config.batch_size,
                      device=runtime.device, seed=config.seed, num_workers=config.num_workers,
-                     train_subset=config.train_subset, test_subset=config.test_subset, log=log)
+                     train_subset=config.train_subset, test_subset=config.test_subset,
+                     shuffle=config.shuffle, rank=d.rank, world_size=d.world_size, log=log)
 
 
 def train(config: TrainConfig, *, log: Callable[[str], None] = print, progress: bool | None = None,
@@ -326,34 +348,57 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print, progress: 
     """Train one run and return its summary (also written to ``<run_dir>/summary.json``).
 
     With ``resume=True``, ``config.run_dir`` must hold an earlier run of the same recipe;
-    training continues from its ``checkpoints/last.pt``.
+    training continues from its ``checkpoints/last.pt``. Under torchrun every process calls
+    this; they train data-parallel and only rank 0 logs and writes the run directory.
     """
     started = time.perf_counter()
+    d = distributed.from_env()
+    if not d.is_main:
+        log = _silent
     if resume:
         config = _check_resume(config, log)
-    elif not config.run_dir:
+    elif not config.run_dir and d.is_main:
         config = config.replace(run_dir=str(default_run_dir(config.preset)))
+    set_deterministic(config.deterministic)
+    runtime = resolve_runtime(config, local_rank=d.local_rank if d.enabled else None)
+    distributed.init(d, runtime.device.type)
+    try:
+        config = config.replace(run_dir=distributed.broadcast(config.run_dir, d))
+        return _train(config, runtime, d, started, log, progress, resume)
+    finally:
+        distributed.shutdown()
+
+
+def _silent(message: str) -> None:
+    pass
+
+
+def _train(config: TrainConfig, runtime: Runtime, d: distributed.Dist, started: float,
+           log: Callable[[str], None], progress: bool | None, resume: bool) -> dict[str, Any]:
     run = RunDir(config.run_dir)
     if not resume and run.holds_run():
         run.create()  # raises: refuses to overwrite
-    set_deterministic(config.deterministic)
-    runtime = resolve_runtime(config)
-    data = _open(config, runtime, log)
-    trainer = Trainer(config, runtime, data, run, log)
+    distributed.barrier(d)  # every rank has checked before rank 0 creates it
+    data = _open(config, runtime, log, d)
+    trainer = Trainer(config, runtime, data, run, log, d)
     if resume and run.last_checkpoint.exists():
         state = checkpoint.load(run.last_checkpoint, map_location=runtime.device)
         trainer.load_state(state)
-        run.rewrite_metrics(run.read_metrics()[: trainer.epoch])
+        trainer.rows = run.read_metrics()[: trainer.epoch]
+        if d.is_main:
+            run.rewrite_metrics(trainer.rows)
         log(f"resuming {run.path} after epoch {trainer.epoch}/{config.epochs}")
     elif resume:
-        run.rewrite_metrics([])
+        if d.is_main:
+            run.rewrite_metrics([])
         log(f"{run.path} has no checkpoint yet; starting it from epoch 1")
-    else:
+    elif d.is_main:
         run.create()
         run.write_config(config.to_dict())
+    scale = f"; {d.world_size} processes, {config.batch_size // d.world_size} images each per step" if d.enabled else ""
     log(f"run {run.path}: {config.model} (width {config.width}, {trainer.params / 1e6:.2f}M params), "
         f"{config.epochs} epochs, batch {config.batch_size}, lr {config.lr:g} {config.lr_schedule}; "
-        f"{runtime.describe()}; data: {data.description}")
+        f"{runtime.describe()}; data: {data.description}{scale}")
     show = sys.stderr.isatty() if progress is None else progress
     try:
         summary = trainer.fit(started, show)
@@ -363,11 +408,22 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print, progress: 
             f"interrupted after epoch {trainer.epoch}/{config.epochs}; continue with: fastres train --resume {run.path}",
             exit_code=128 + getattr(exc, "signum", 2),
         ) from None
+    if d.enabled:
+        # Every rank reports its own parameters: they must agree (tests and users can check).
+        print(f"rank {d.rank}/{d.world_size}: parameters sha256 {parameter_hash(trainer.model)}", flush=True)
     best = summary["best_val_acc"]
     log(f"finished: final val acc {100 * summary['final_val_acc']:.2f}% (best {100 * best:.2f}% at epoch "
         f"{summary['best_epoch']}), {summary['train_time_s']:.0f}s; logs in {run.path} "
         f"(tensorboard --logdir {run.tensorboard})")
     return summary
+
+
+def parameter_hash(model: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, p in model.named_parameters():
+        digest.update(name.encode())
+        digest.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _check_resume(config: TrainConfig, log: Callable[[str], None]) -> TrainConfig:

@@ -85,7 +85,7 @@ def test_deterministic_runs_are_identical(synthetic_data, reference_run, tmp_pat
 
 def test_checkpoint_is_complete_and_loads_without_code_execution(reference_run):
     state = torch.load(RunDir(reference_run).last_checkpoint, weights_only=True)
-    for key in ("model", "optimizer", "scheduler", "scaler", "augment", "rng", "config", "epoch", "best_val_acc"):
+    for key in ("model", "optimizer", "scheduler", "scaler", "rng", "config", "epoch", "best_val_acc"):
         assert key in state
     assert not any(k.startswith("_orig_mod.") for k in state["model"])
     assert set(state["rng"]) >= {"python", "numpy", "torch"}
