@@ -22,6 +22,7 @@ import numpy as np
 
 from . import cifar
 from .errors import FastresError
+from .files import atomic_write_text, ensure_writable_dir
 from .runtime import ffcv_available, keep_torch_threads, package_version
 
 MANIFEST = "cifar10_manifest.json"
@@ -77,15 +78,6 @@ def verify_betons(data_dir: str | Path, *, check_hash: bool = True) -> dict[str,
         if check_hash and file_sha256(path) != expected["sha256"]:
             raise FastresError(f"{path} does not match the SHA-256 in {MANIFEST} (corrupted or replaced): {fix}")
     return manifest
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class _IndexedSplit:
@@ -145,13 +137,7 @@ def prepare_data(
             "(or pip install 'fastres[ffcv]'), or train with --loader memory, which needs no betons"
         )
     data_dir = Path(data_dir)
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        probe = data_dir / f".write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise FastresError(f"data directory {data_dir} is not writable ({exc.strerror}): pass --data-dir with a folder you can write") from None
+    ensure_writable_dir(data_dir, "data directory", "--data-dir")
 
     # One conversion per data dir at a time; the lock dies with its process, so a killed
     # run never blocks the next one, which then clears the temporary files it left.
@@ -207,6 +193,6 @@ def _prepare_locked(data_dir: Path, source: str | Path | None, *, force: bool, a
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": _versions(),
     }
-    _atomic_write_text(data_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(data_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     log(f"done in {time.perf_counter() - t0:.1f}s: {data_dir / BETONS['train']}, {data_dir / BETONS['test']}, {data_dir / MANIFEST}")
     return manifest

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FastresError
+from .files import atomic_write_text, ensure_writable_dir
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -38,19 +39,6 @@ TB_TAGS = {
     "train_loss": "loss/train", "val_loss": "loss/val", "train_acc": "acc/train", "val_acc": "acc/val",
     "lr": "lr", "images_per_s": "perf/images_per_s", "epoch_time_s": "perf/epoch_time_s",
 }
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def default_run_dir(preset: str, root: str | Path = "runs") -> Path:
@@ -88,15 +76,7 @@ class RunDir:
                 f"{self.path} already holds a run: pass --resume {self.path} to continue it, "
                 "or a new --run-dir"
             )
-        try:
-            self.checkpoints.mkdir(parents=True, exist_ok=True)
-            probe = self.path / f".write-test-{os.getpid()}"
-            probe.touch()
-            probe.unlink()
-        except OSError as exc:
-            raise FastresError(
-                f"cannot write the run directory {self.path} ({exc.strerror}): pass --run-dir with a folder you can write"
-            ) from None
+        ensure_writable_dir(self.checkpoints, "run directory", "--run-dir")
 
     def write_config(self, config: dict[str, Any]) -> None:
         atomic_write_text(self.config, json.dumps(config, indent=2) + "\n")

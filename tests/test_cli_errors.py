@@ -114,7 +114,7 @@ def test_unwritable_data_and_run_directories(synthetic_source, synthetic_data, t
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     res = run_main(capsys, "prepare-data", "--allow-small", "--source", str(synthetic_source), "--data-dir", str(blocker / "data"))
-    assert_clean_error(res, "is not writable", "--data-dir")
+    assert_clean_error(res, "cannot write the data directory", "--data-dir")
     res = run_main(capsys, "train", "--width", "8", "--batch-size", "100", "--epochs", "1",
                    "--data-dir", str(synthetic_data), "--run-dir", str(blocker / "run"))
     assert_clean_error(res, "cannot write the run directory", "--run-dir")
