@@ -105,7 +105,7 @@ class Check:
         return self.budget_s - self.elapsed()
 
     def write(self) -> None:
-        from fastres.rundir import atomic_write_text
+        from fastres.files import atomic_write_text
 
         self.doc["elapsed_s"] = round(self.elapsed(), 2)
         atomic_write_text(self.path, json.dumps(self.doc, indent=2) + "\n")

@@ -793,7 +793,7 @@ def _write(path: Path, flag: str, writer: Callable[[Path], None]) -> None:
 
 def write_json(path: str | Path, machine: dict[str, Any], records: Sequence[dict[str, Any]],
                settings: dict[str, Any] | None = None) -> None:
-    from .rundir import atomic_write_text
+    from .files import atomic_write_text
 
     doc = {"machine": machine, "settings": settings or {}, "records": list(records)}
     _write(Path(path), "--json", lambda p: atomic_write_text(p, json.dumps(doc, indent=2) + "\n"))
@@ -833,6 +833,7 @@ def write_plot(path: str | Path, records: Sequence[dict[str, Any]], title: str =
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, marker=marker,
                         linestyle="-" if mode == "train" else "--", label=f"{config} {mode}")
         sizes = sorted({r["batch_size"] for r in records if r["model"] == model})
+        ax.set_ylim(bottom=0)  # ratios read true only from zero
         ax.set_xscale("log", base=2)
         ax.set_xticks(sizes, [str(s) for s in sizes])
         ax.set_title(model)
@@ -958,7 +959,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(threads)
     machine = machine_info(device)
     fast = fastres_runtime(device)
-    print(f"fastres bench on {machine['gpu'] or machine['cpu']} ({device.type}, {machine['threads']} threads, "
+    n = machine["threads"]
+    print(f"fastres bench on {machine['gpu'] or machine['cpu']} ({device.type}, {n} thread{'s' * (n != 1)}, "
           f"torch {machine['torch']}); width {width}{' (quick: not a measurement)' if args.quick else ''}", flush=True)
     print(f"baseline: fp32, NCHW, eager   fastres: {fast.precision}, "
           f"{'channels_last' if fast.channels_last else 'NCHW'}, compile {'on' if fast.compile else 'off'}", flush=True)
