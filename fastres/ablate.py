@@ -23,6 +23,7 @@ from typing import Any
 
 from .config import ABLATIONS, MACHINE_FIELDS, TrainConfig, get_preset, preset_names
 from .errors import FastresError
+from .files import ensure_writable_dir
 from .rundir import RunDir
 
 DEFAULT_OUT = "runs/ablations"
@@ -127,7 +128,8 @@ def plan_ablation(presets: Sequence[str], *, seeds: int = 1, seed: int | None = 
                     conflicts.append(f"{run_dir} ({'; '.join(diffs)})")
                     continue
                 done = len(run.read_metrics())
-                if state == "completed":
+                if state in ("completed", "diverged"):
+                    # A diverged run is a result: the same recipe and seed would diverge again.
                     action, command = "skip", ()
                 else:
                     # Only machine settings may change on a resume; the recipe is the recorded one.
@@ -424,11 +426,4 @@ def _fmt(value: Any) -> str:
 
 def check_writable(out: str | Path) -> None:
     """Create ``out`` and prove it writable now, not after the first run has trained."""
-    path = Path(out)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise FastresError(f"cannot write --out {out} ({exc.strerror or exc}): pass --out with a folder you can write") from None
+    ensure_writable_dir(Path(out), "ablation folder", "--out")

@@ -18,7 +18,8 @@ from typing import Any
 
 from .config import PRESETS, TrainConfig
 from .errors import FastresError
-from .rundir import atomic_write_text, find_runs
+from .files import atomic_write_text
+from .rundir import find_runs
 
 # The original study: one run per setting, 100 epochs, best-epoch test accuracy (percent).
 ORIGINAL_STUDY = {"cosine": 94.1, "baseline": 93.9, "no_schedule": 90.9, "resnet34": 89.9,
@@ -354,13 +355,14 @@ def plot_lr(runs: list[Run], path: Path) -> None:
     fig = Figure(figsize=(8, 4), layout="constrained")
     ax = fig.add_subplot()
     # Settings with the same schedule share one curve (and one legend entry).
-    curves: dict[str, tuple[TrainConfig, list[str]]] = {}
-    for g in group_runs(runs):
+    # Colours follow the settings' order, as in the accuracy plot.
+    curves: dict[str, tuple[TrainConfig, int, list[str]]] = {}
+    for i, g in enumerate(group_runs(runs)):
         c = g.config
         key = json.dumps([c.lr, c.lr_schedule, list(c.milestones), c.lr_gamma, c.warmup_epochs, c.epochs])
-        curves.setdefault(key, (c, []))[1].append(g.label)
+        curves.setdefault(key, (c, i, []))[2].append(g.label)
     resolution = 100  # nominal steps per epoch: the schedule's shape, whatever the data size
-    for i, (c, labels) in enumerate(curves.values()):
+    for c, i, labels in curves.values():
         steps = range(c.epochs * resolution)
         lrs = [c.lr * lr_factor(c, s, resolution) for s in steps]
         # Step s holds its lr from s to s+1: a post-step line shows milestone drops as vertical edges.

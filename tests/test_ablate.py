@@ -219,7 +219,7 @@ def test_device_indices_follow_an_inherited_cuda_visible_devices(monkeypatch):
 @pytest.mark.parametrize("args,message", [
     (["--config", "resnet99"], "unknown preset 'resnet99': choose one of baseline, cosine"),
     (["--config", "baseline", "--seeds", "0"], "--seeds must be a whole number >= 1, got 0"),
-    (["--config", "baseline", "--out", "/proc/no/such"], "cannot write --out /proc/no/such"),
+    (["--config", "baseline", "--out", "/proc/no/such"], "cannot write the ablation folder /proc/no/such"),
     (["--config", "baseline", "--run-dir", "x"], "run_dir cannot be overridden"),
     ([], "no presets chosen"),
     (["--config", "baseline", "--devices", "0,x"], "--devices takes distinct GPU indices"),
