@@ -139,10 +139,11 @@ def prepare_data(
     data_dir = Path(data_dir)
     ensure_writable_dir(data_dir, "data directory", "--data-dir")
 
-    # One conversion per data dir at a time; the lock dies with its process, so a killed
-    # run never blocks the next one, which then clears the temporary files it left.
+    # One conversion per data dir at a time. A POSIX record lock (lockf, not flock) belongs to
+    # this process alone: FFCV's forked writer processes do not inherit it, so a killed run
+    # never blocks the next one, which then clears the temporary files it left.
     with open(data_dir / ".cifar10_prepare.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        fcntl.lockf(lock, fcntl.LOCK_EX)
         for stale in data_dir.glob(".cifar10_*.tmp-*"):
             stale.unlink(missing_ok=True)
         return _prepare_locked(data_dir, source, force=force, allow_small=allow_small, log=log)

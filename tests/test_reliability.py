@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -159,12 +160,13 @@ def test_divergence_keeps_the_last_good_checkpoint(synthetic_data, tmp_path, mon
 def test_prepare_data_killed_mid_write_is_never_accepted_and_is_repaired(real_source, tmp_path):
     data_dir = tmp_path / "data"
     cmd = [sys.executable, "-m", "fastres", "prepare-data", "--source", str(real_source), "--data-dir", str(data_dir)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                            start_new_session=True)
     for line in proc.stdout:
         if "writing" in line:
             break
     time.sleep(1.0)
-    proc.kill()
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole group, FFCV's writer processes included
     proc.wait()
     assert not (data_dir / MANIFEST).exists()
     res = run_cli("train", "--width", "8", "--epochs", "1", "--data-dir", str(data_dir), "--run-dir", str(tmp_path / "run"))
