@@ -50,9 +50,16 @@ class Normalizer:
         self.dtype = dtype
         self.channels_last = channels_last
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = torch.addcmul(self.shift, images.float(), self.scale).to(self.dtype)
+    def __call__(self, images: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        x = torch.addcmul(self.shift, images.float(), self.scale)
         x = x.permute(0, 3, 1, 2)  # NHWC storage viewed as NCHW is channels_last
+        if size is not None and size != x.shape[-1]:
+            # Antialiased, so a downscaled image looks like a smaller photo, not an aliased one;
+            # on fp32 because not every device implements it for bf16.
+            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                                                align_corners=False)
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.to(self.dtype)
         return x if self.channels_last else x.contiguous()
 
 
@@ -74,10 +81,12 @@ class BatchAugment:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
 
-    def train(self, images: torch.Tensor) -> torch.Tensor:
+    def train(self, images: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """Crop and flip (when on), normalise, and resize to ``size`` x ``size`` (progressive
+        resizing) after the crop, so the padding is the same fraction of the image at every size."""
         if self.augment:
             images = random_crop_flip(images, self.padding, self.flip, self.generator)
-        return self.normalize(images)
+        return self.normalize(images, size)
 
     def test(self, images: torch.Tensor) -> torch.Tensor:
         return self.normalize(images)

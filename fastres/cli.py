@@ -43,6 +43,15 @@ def _milestones(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _res_ramp(text: str) -> tuple[float, ...]:
+    parts = [p for p in text.replace(",", " ").split() if p]
+    try:
+        return tuple(float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"malformed --res-ramp {text!r}: pass two fractions of the run, e.g. --res-ramp 0,0.75") from None
+
+
 def _log(message: str) -> None:
     print(message, flush=True)
 
@@ -61,6 +70,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
         elif f.name == "milestones":
             group.add_argument(flag, type=_milestones, default=argparse.SUPPRESS, metavar="M1,M2", help=help_)
+        elif f.name == "res_ramp":
+            group.add_argument(flag, type=_res_ramp, default=argparse.SUPPRESS, metavar="START,END", help=help_)
         else:
             metavar = {int: "N", float: "X"}.get(kind, f.name.upper())
             group.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=metavar, help=help_)
@@ -123,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="test accuracy of a run's saved weights")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--tta", action="store_true", help="average the predictions for each image and its mirror")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average the predictions for each image and its mirror (default: as the run evaluated, "
+                        "its eval_tta)")
     p.add_argument("--checkpoint", choices=("last", "best"), default="last")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -197,7 +210,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         print(f"{args.run_dir}: test accuracy {100 * result['acc']:.2f}% (loss {result['loss']:.4f}, "
-              f"{result['images']} images, epoch {result['epoch']}, {'flip TTA' if args.tta else 'no TTA'})")
+              f"{result['images']} images, epoch {result['epoch']}, {'flip TTA' if result['tta'] else 'no TTA'})")
     return 0
 
 

@@ -118,7 +118,8 @@ class Trainer:
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         input_dtype = runtime.amp_dtype
         self.augment = BatchAugment(device, input_dtype, channels_last=runtime.channels_last,
-                                    augment=config.augment, seed=config.seed)
+                                    augment=config.augment, padding=config.crop_padding,
+                                    seed=config.seed)
         self.writer = checkpoint.BackgroundWriter()
         self.rows: list[dict[str, Any]] = []  # metrics of the finished epochs
         self.epoch = 0  # completed epochs
@@ -163,9 +164,10 @@ class Trainer:
         seen = 0
         self.data.train.set_epoch(self.epoch)
         self.augment.set_epoch(self.config.seed, self.epoch, self.dist.rank)
+        size = self.config.resolution(self.epoch)
         t0 = time.perf_counter()
         for i, (images, labels) in enumerate(self.data.train):
-            x = self.augment.train(images)
+            x = self.augment.train(images, size)
             loss, out = train_step(self.forward, self.criterion, self.optimizer, self.scaler, self.runtime, x, labels)
             self.scheduler.step()
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step_counter, bad_step)
@@ -186,7 +188,7 @@ class Trainer:
         loss_total, correct_total, seen_total = totals.tolist()  # also waits for the device
         elapsed = time.perf_counter() - t0
         return {"train_loss": loss_total / seen_total, "train_acc": correct_total / seen_total,
-                "images_per_s": seen_total / elapsed, "train_time_s": elapsed}
+                "images_per_s": seen_total / elapsed, "train_time_s": elapsed, "train_res": size}
 
     def _check_finite(self, bad_step: torch.Tensor) -> None:
         step = int(bad_step.item())
@@ -230,13 +232,14 @@ class Trainer:
                 finally:
                     if progress is not None:
                         progress.close()
-                val = self.evaluate()
+                val = self.evaluate(tta=cfg.eval_tta)
                 self.epoch += 1
                 row = {
                     "epoch": self.epoch, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
                     "val_loss": val["loss"], "val_acc": val["acc"], "val_images": val["images"],
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "images_per_s": stats["images_per_s"], "epoch_time_s": time.perf_counter() - epoch_start,
+                    "train_res": stats["train_res"],
                 }
                 improved = row["val_acc"] > self.best_val_acc
                 if improved:
@@ -447,11 +450,14 @@ def _check_resume(config: TrainConfig, log: Callable[[str], None]) -> TrainConfi
     return recorded.replace(**machine, run_dir=config.run_dir)
 
 
-def evaluate_run(run_dir: str | Path, *, tta: bool = False, which: str = "last",
+def evaluate_run(run_dir: str | Path, *, tta: bool | None = None, which: str = "last",
                  device: str = "auto", log: Callable[[str], None] = print) -> dict[str, float]:
-    """Test accuracy of a finished (or interrupted) run's saved weights."""
+    """Test accuracy of a finished (or interrupted) run's saved weights; ``tta`` None evaluates
+    as the run did (its ``eval_tta``), so the number matches the run's own ``val_acc``."""
     run = RunDir(run_dir)
     config = TrainConfig.from_dict(run.read_config()).replace(device=device)
+    if tta is None:
+        tta = config.eval_tta
     path = run.last_checkpoint if which == "last" else run.best_checkpoint
     if not path.exists():
         raise FastresError(f"{run.path} has no {path.name} yet: train it first (fastres train --resume {run.path})")

@@ -69,3 +69,24 @@ def test_augment_off_is_normalisation_only():
     x = batch()
     aug = BatchAugment("cpu", augment=False)
     assert torch.equal(aug.train(x), aug.test(x))
+
+
+def test_progressive_resizing_downscales_after_the_crop():
+    x = batch(16)
+    aug = BatchAugment("cpu", torch.bfloat16, channels_last=True, augment=False)
+    small = aug.train(x, 16)
+    assert small.shape == (16, 3, 16, 16) and small.dtype == torch.bfloat16
+    assert small.is_contiguous(memory_format=torch.channels_last)
+    full = BatchAugment("cpu", torch.float32, channels_last=False, augment=False).train(x)
+    ref = torch.nn.functional.interpolate(full, size=(16, 16), mode="bilinear", antialias=True)
+    torch.testing.assert_close(small.float(), ref, atol=0.03, rtol=0.02)  # bf16 rounding
+    assert torch.equal(aug.train(x, 32), aug.train(x)), "the native size is not resampled"
+
+
+def test_padding_zero_is_flip_only():
+    x = batch(32)
+    out = random_crop_flip(x, 0, True, torch.Generator().manual_seed(2))
+    mirrored = [torch.equal(o, i.flip(1)) for o, i in zip(out, x, strict=True)]
+    kept = [torch.equal(o, i) for o, i in zip(out, x, strict=True)]
+    assert all(m or k for m, k in zip(mirrored, kept, strict=True))
+    assert 4 <= sum(mirrored) <= 28

@@ -31,6 +31,18 @@ def test_alias_and_quick_preset():
     assert quick.width < 64 and quick.epochs <= 10
 
 
+def test_progressive_resizing_schedule_keeps_its_shape_and_ends_at_full_size():
+    quick = get_preset("quick")
+    assert [quick.resolution(e) for e in range(4)] == [16, 20, 24, 32]
+    longer = quick.replace(epochs=8)
+    sizes = [longer.resolution(e) for e in range(8)]
+    assert sizes[0] == 16 and sizes[-2:] == [32, 32] and sizes == sorted(sizes)
+    assert all(s % 4 == 0 for s in sizes)
+    # However short the run, the last epoch trains at the size the model is tested at.
+    assert [quick.replace(epochs=2).resolution(e) for e in range(2)] == [16, 32]
+    assert {TrainConfig().resolution(e) for e in range(200)} == {32}
+
+
 def test_unknown_preset_lists_valid_names():
     with pytest.raises(ConfigError, match="baseline.*cosine.*small_batch"):
         get_preset("cosin")
@@ -53,6 +65,13 @@ def test_fraction_milestones_follow_an_epochs_override():
     ({"model": "vgg"}, "model must be one of"),
     ({"label_smoothing": 1.0}, "label_smoothing"),
     ({"warmup_epochs": 500.0}, "warmup_epochs"),
+    ({"min_res": 30, "res_ramp": (0, 0.5)}, "min_res must be a multiple of 4 from 8 to 32"),
+    ({"min_res": 40}, "min_res must be a multiple of 4"),
+    ({"min_res": 16}, "needs a ramp that ends inside the run"),
+    ({"min_res": 16, "res_ramp": (0.5, 0.2)}, "is not a part of the run"),
+    ({"min_res": 16, "res_ramp": (0, 1.5)}, "is not a part of the run"),
+    ({"res_ramp": (0.5,)}, "needs two fractions"),
+    ({"crop_padding": -1}, "crop_padding must be >= 0"),
 ])
 def test_invalid_configs_are_refused_with_a_clear_message(changes, match):
     with pytest.raises(ConfigError, match=match):

@@ -35,6 +35,7 @@ def test_train_on_real_cifar10_learns_and_writes_the_run_directory(real_data, tm
     assert config["width"] == 8 and config["preset"] == "quick" and config["run_dir"] == str(run_dir)
     rows = run.read_metrics()
     assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [r["train_res"] for r in rows] == [16, 20, 32], "quick's progressive resizing, ending at 32"
     assert all(set(METRIC_KEYS) <= set(r) for r in rows)
     assert run.last_checkpoint.exists() and run.best_checkpoint.exists()
     assert f"logs in {run_dir}" in res.stdout
@@ -47,13 +48,16 @@ def test_train_on_real_cifar10_learns_and_writes_the_run_directory(real_data, tm
         assert [e.step for e in events] == [1, 2, 3]
         assert [e.value for e in events] == pytest.approx([r[key] for r in rows], rel=1e-6)
 
-    # fastres eval reproduces the final accuracy from the saved weights, and flip-TTA runs.
+    # fastres eval reproduces the final accuracy from the saved weights, evaluating as the run
+    # did (quick evaluates with flip TTA), and --no-tta evaluates the plain predictions.
     res = run_cli("eval", str(run_dir), "--json")
     assert res.returncode == 0, res.stderr
     evaluated = json.loads(res.stdout.strip().splitlines()[-1])
+    assert evaluated["tta"] is True and config["eval_tta"] is True
     assert evaluated["acc"] == pytest.approx(summary["final_val_acc"], abs=0.002)
-    res = run_cli("eval", str(run_dir), "--tta", "--json")
-    assert res.returncode == 0 and json.loads(res.stdout.strip().splitlines()[-1])["acc"] > 0.35
+    res = run_cli("eval", str(run_dir), "--no-tta", "--json")
+    plain = json.loads(res.stdout.strip().splitlines()[-1])
+    assert res.returncode == 0 and plain["tta"] is False and plain["acc"] > 0.35
 
 
 def test_run_directory_is_never_overwritten_and_config_reruns(synthetic_data, tmp_path):
