@@ -32,7 +32,7 @@ def assert_clean_error(res, *needles):
     (["--epochs", "0"], ["epochs must be a positive integer", "--epochs"]),
     (["--batch-size", "-4"], ["batch_size must be a positive integer"]),
     (["--lr", "0"], ["lr must be positive", "--lr"]),
-    (["--lr-schedule", "linear"], ["lr_schedule must be one of cosine, multistep, none"]),
+    (["--lr-schedule", "step"], ["lr_schedule must be one of cosine, linear, multistep, none"]),
     (["--milestones", "half,end"], ["malformed milestones"]),
     (["--milestones", "0.75,0.5"], ["strictly increasing"]),
     (["--epochs", "ten"], ["invalid int value: 'ten'"]),

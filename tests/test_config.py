@@ -33,13 +33,14 @@ def test_alias_and_quick_preset():
 
 def test_progressive_resizing_schedule_keeps_its_shape_and_ends_at_full_size():
     quick = get_preset("quick")
-    assert [quick.resolution(e) for e in range(4)] == [16, 20, 24, 32]
-    longer = quick.replace(epochs=8)
-    sizes = [longer.resolution(e) for e in range(8)]
-    assert sizes[0] == 16 and sizes[-2:] == [32, 32] and sizes == sorted(sizes)
+    assert [quick.resolution(e) for e in range(5)] == [16, 16, 20, 24, 32]
+    longer = quick.replace(epochs=10)
+    sizes = [longer.resolution(e) for e in range(10)]
+    assert sizes[:3] == [16, 16, 16] and sizes[-2:] == [32, 32] and sizes == sorted(sizes)
     assert all(s % 4 == 0 for s in sizes)
     # However short the run, the last epoch trains at the size the model is tested at.
     assert [quick.replace(epochs=2).resolution(e) for e in range(2)] == [16, 32]
+    assert [quick.replace(res_ramp=(0, 0.75), epochs=4).resolution(e) for e in range(4)] == [16, 20, 24, 32]
     assert {TrainConfig().resolution(e) for e in range(200)} == {32}
 
 
@@ -58,7 +59,7 @@ def test_fraction_milestones_follow_an_epochs_override():
     ({"batch_size": -1}, "batch_size must be a positive integer"),
     ({"lr": 0.0}, "lr must be positive"),
     ({"lr": float("nan")}, "lr must be positive"),
-    ({"lr_schedule": "linear"}, "lr_schedule must be one of cosine, multistep, none"),
+    ({"lr_schedule": "step"}, "lr_schedule must be one of cosine, linear, multistep, none"),
     ({"milestones": (0.75, 0.5)}, "strictly increasing"),
     ({"milestones": (0.5, 150)}, "mix fractions and epochs"),
     ({"milestones": (100, 250)}, "not inside the 200-epoch run"),

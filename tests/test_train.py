@@ -35,7 +35,7 @@ def test_train_on_real_cifar10_learns_and_writes_the_run_directory(real_data, tm
     assert config["width"] == 8 and config["preset"] == "quick" and config["run_dir"] == str(run_dir)
     rows = run.read_metrics()
     assert [r["epoch"] for r in rows] == [1, 2, 3]
-    assert [r["train_res"] for r in rows] == [16, 20, 32], "quick's progressive resizing, ending at 32"
+    assert [r["train_res"] for r in rows] == [16, 16, 32], "quick's progressive resizing, ending at 32"
     assert all(set(METRIC_KEYS) <= set(r) for r in rows)
     assert run.last_checkpoint.exists() and run.best_checkpoint.exists()
     assert f"logs in {run_dir}" in res.stdout
@@ -109,3 +109,7 @@ def test_lr_schedules_have_the_documented_shape():
     warm = cos.replace(warmup_epochs=2)
     assert lr_factor(warm, 0, spe) == pytest.approx(1 / 20) and lr_factor(warm, 19, spe) == 1
     assert lr_factor(base.replace(lr_schedule="none"), 150, spe) == 1
+    linear = warm.replace(lr_schedule="linear")
+    assert lr_factor(linear, 0, spe) == pytest.approx(1 / 20) and lr_factor(linear, 19, spe) == 1
+    assert lr_factor(linear, 20, spe) == 1 and lr_factor(linear, 110, spe) == pytest.approx(0.5)
+    assert lr_factor(linear, 199, spe) == pytest.approx(1 / 180)
