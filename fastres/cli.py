@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="average the predictions for each image and its mirror (default: as the run evaluated, "
                         "its eval_tta)")
     p.add_argument("--checkpoint", choices=("last", "best"), default="last")
+    p.add_argument("--data-dir", default=None,
+                   help="where the .beton files are (default: the data_dir the run recorded)")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -205,7 +207,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .train import evaluate_run
 
-    result = evaluate_run(args.run_dir, tta=args.tta, which=args.checkpoint, device=args.device, log=_log)
+    result = evaluate_run(args.run_dir, tta=args.tta, which=args.checkpoint, device=args.device,
+                          data_dir=args.data_dir, log=_log)
     if args.json:
         print(json.dumps(result))
     else:

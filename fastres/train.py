@@ -363,6 +363,8 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print, progress: 
         config = _check_resume(config, log)
     elif not config.run_dir and d.is_main:
         config = config.replace(run_dir=str(default_run_dir(config.preset)))
+    # Recorded absolute, so `fastres eval` and `--resume` find the data from any directory.
+    config = config.replace(data_dir=str(Path(config.data_dir).resolve()))
     set_deterministic(config.deterministic)
     runtime = resolve_runtime(config, local_rank=d.local_rank if d.enabled else None)
     distributed.init(d, runtime.device.type)
@@ -452,11 +454,15 @@ def _check_resume(config: TrainConfig, log: Callable[[str], None]) -> TrainConfi
 
 
 def evaluate_run(run_dir: str | Path, *, tta: bool | None = None, which: str = "last",
-                 device: str = "auto", log: Callable[[str], None] = print) -> dict[str, float]:
+                 device: str = "auto", data_dir: str | Path | None = None,
+                 log: Callable[[str], None] = print) -> dict[str, float]:
     """Test accuracy of a finished (or interrupted) run's saved weights; ``tta`` None evaluates
-    as the run did (its ``eval_tta``), so the number matches the run's own ``val_acc``."""
+    as the run did (its ``eval_tta``), so the number matches the run's own ``val_acc``;
+    ``data_dir`` None reads the data the run recorded."""
     run = RunDir(run_dir)
     config = TrainConfig.from_dict(run.read_config()).replace(device=device)
+    if data_dir is not None:
+        config = config.replace(data_dir=str(data_dir))
     if tta is None:
         tta = config.eval_tta
     path = run.last_checkpoint if which == "last" else run.best_checkpoint

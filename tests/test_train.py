@@ -62,10 +62,19 @@ def test_train_on_real_cifar10_learns_and_writes_the_run_directory(real_data, tm
 
 def test_run_directory_is_never_overwritten_and_config_reruns(synthetic_data, tmp_path):
     run_dir = tmp_path / "run"
-    args = ["train", "--preset", "cosine", *TINY, "--epochs", "1", "--data-dir", str(synthetic_data)]
-    assert run_cli(*args, "--run-dir", str(run_dir)).returncode == 0
+    # A relative --data-dir, as users type it; the run records it absolute.
+    args = ["train", "--preset", "cosine", *TINY, "--epochs", "1", "--data-dir", synthetic_data.name]
+    assert run_cli(*args, "--run-dir", str(run_dir), cwd=synthetic_data.parent).returncode == 0
+    assert json.loads((run_dir / "config.json").read_text())["data_dir"] == str(synthetic_data.resolve())
     before = (run_dir / "metrics.jsonl").read_text()
-    again = run_cli(*args, "--run-dir", str(run_dir))
+    # So its weights can be evaluated from any directory, or against data elsewhere.
+    evaluated = run_cli("eval", str(run_dir), "--json", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    acc = json.loads(evaluated.stdout.strip().splitlines()[-1])["acc"]
+    assert acc == pytest.approx(json.loads((run_dir / "summary.json").read_text())["final_val_acc"], abs=0.002)
+    missing = run_cli("eval", str(run_dir), "--data-dir", str(tmp_path / "nowhere"), cwd=tmp_path)
+    assert missing.returncode != 0 and "prepare-data" in missing.stderr and "Traceback" not in missing.stderr
+    again = run_cli(*args, "--run-dir", str(run_dir), cwd=synthetic_data.parent)
     assert again.returncode != 0
     assert "already holds a run" in again.stderr and "--resume" in again.stderr
     assert (run_dir / "metrics.jsonl").read_text() == before
