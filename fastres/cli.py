@@ -14,17 +14,18 @@ import signal
 import sys
 import traceback
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .config import (
     ALIASES,
     DESCRIPTIONS,
+    NUMBER_LISTS,
     PRESETS,
     TrainConfig,
     get_preset,
     load_config_file,
-    parse_milestones,
+    parse_numbers,
 )
 from .errors import FastresError
 
@@ -36,20 +37,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _milestones(text: str) -> tuple[float, ...]:
-    try:
-        return parse_milestones(text)
-    except FastresError as exc:  # argparse would replace a ValueError's message with its own
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _numbers(name: str) -> Callable[[str], tuple[float, ...]]:
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            return parse_numbers(text, name)
+        except FastresError as exc:  # argparse would replace a ValueError's message with its own
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
-
-def _res_ramp(text: str) -> tuple[float, ...]:
-    parts = [p for p in text.replace(",", " ").split() if p]
-    try:
-        return tuple(float(p) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"malformed --res-ramp {text!r}: pass two fractions of the run, e.g. --res-ramp 0,0.75") from None
+    return parse
 
 
 def _log(message: str) -> None:
@@ -68,10 +63,9 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         kind = hints[f.name]
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
-        elif f.name == "milestones":
-            group.add_argument(flag, type=_milestones, default=argparse.SUPPRESS, metavar="M1,M2", help=help_)
-        elif f.name == "res_ramp":
-            group.add_argument(flag, type=_res_ramp, default=argparse.SUPPRESS, metavar="START,END", help=help_)
+        elif f.name in NUMBER_LISTS:
+            group.add_argument(flag, type=_numbers(f.name), default=argparse.SUPPRESS,
+                               metavar=f.metadata["metavar"], help=help_)
         else:
             metavar = {int: "N", float: "X"}.get(kind, f.name.upper())
             group.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=metavar, help=help_)

@@ -43,7 +43,7 @@ class TrainConfig:
     batch_size: int = field(default=128, metadata={"help": "images per optimizer step"})
     lr: float = field(default=0.1, metadata={"help": "peak learning rate"})
     lr_schedule: str = field(default="multistep", metadata={"help": "learning-rate schedule: cosine, linear (to zero), multistep or none (constant)"})
-    milestones: tuple[float, ...] = field(default=(0.5, 0.75), metadata={"help": "multistep decay points: fractions of the run (0.5,0.75) or epochs (100,150)"})
+    milestones: tuple[float, ...] = field(default=(0.5, 0.75), metadata={"help": "multistep decay points: fractions of the run (0.5,0.75) or epochs (100,150)", "metavar": "M1,M2"})
     lr_gamma: float = field(default=0.1, metadata={"help": "multistep decay factor at each milestone"})
     warmup_epochs: float = field(default=0.0, metadata={"help": "linear warm-up from 0 to lr over this many epochs"})
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
@@ -53,7 +53,7 @@ class TrainConfig:
     augment: bool = field(default=True, metadata={"help": "random crop (zero padding --crop-padding) and horizontal flip on training batches"})
     crop_padding: int = field(default=4, metadata={"help": "pixels of zero padding for the random crop: it shifts images by up to this much"})
     min_res: int = field(default=32, metadata={"help": "progressive resizing: train the first epochs at this input size, growing to 32 (32 = off)"})
-    res_ramp: tuple[float, float] = field(default=(0.0, 0.0), metadata={"help": "progressive resizing: the input size grows linearly from --min-res to 32 between these points of the run, as fractions (START,END), so an --epochs override keeps the shape"})
+    res_ramp: tuple[float, float] = field(default=(0.0, 0.0), metadata={"help": "progressive resizing: the input size grows linearly from --min-res to 32 between these points of the run, as fractions (START,END), so an --epochs override keeps the shape", "metavar": "START,END"})
     eval_tta: bool = field(default=False, metadata={"help": "evaluate with flip test-time augmentation (the mean of each image's and its mirror's logits)"})
     shuffle: bool = field(default=True, metadata={"help": "shuffle the training set every epoch (off: sequential order)"})
     sync_bn: bool = field(default=False, metadata={"help": "SyncBatchNorm across data-parallel processes (torchrun)"})
@@ -197,15 +197,24 @@ def _validate_milestones(c: TrainConfig) -> None:
         raise ConfigError(f"milestone epoch {int(ms[-1])} is not inside the {c.epochs}-epoch run: {hint}")
 
 
-def parse_milestones(text: str) -> tuple[float, ...]:
-    """Parse ``"0.5,0.75"`` or ``"100 150"``; raises ConfigError on anything else."""
+# Fields given on the command line as a list of numbers, with an example of each.
+NUMBER_LISTS = {"milestones": "0.5,0.75 or 100,150", "res_ramp": "0,0.75"}
+
+
+def parse_numbers(text: str, name: str) -> tuple[float, ...]:
+    """Parse ``"0.5,0.75"`` or ``"100 150"`` for the field ``name``; raises ConfigError on anything else."""
     parts = [p for p in text.replace(",", " ").split() if p]
     try:
         return tuple(float(p) for p in parts)
     except ValueError:
         raise ConfigError(
-            f"malformed milestones {text!r}: pass comma-separated numbers, e.g. --milestones 0.5,0.75 or 100,150"
+            f"malformed {name} {text!r}: pass comma-separated numbers, e.g. --{name.replace('_', '-')} "
+            f"{NUMBER_LISTS[name]}"
         ) from None
+
+
+def parse_milestones(text: str) -> tuple[float, ...]:
+    return parse_numbers(text, "milestones")
 
 
 # --- presets ---------------------------------------------------------------------------

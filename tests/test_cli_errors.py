@@ -36,7 +36,7 @@ def assert_clean_error(res, *needles):
     (["--milestones", "half,end"], ["malformed milestones"]),
     (["--milestones", "0.75,0.5"], ["strictly increasing"]),
     (["--epochs", "ten"], ["invalid int value: 'ten'"]),
-    (["--res-ramp", "start,end"], ["malformed --res-ramp", "--res-ramp 0,0.75"]),
+    (["--res-ramp", "start,end"], ["malformed res_ramp", "--res-ramp 0,0.75"]),
     (["--min-res", "30"], ["min_res must be a multiple of 4", "--min-res 16"]),
 ])
 def test_bad_training_options(args, needles, tmp_path, capsys):
