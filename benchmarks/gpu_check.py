@@ -131,7 +131,7 @@ class Check:
                                       augment=augment)
                 record["status"] = "error"
                 self.doc["errors"].append({"what": label, "traceback": traceback.format_exc()[-4000:]})
-        print(f"[{self.elapsed():6.1f}s] {label}: {self.bench._short_result(record)}", flush=True)
+        print(f"[{self.elapsed():6.1f}s] {label}: {self.bench.short_result(record)}", flush=True)
         return record
 
     def add(self, record: dict) -> dict:

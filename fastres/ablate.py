@@ -21,13 +21,23 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .config import ABLATIONS, MACHINE_FIELDS, TrainConfig, get_preset, preset_names
+from .config import (
+    ABLATIONS,
+    ALIASES,
+    DESCRIPTIONS,
+    MACHINE_FIELDS,
+    TrainConfig,
+    describe_differences,
+    get_preset,
+    option_args,
+    preset_differences,
+    preset_names,
+    recipe_differences,
+)
 from .errors import FastresError
-from .files import ensure_writable_dir
-from .rundir import RunDir
+from .formatting import compact, duration
+from .rundir import STUDY_ROOT, RunDir
 
-DEFAULT_OUT = "runs/ablations"
-# Status lines of a child worth forwarding are all of them; its stderr is kept for the error.
 TRAIN = [sys.executable, "-m", "fastres", "train"]
 
 
@@ -60,23 +70,8 @@ class PlannedRun:
         return prefix + shlex.join(self.command)
 
 
-def _option_args(overrides: Mapping[str, Any]) -> list[str]:
-    """``fastres train`` options that reproduce ``overrides`` (TrainConfig field -> value)."""
-    args: list[str] = []
-    for name, value in overrides.items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            args.append(flag if value else "--no-" + name.replace("_", "-"))
-        elif name == "milestones":
-            args += [flag, ",".join(repr(float(m)) for m in value)]
-        else:
-            # repr keeps floats exact (1e-05, 0.1), so the child parses the very same value.
-            args += [flag, repr(value) if isinstance(value, float) else str(value)]
-    return args
-
-
 def plan_ablation(presets: Sequence[str], *, seeds: int = 1, seed: int | None = None,
-                  overrides: Mapping[str, Any] | None = None, out: str | Path = DEFAULT_OUT,
+                  overrides: Mapping[str, Any] | None = None, out: str | Path = STUDY_ROOT,
                   devices: Sequence[str] | None = None) -> list[PlannedRun]:
     """The runs of a study, in order (preset by preset, seeds ascending), each with its command.
 
@@ -118,14 +113,13 @@ def plan_ablation(presets: Sequence[str], *, seeds: int = 1, seed: int | None = 
             done = 0
             if state == "new":
                 action = "train"
-                command = (*TRAIN, "--preset", name, "--seed", str(s), *_option_args(overrides),
+                command = (*TRAIN, "--preset", name, "--seed", str(s), *option_args(overrides),
                            "--run-dir", str(run_dir))
             else:
                 recorded = TrainConfig.from_dict(run.read_config())
-                diffs = [f"{k} {v!r} recorded, {config.recipe()[k]!r} planned"
-                         for k, v in recorded.recipe().items() if config.recipe()[k] != v]
+                diffs = recipe_differences(recorded, config)
                 if diffs:
-                    conflicts.append(f"{run_dir} ({'; '.join(diffs)})")
+                    conflicts.append(f"{run_dir} ({describe_differences(diffs, 'planned')})")
                     continue
                 done = len(run.read_metrics())
                 if state in ("completed", "diverged"):
@@ -135,7 +129,7 @@ def plan_ablation(presets: Sequence[str], *, seeds: int = 1, seed: int | None = 
                     # Only machine settings may change on a resume; the recipe is the recorded one.
                     machine = {k: v for k, v in overrides.items() if k in MACHINE_FIELDS}
                     action = "resume"
-                    command = (*TRAIN, "--resume", str(run_dir), *_option_args(machine))
+                    command = (*TRAIN, "--resume", str(run_dir), *option_args(machine))
             runs.append(PlannedRun(name, s, run_dir, config, action, state, command, done))
     if conflicts:
         raise FastresError(
@@ -206,13 +200,6 @@ class AblationResult:
     @property
     def failed(self) -> list[RunResult]:
         return [r for r in self.results if r.status == "failed"]
-
-
-def _duration(seconds: float) -> str:
-    seconds = round(seconds)
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 class _Eta:
@@ -322,7 +309,7 @@ def run_ablation(runs: Sequence[PlannedRun], *, devices: Sequence[str] | None = 
         text = f"{done}/{total} done"
         if result.failed:
             text += f", {len(result.failed)} failed"
-        return text + (f", about {_duration(left)} left" if left is not None else ", time left: after the first epoch")
+        return text + (f", about {duration(left)} left" if left is not None else ", time left: after the first epoch")
 
     if result.results:
         say(f"ablation: skipping {len(result.results)} finished run(s): "
@@ -390,8 +377,8 @@ def _record(result: AblationResult, child: _Child, code: int, seconds: float, et
 
 def _result_line(r: RunResult) -> str:
     if r.status == "finished":
-        return f"done {r.run.name} in {_duration(r.seconds)}: {r.message}"
-    return f"FAILED {r.run.name} after {_duration(r.seconds)} (exit {r.returncode}): {r.message}"
+        return f"done {r.run.name} in {duration(r.seconds)}: {r.message}"
+    return f"FAILED {r.run.name} after {duration(r.seconds)} (exit {r.returncode}): {r.message}"
 
 
 def describe_plan(runs: Sequence[PlannedRun]) -> str:
@@ -404,26 +391,13 @@ def describe_plan(runs: Sequence[PlannedRun]) -> str:
 
 def preset_listing() -> str:
     """Every preset with its one-line description and its differences from ``baseline``."""
-    from .config import ALIASES, DESCRIPTIONS, preset_differences
-
     lines = []
     width = max(len(n) for n in preset_names())
     for name in preset_names():
         diffs = preset_differences(name)
-        changes = ", ".join(f"{k} {_fmt(a)} -> {_fmt(b)}" for k, (a, b) in diffs.items())
+        changes = ", ".join(f"{k} {compact(a)} -> {compact(b)}" for k, (a, b) in diffs.items())
         lines.append(f"{name:<{width}}  {DESCRIPTIONS[name]}")
         lines.append(f"{'':<{width}}  vs baseline: {changes or 'none (the reference)'}")
     lines.append("aliases: " + ", ".join(f"{a} = {t}" for a, t in ALIASES.items()))
     lines.append("--all runs the ablation presets: " + ", ".join(ABLATIONS))
     return "\n".join(lines)
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, list | tuple):
-        return ",".join(f"{v:g}" for v in value)
-    return str(value)
-
-
-def check_writable(out: str | Path) -> None:
-    """Create ``out`` and prove it writable now, not after the first run has trained."""
-    ensure_writable_dir(Path(out), "ablation folder", "--out")

@@ -67,7 +67,8 @@ class BatchAugment:
     """Training and test transforms for uint8 NHWC batches on one device, with its own RNG.
 
     The generator lives on the same device as the data so that random numbers never cross
-    the bus; its state is part of a checkpoint so a resumed run draws the same crops.
+    the bus. The trainer reseeds it at the start of every epoch (``set_epoch``), so a resumed
+    run draws the same crops without keeping the generator's state in its checkpoints.
     """
 
     def __init__(self, device: torch.device | str, dtype: torch.dtype = torch.float32, *,
@@ -96,9 +97,3 @@ class BatchAugment:
         so a resumed run redraws them exactly and data-parallel ranks draw different ones."""
         mixed = np.random.SeedSequence([seed, epoch, rank]).generate_state(1, dtype=np.uint64)[0]
         self.generator.manual_seed(int(mixed) & 0x7FFF_FFFF_FFFF_FFFF)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.generator.set_state(state["generator"])

@@ -6,10 +6,8 @@ A checkpoint holds only tensors and plain Python values, so it loads with
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import shutil
 import zipfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +17,7 @@ import numpy as np
 import torch
 
 from .errors import FastresError
+from .files import atomic_copy, atomic_path
 
 FORMAT = "fastres-checkpoint"
 VERSION = 1
@@ -50,26 +49,10 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def save(state: dict[str, Any], path: Path) -> None:
-    """Write under a temporary name and rename: a kill at any moment keeps the old file."""
+    """Write atomically: a kill at any moment keeps the previous checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def copy(src: Path, dst: Path) -> None:
-    """Atomic copy (used for best.pt, which equals last.pt when it is written)."""
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
@@ -119,7 +102,8 @@ class BackgroundWriter:
     def _write(state: dict[str, Any], path: Path, best: Path | None) -> None:
         save(state, path)
         if best is not None:
-            copy(path, best)
+            # best.pt equals last.pt when it is written: a copy, not a second serialisation.
+            atomic_copy(path, best)
 
     def wait(self) -> None:
         """Block until the last submitted checkpoint is on disk; re-raise its error if any."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import signal
 import sys
@@ -23,11 +24,16 @@ from .config import (
     NUMBER_LISTS,
     PRESETS,
     TrainConfig,
+    field_type,
     get_preset,
     load_config_file,
+    option_flag,
     parse_numbers,
 )
 from .errors import FastresError
+from .files import ensure_writable_dir, ensure_writable_file
+from .models import check_model_name, model_names
+from .rundir import STUDY_ROOT, RunDir
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,13 +60,12 @@ def _log(message: str) -> None:
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field; defaults are SUPPRESSed so only given ones override."""
     group = parser.add_argument_group("training options (override the preset; every TrainConfig field)")
-    hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         if f.name == "preset":  # set by --preset, which picks the base config
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = option_flag(f.name)
         help_ = f"{f.metadata.get('help', '')} (default: {f.default})"
-        kind = hints[f.name]
+        kind = field_type(f.name)
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
         elif f.name in NUMBER_LISTS:
@@ -78,12 +83,7 @@ def _config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in names and k != "preset"}
     if args.resume:
-        from .rundir import RunDir
-
-        run = RunDir(args.resume)
-        if not run.holds_run():
-            raise FastresError(f"--resume {args.resume}: no fastres run there (no config.json); start one with fastres train --run-dir {args.resume}")
-        base = TrainConfig.from_dict(run.read_config())
+        base = TrainConfig.from_dict(RunDir(args.resume).require_run().read_config())
         return base.replace(**overrides, run_dir=args.resume), True
     if args.config:
         base = load_config_file(args.config).replace(run_dir="")
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", nargs="+", metavar="NAME", help="presets (or aliases, e.g. cosine_schedule) to run")
     p.add_argument("--all", action="store_true", help="the seven ablation presets of the original study")
     p.add_argument("--seeds", type=int, default=1, metavar="N", help="runs per preset, seeds S..S+N-1 (default: 1); S is --seed (default: the preset's, 42)")
-    p.add_argument("--out", default="runs/ablations", metavar="DIR", help="where the run directories and the report go (default: runs/ablations)")
+    p.add_argument("--out", default=STUDY_ROOT, metavar="DIR", help=f"where the run directories and the report go (default: {STUDY_ROOT})")
     p.add_argument("--dry-run", action="store_true", help="print the fastres train commands, one per line, and run nothing")
     p.add_argument("--devices", metavar="0,1,...", help="GPU indices: up to one run per GPU at a time, each pinned to its GPU")
     _add_config_options(p)
@@ -165,9 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", metavar="DIR", help="a folder of runs, e.g. the --out of fastres ablate")
     p.add_argument("--json", action="store_true", help="print the aggregated results as JSON (accuracies as fractions)")
 
-    from . import bench
-
-    bench.add_parser(sub)
+    _add_bench_parser(sub)
     return parser
 
 
@@ -232,7 +230,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
                 print(run.shell())
         return 0
     slots = ablate.check_devices(devices, overrides) if devices else None
-    ablate.check_writable(args.out)
+    ensure_writable_dir(args.out, "ablation folder", "--out")
     if slots:
         why = f"up to {len(slots)} at a time, one per GPU ({', '.join(devices)})"
     elif overrides.get("device") == "cpu" or not _cuda_available():
@@ -283,10 +281,139 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run
+def _add_bench_parser(sub: Any) -> None:
+    from .bench import DEFAULT_BATCH_SIZES, FULL_TIMING, QUICK_BATCH_SIZES, QUICK_WIDTH
 
-    return run(args)
+    p = sub.add_parser(
+        "bench", help="measure training/inference throughput: baseline vs fastres",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Images/s of the train step (forward, loss, backward, SGD step) and of inference, for each\n"
+            "model and batch size, in two configurations measured back to back in this process:\n"
+            "  baseline  fp32, NCHW, eager: what a plain PyTorch script does\n"
+            "  fastres   the trainer's default fast path (bf16 where supported, channels_last, compile on CUDA)\n"
+            "Same threads, same input already in memory: the ratio measures the step alone.\n"
+            "Timing: the first step alone (compile time), warm-up steps, then the median of --repeats\n"
+            "repeats of at least --min-time seconds each (synchronised on a GPU)."),
+        epilog="examples:\n  fastres bench --quick\n"
+               "  fastres bench --models resnet18 --batch-sizes 32 64 128 256 512 --mode train --json bench.json --plot bench.png\n"
+               "  fastres bench --models resnet18,resnet34,resnet50 --batch-sizes 128 --csv bench.csv")
+    p.add_argument("--models", nargs="+", default=None, metavar="MODEL",
+                   help=f"models to measure (space or comma separated; default: all of {', '.join(model_names())})")
+    p.add_argument("--batch-sizes", nargs="+", default=None, metavar="N",
+                   help=f"batch sizes (default: {' '.join(map(str, DEFAULT_BATCH_SIZES))}; "
+                        f"--quick: {' '.join(map(str, QUICK_BATCH_SIZES))})")
+    p.add_argument("--mode", choices=("train", "infer", "both"), default="both",
+                   help="train step, inference, or both (default: both)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"smoke test: width-{QUICK_WIDTH} models, tiny batches, one step per repeat (numbers are not meaningful)")
+    p.add_argument("--width", type=int, default=None, metavar="N",
+                   help=f"first-stage channels (default 64, the real models; --quick: {QUICK_WIDTH})")
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                   help="auto (CUDA when present, else CPU), cuda or cpu")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads for both configurations (default: torch's default; --quick: 1)")
+    p.add_argument("--warmup", type=int, default=None, metavar="N",
+                   help=f"untimed steps after the first (default {FULL_TIMING.warmup})")
+    p.add_argument("--repeats", type=int, default=None, metavar="N",
+                   help=f"timed repeats; the median counts (default {FULL_TIMING.repeats})")
+    p.add_argument("--min-time", type=float, default=None, metavar="S",
+                   help=f"least seconds per timed repeat (default {FULL_TIMING.min_repeat_s:g})")
+    p.add_argument("--mem-limit", type=float, default=None, metavar="GB",
+                   help="on CPU, skip configurations estimated to need more than this (default: the memory free now)")
+    p.add_argument("--json", metavar="PATH", help="write machine info and every record as JSON")
+    p.add_argument("--csv", metavar="PATH", help="write one CSV row per record")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG of images/s against batch size per model")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: a bar on a terminal, a line per configuration otherwise)")
+
+
+def _words(values: Sequence[str]) -> list[str]:
+    return [w for v in values for w in v.replace(",", " ").split()]
+
+
+def _bench_models(values: Sequence[str] | None) -> list[str]:
+    if values is None:
+        return model_names()
+    names = [check_model_name(name) for name in _words(values)]
+    if not names:
+        raise FastresError(f"--models needs at least one of {', '.join(model_names())}")
+    return list(dict.fromkeys(names))
+
+
+def _bench_batch_sizes(values: Sequence[str]) -> list[int]:
+    sizes = []
+    for word in _words(values):
+        try:
+            size = int(word)
+        except ValueError:
+            raise FastresError(f"batch size {word!r} is not an integer: pass e.g. --batch-sizes 32 64 128") from None
+        if size < 1:
+            raise FastresError(f"batch sizes must be positive, got {size}: pass e.g. --batch-sizes 32 64 128")
+        sizes.append(size)
+    if not sizes:
+        raise FastresError("--batch-sizes needs at least one size")
+    return list(dict.fromkeys(sizes))
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    """Validate everything first, sweep, print the table, write the files."""
+    import torch
+
+    from . import bench
+    from .runtime import resolve_device
+
+    models = _bench_models(args.models)
+    batch_sizes = (_bench_batch_sizes(args.batch_sizes) if args.batch_sizes
+                   else list(bench.QUICK_BATCH_SIZES if args.quick else bench.DEFAULT_BATCH_SIZES))
+    modes = list(bench.MODES) if args.mode == "both" else [args.mode]
+    width = args.width if args.width is not None else (bench.QUICK_WIDTH if args.quick else 64)
+    if width < 1:
+        raise FastresError(f"--width must be a positive integer, got {width}")
+    if args.threads is not None and args.threads < 1:
+        raise FastresError(f"--threads must be a positive integer, got {args.threads}")
+    if args.mem_limit is not None and not (args.mem_limit > 0 and math.isfinite(args.mem_limit)):
+        raise FastresError(f"--mem-limit must be a positive number of GB, got {args.mem_limit}")
+    base = bench.QUICK_TIMING if args.quick else bench.FULL_TIMING
+    timing = bench.Timing(warmup=base.warmup if args.warmup is None else args.warmup,
+                          repeats=base.repeats if args.repeats is None else args.repeats,
+                          min_repeat_s=base.min_repeat_s if args.min_time is None else args.min_time,
+                          max_steps=base.max_steps if args.min_time is None else bench.FULL_TIMING.max_steps)
+    outputs = {flag: ensure_writable_file(path, flag) for flag, path in
+               (("--json", args.json), ("--csv", args.csv), ("--plot", args.plot)) if path}
+
+    device = resolve_device(args.device)
+    # --quick defaults to one thread: its tiny steps are mostly OpenMP barriers, which stall
+    # for whole scheduler slices when the cores are shared; it is a smoke test, not a measurement.
+    threads = args.threads or (1 if args.quick else None)
+    if threads:
+        torch.set_num_threads(threads)
+    machine = bench.machine_info(device)
+    fast = bench.fastres_runtime(device)
+    n = machine["threads"]
+    _log(f"fastres bench on {machine['gpu'] or machine['cpu']} ({device.type}, {n} thread{'s' * (n != 1)}, "
+         f"torch {machine['torch']}); width {width}{' (quick: not a measurement)' if args.quick else ''}")
+    _log(f"baseline: fp32, NCHW, eager   fastres: {fast.precision}, "
+         f"{'channels_last' if fast.channels_last else 'NCHW'}, compile {'on' if fast.compile else 'off'}")
+    mem_limit = int(args.mem_limit * 1e9) if args.mem_limit is not None else None
+    records = bench.sweep(models, batch_sizes, modes, device=device, width=width, timing=timing,
+                          mem_limit_bytes=mem_limit, progress=args.progress)
+    _log(bench.format_table(records))
+    settings = {"models": models, "batch_sizes": batch_sizes, "modes": modes, "width": width,
+                "quick": bool(args.quick), "warmup": timing.warmup, "repeats": timing.repeats,
+                "min_repeat_s": timing.min_repeat_s, "threads": torch.get_num_threads(),
+                "mem_limit_gb": args.mem_limit}
+    if "--json" in outputs:
+        bench.write_json(outputs["--json"], machine, records, settings)
+    if "--csv" in outputs:
+        bench.write_csv(outputs["--csv"], records)
+    if "--plot" in outputs:
+        bench.write_plot(outputs["--plot"], records, title=f"{machine['gpu'] or machine['cpu']}, torch {machine['torch']}")
+    if outputs:
+        print()
+    for flag, path in outputs.items():
+        _log(f"wrote {flag[2:]}: {path}")
+    return 0
 
 
 COMMANDS = {"prepare-data": _cmd_prepare, "train": _cmd_train, "eval": _cmd_eval, "bench": _cmd_bench,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ RES_STEP = 4
 # between a run and its resume, and between runs that are meant to be comparable.
 MACHINE_FIELDS = frozenset(
     {"precision", "channels_last", "compile", "loader", "num_workers", "data_dir", "run_dir",
-     "device", "deterministic", "progress", "sync_bn"}
+     "device", "deterministic", "sync_bn"}
 )
 
 
@@ -213,8 +215,50 @@ def parse_numbers(text: str, name: str) -> tuple[float, ...]:
         ) from None
 
 
-def parse_milestones(text: str) -> tuple[float, ...]:
-    return parse_numbers(text, "milestones")
+# --- the command line's spelling of a config ---------------------------------------------
+
+
+def option_flag(name: str) -> str:
+    """The ``fastres train`` option of a TrainConfig field: ``batch_size`` -> ``--batch-size``."""
+    return "--" + name.replace("_", "-")
+
+
+def field_type(name: str) -> Any:
+    """The type a field's option parses to (bool fields are on/off switches)."""
+    return _FIELD_TYPES[name]
+
+
+def option_args(values: Mapping[str, Any]) -> list[str]:
+    """The ``fastres train`` options that set each TrainConfig field in ``values`` to exactly
+    that value: the inverse of the options the CLI generates from the same fields."""
+    args: list[str] = []
+    for name, value in values.items():
+        flag = option_flag(name)
+        kind = field_type(name)
+        if kind is bool:
+            args.append(flag if value else "--no-" + flag[2:])
+        elif name in NUMBER_LISTS:
+            # repr keeps floats exact (1e-05, 0.1), so the parser gets back the very same value.
+            args += [flag, ",".join(repr(float(v)) for v in value)]
+        elif kind is float:
+            args += [flag, repr(float(value))]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def recipe_differences(recorded: TrainConfig, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """Recipe fields (not machine ones) in which ``other`` differs: {field: (recorded, other)}."""
+    mine, theirs = recorded.recipe(), other.recipe()
+    return {k: (v, theirs[k]) for k, v in mine.items() if theirs[k] != v}
+
+
+def describe_differences(diffs: Mapping[str, tuple[Any, Any]], other: str) -> str:
+    """``lr (0.05 recorded, 0.5 given); epochs (...)`` with ``other`` naming the second value."""
+    return "; ".join(f"{k} ({a!r} recorded, {b!r} {other})" for k, (a, b) in diffs.items())
+
+
+_FIELD_TYPES: dict[str, Any] = typing.get_type_hints(TrainConfig)
 
 
 # --- presets ---------------------------------------------------------------------------

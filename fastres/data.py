@@ -23,7 +23,7 @@ from torch.utils.data import DistributedSampler
 
 from . import cifar, prepare
 from .errors import FastresError
-from .runtime import ffcv_available, keep_torch_threads
+from .ffcv_compat import ffcv_available, keep_torch_threads
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

@@ -133,10 +133,16 @@ def model_names() -> list[str]:
     return list(MODELS)
 
 
-def build_model(name: str, *, num_classes: int = 10, norm: str = "batch", width: int = 64) -> ResNet:
-    """Build a CIFAR ResNet by name; ``width`` is the first stage's channel count (64 = full size)."""
+def check_model_name(name: str) -> str:
+    """``name`` if the registry has it; otherwise an error listing the models there are."""
     if name not in MODELS:
         raise FastresError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
+    return name
+
+
+def build_model(name: str, *, num_classes: int = 10, norm: str = "batch", width: int = 64) -> ResNet:
+    """Build a CIFAR ResNet by name; ``width`` is the first stage's channel count (64 = full size)."""
+    check_model_name(name)
     if width < 1:
         raise FastresError(f"width must be a positive integer, got {width}")
     block, layers = MODELS[name]

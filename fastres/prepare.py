@@ -8,11 +8,9 @@ only when complete, so an interrupted conversion never leaves a file that looks 
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +20,9 @@ import numpy as np
 
 from . import cifar
 from .errors import FastresError
-from .files import atomic_write_text, ensure_writable_dir
-from .runtime import ffcv_available, keep_torch_threads, package_version
+from .ffcv_compat import ffcv_available, keep_torch_threads
+from .files import TMP_INFIX, atomic_path, atomic_write_text, ensure_writable_dir, exclusive_lock
+from .provenance import versions
 
 MANIFEST = "cifar10_manifest.json"
 BETONS = {"train": "cifar10_train.beton", "test": "cifar10_test.beton"}
@@ -99,23 +98,13 @@ def write_beton(split: cifar.Split, path: Path, num_workers: int = 1) -> None:
         from ffcv.fields import IntField, RGBImageField
         from ffcv.writer import DatasetWriter
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         writer = DatasetWriter(
             str(tmp),
             {"image": RGBImageField(write_mode="raw"), "label": IntField()},
             num_workers=num_workers,
         )
         writer.from_indexed_dataset(_IndexedSplit(split), chunksize=1000)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _versions() -> dict[str, str]:
-    return {name: package_version(name) for name in ("fastres", "ffcv", "numpy", "torch")} | {
-        "python": platform.python_version()
-    }
 
 
 def prepare_data(
@@ -139,12 +128,10 @@ def prepare_data(
     data_dir = Path(data_dir)
     ensure_writable_dir(data_dir, "data directory", "--data-dir")
 
-    # One conversion per data dir at a time. A POSIX record lock (lockf, not flock) belongs to
-    # this process alone: FFCV's forked writer processes do not inherit it, so a killed run
-    # never blocks the next one, which then clears the temporary files it left.
-    with open(data_dir / ".cifar10_prepare.lock", "w") as lock:
-        fcntl.lockf(lock, fcntl.LOCK_EX)
-        for stale in data_dir.glob(".cifar10_*.tmp-*"):
+    # One conversion per data dir at a time; the lock dies with its holder, so a killed
+    # conversion never blocks the next one, which then clears the temporary files it left.
+    with exclusive_lock(data_dir / ".cifar10_prepare.lock"):
+        for stale in data_dir.glob(f".cifar10_*{TMP_INFIX}*"):
             stale.unlink(missing_ok=True)
         return _prepare_locked(data_dir, source, force=force, allow_small=allow_small, log=log)
 
@@ -192,7 +179,7 @@ def _prepare_locked(data_dir: Path, source: str | Path | None, *, force: bool, a
         "files": files,
         "image": {"height": 32, "width": 32, "channels": 3, "dtype": "uint8", "layout": "HWC", "encoding": "raw"},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "versions": _versions(),
+        "versions": versions(),
     }
     atomic_write_text(data_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     log(f"done in {time.perf_counter() - t0:.1f}s: {data_dir / BETONS['train']}, {data_dir / BETONS['test']}, {data_dir / MANIFEST}")

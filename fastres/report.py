@@ -18,8 +18,10 @@ from typing import Any
 
 from .config import PRESETS, TrainConfig
 from .errors import FastresError
-from .files import atomic_write_text
-from .rundir import find_runs
+from .files import atomic_path, atomic_write_text
+from .formatting import compact, duration
+from .rundir import STUDY_ROOT, find_runs
+from .schedule import lr_factor
 
 # The original study: one run per setting, 100 epochs, best-epoch test accuracy (percent).
 ORIGINAL_STUDY = {"cosine": 94.1, "baseline": 93.9, "no_schedule": 90.9, "resnet34": 89.9,
@@ -74,7 +76,7 @@ def stats(values: list[float]) -> dict[str, Any]:
 def load_runs(root: str | Path) -> list[Run]:
     root = Path(root)
     if not root.is_dir():
-        raise FastresError(f"{root} is not a folder: pass the --out folder of an ablation (default runs/ablations)")
+        raise FastresError(f"{root} is not a folder: pass the --out folder of an ablation (default {STUDY_ROOT})")
     runs = []
     for rd in find_runs(root):
         try:
@@ -87,7 +89,7 @@ def load_runs(root: str | Path) -> list[Run]:
         runs.append(Run(rd.path, rel, config, state, summary, rd.read_metrics()))
     if not runs:
         raise FastresError(f"{root} holds no fastres runs (no run directories with a config.json below it): "
-                           "pass the --out folder of an ablation, e.g. fastres report runs/ablations")
+                           f"pass the --out folder of an ablation, e.g. fastres report {STUDY_ROOT}")
     return runs
 
 
@@ -107,16 +109,10 @@ def group_runs(runs: list[Run]) -> list[Group]:
         if len(same) > 1:
             varying = [k for k in same[0].recipe if len({json.dumps(g.recipe[k]) for g in same}) > 1]
             for g in same:
-                g.label = f"{preset or 'custom'} ({', '.join(f'{k}={_value(g.recipe[k])}' for k in varying)})"
+                g.label = f"{preset or 'custom'} ({', '.join(f'{k}={compact(g.recipe[k])}' for k in varying)})"
     order = list(PRESETS)
     result.sort(key=lambda g: (order.index(g.preset) if g.preset in order else len(order), g.label))
     return result
-
-
-def _value(v: Any) -> str:
-    if isinstance(v, list | tuple):
-        return ",".join(f"{x:g}" for x in v)
-    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def aggregate(root: str | Path, runs: list[Run] | None = None) -> dict[str, Any]:
@@ -223,14 +219,6 @@ def _mean_std(s: dict[str, Any]) -> str:
     return f"{_pct(s['mean'])} ± {_pct(s['std']) if s['std'] is not None else 'n/a'}"
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    m, s = divmod(round(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
-
-
 def render_markdown(data: dict[str, Any]) -> str:
     settings = data["settings"]
     n_runs = len(data["runs"])
@@ -250,7 +238,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     ]
     common = data["common_changes"]
     lines.append("- Changes from each preset applied to every run: "
-                 + (", ".join(f"`{k}={_value(v)}`" for k, v in common.items()) if common else "none") + ".")
+                 + (", ".join(f"`{k}={compact(v)}`" for k, v in common.items()) if common else "none") + ".")
     prov = data["provenance"]
     lines.append(f"- Seeds: {', '.join(prov['seeds'])}.")
     for key, name in (("device", "Device"), ("precision", "Precision"), ("torch", "torch"),
@@ -281,7 +269,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         ips = g["images_per_s"]["mean"]
         lines.append("| " + " | ".join([
             f"`{g['label']}`", n, _mean_std(g["final_val_acc"]), diff_text, _mean_std(g["best_val_acc"]),
-            _mean_std(g["final_train_acc"]), epochs, _duration(g["train_time_s"]["mean"]),
+            _mean_std(g["final_train_acc"]), epochs, duration(g["train_time_s"]["mean"]),
             "-" if ips is None else f"{ips:,.0f}", original]) + " |")
     lines.append("")
     lines.append("Δ: difference of the final-accuracy means from `baseline`, in points, ± its standard error "
@@ -311,7 +299,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         commit = (r["git_commit"] or "-")[:12] + ("-dirty" if (r["git_commit"] or "").endswith("-dirty") else "")
         lines.append(f"| `{r['run']}` | {r['seed']} | {r['state']} | {r['epochs']}/{r['epochs_planned']} | "
                      f"{_pct(r['final_val_acc'])} | {best} | {_pct(r['final_train_acc'])} | "
-                     f"{_duration(r['train_time_s'])} | {ips} | `{commit}` |")
+                     f"{duration(r['train_time_s'])} | {ips} | `{commit}` |")
     return "\n".join(lines) + "\n"
 
 
@@ -343,14 +331,12 @@ def plot_val_acc(runs: list[Run], path: Path) -> None:
     ax.set_title("Validation accuracy: mean over seeds, band = min-max")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    fig.savefig(path, dpi=110)
+    _save_png(fig, path)
 
 
 def plot_lr(runs: list[Run], path: Path) -> None:
     """The learning rate against (fractional) epoch for each setting, as the trainer applies it."""
     from matplotlib.figure import Figure
-
-    from .train import lr_factor
 
     fig = Figure(figsize=(8, 4), layout="constrained")
     ax = fig.add_subplot()
@@ -373,7 +359,12 @@ def plot_lr(runs: list[Run], path: Path) -> None:
     ax.set_title("Learning-rate schedules")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    fig.savefig(path, dpi=110)
+    _save_png(fig, path)
+
+
+def _save_png(fig: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
 
 
 def write_report(root: str | Path) -> dict[str, Any]:

@@ -32,6 +32,9 @@ CHECKPOINTS = "checkpoints"
 LAST = "last.pt"
 BEST = "best.pt"
 
+RUNS_ROOT = "runs"  # where runs go unless --run-dir says otherwise
+STUDY_ROOT = "runs/ablations"  # fastres ablate's default --out: one run directory per (preset, seed)
+
 # Keys every metrics.jsonl row carries; TensorBoard gets the same scalars.
 METRIC_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "epoch_time_s")
 # metrics.jsonl key -> TensorBoard tag (grouped so train and val curves share a chart section).
@@ -41,7 +44,7 @@ TB_TAGS = {
 }
 
 
-def default_run_dir(preset: str, root: str | Path = "runs") -> Path:
+def default_run_dir(preset: str, root: str | Path = RUNS_ROOT) -> Path:
     """``runs/<preset>-<timestamp>``, made unique if two runs start in the same second."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path(root) / f"{preset or 'custom'}-{stamp}"
@@ -68,6 +71,13 @@ class RunDir:
 
     def holds_run(self) -> bool:
         return self.config.exists()
+
+    def require_run(self, flag: str = "--resume") -> RunDir:
+        """This run directory, or a one-line error naming ``flag`` when it holds no run."""
+        if not self.holds_run():
+            raise FastresError(f"{flag} {self.path}: no fastres run there (no {CONFIG}); "
+                               f"start one with fastres train --run-dir {self.path}")
+        return self
 
     def create(self) -> None:
         """Create a fresh run directory; refuse one that already holds a run."""

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import importlib.metadata
 import os
 import platform
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from .config import TrainConfig
 from .errors import FastresError
@@ -39,6 +37,11 @@ class Runtime:
     def grad_scaler(self) -> bool:
         # fp16 has too little range for small gradients; bf16 has fp32's exponent and needs none.
         return self.precision == "fp16"
+
+    def place(self, model: nn.Module) -> nn.Module:
+        """``model`` on this runtime's device, in its memory format: how every model is set up."""
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def describe(self) -> str:
         return (f"{self.device_name} ({self.device.type}), precision {self.precision}, "
@@ -109,41 +112,3 @@ def set_deterministic(enabled: bool) -> None:
     torch.use_deterministic_algorithms(enabled, warn_only=False)
     torch.backends.cudnn.deterministic = enabled
     torch.backends.cudnn.benchmark = not enabled
-
-
-def environment() -> dict[str, str]:
-    """Library versions recorded with every run."""
-    env = {"torch": torch.__version__, "python": platform.python_version(), "numpy": np.__version__,
-           "threads": str(torch.get_num_threads())}
-    env["ffcv"] = package_version("ffcv")
-    if torch.cuda.is_available():
-        env["cuda"] = torch.version.cuda or ""
-    return env
-
-
-def package_version(name: str) -> str:
-    """A distribution's version without importing it (importing ffcv has side effects)."""
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-@contextlib.contextmanager
-def keep_torch_threads() -> Iterator[None]:
-    """Undo FFCV's habit of setting torch's thread count (on import and on every epoch)."""
-    threads = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def ffcv_available() -> bool:
-    """Whether ffcv imports (not merely whether it is installed: broken builds are common)."""
-    try:
-        with keep_torch_threads():
-            import ffcv.loader  # noqa: F401
-    except ImportError:
-        return False
-    return True

@@ -7,12 +7,11 @@ logging points and epoch ends, so a GPU step never waits for the host.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import math
-import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +21,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint, distributed
 from .augment import BatchAugment
-from .config import MACHINE_FIELDS, TrainConfig
+from .config import MACHINE_FIELDS, TrainConfig, describe_differences, recipe_differences
 from .data import DataSource, choose_loader, open_data
 from .errors import FastresError
 from .models import build_model, count_parameters
+from .provenance import git_commit, versions
 from .rundir import TB_TAGS, RunDir, default_run_dir
-from .runtime import Runtime, environment, resolve_runtime, seed_everything, set_deterministic
+from .runtime import Runtime, resolve_runtime, seed_everything, set_deterministic
+from .schedule import lr_factor
 
 LOG_EVERY = 50  # steps between host reads of the running loss (progress, divergence check)
 
@@ -38,35 +39,6 @@ class TrainingDiverged(FastresError):
 
 class Interrupted(FastresError):
     """Ctrl-C or SIGTERM: the run stopped cleanly and can be resumed."""
-
-
-def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """Multiplier of ``config.lr`` at optimizer step ``step`` (the schedule is per step)."""
-    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if config.lr_schedule in ("cosine", "linear"):
-        total = config.epochs * steps_per_epoch - warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total))
-        return 0.5 * (1 + math.cos(math.pi * progress)) if config.lr_schedule == "cosine" else 1.0 - progress
-    if config.lr_schedule == "multistep":
-        # Compare in steps so a milestone lands exactly on an epoch boundary.
-        return config.lr_gamma ** sum(step >= round(m * steps_per_epoch) for m in config.milestone_epochs())
-    return 1.0
-
-
-def git_commit() -> str | None:
-    """The commit of the fastres source tree in use, with '-dirty' for local changes."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return head.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def train_step(forward: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
@@ -95,9 +67,7 @@ class Trainer:
         self.config, self.runtime, self.data, self.run, self.log, self.dist = config, runtime, data, run, log, dist
         device = runtime.device
         seed_everything(config.seed)
-        self.model = build_model(config.model, norm=config.norm, width=config.width).to(device)
-        if runtime.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = runtime.place(build_model(config.model, norm=config.norm, width=config.width))
         self.params = count_parameters(self.model)
         if dist.enabled and config.sync_bn and config.norm == "batch":
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -126,6 +96,8 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.best_val_acc = -1.0
         self.best_epoch = 0
+        # This process's totals, for the summary's images/s and checkpoint cost.
+        self.trained_images, self.train_seconds, self.checkpoint_seconds = 0, 0.0, 0.0
 
     # -- state -------------------------------------------------------------------------
 
@@ -210,56 +182,39 @@ class Trainer:
 
     # -- loop --------------------------------------------------------------------------
 
-    def fit(self, started: float, show_progress: bool) -> dict[str, Any]:
-        from torch.utils.tensorboard import SummaryWriter
-
+    def run_epoch(self, show_progress: bool) -> dict[str, Any]:
+        """Train one epoch, evaluate, queue the checkpoint; the epoch's metrics row."""
         cfg = self.config
-        main = self.dist.is_main  # only rank 0 writes the run directory
-        # purge_step drops events past the checkpoint when a resumed run re-logs those epochs.
-        tb = SummaryWriter(str(self.run.tensorboard), purge_step=self.epoch + 1 if self.epoch else None) if main else None
-        status = "running"
-        train_images, train_seconds, ckpt_seconds = 0, 0.0, 0.0
-        try:
-            while self.epoch < cfg.epochs:
-                epoch_start = time.perf_counter()
-                progress = None
-                if show_progress and main:
-                    from tqdm import tqdm
+        epoch_start = time.perf_counter()
+        with _progress_bar(show_progress, self.steps_per_epoch, f"epoch {self.epoch + 1}/{cfg.epochs}") as bar:
+            stats = self.train_epoch(bar)
+        val = self.evaluate(tta=cfg.eval_tta)
+        self.epoch += 1
+        row = {
+            "epoch": self.epoch, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
+            "val_loss": val["loss"], "val_acc": val["acc"], "val_images": val["images"],
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "images_per_s": stats["images_per_s"], "epoch_time_s": time.perf_counter() - epoch_start,
+            "train_res": stats["train_res"],
+        }
+        improved = row["val_acc"] > self.best_val_acc
+        if improved:
+            self.best_val_acc, self.best_epoch = row["val_acc"], self.epoch
+        row["checkpoint_time_s"] = self.save_checkpoint(improved) if self.dist.is_main else 0.0
+        self.rows.append(row)
+        self.trained_images += round(stats["images_per_s"] * stats["train_time_s"])
+        self.train_seconds += stats["train_time_s"]
+        self.checkpoint_seconds += row["checkpoint_time_s"]
+        return row
 
-                    progress = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
-                                    leave=False, dynamic_ncols=True)
-                try:
-                    stats = self.train_epoch(progress)
-                finally:
-                    if progress is not None:
-                        progress.close()
-                val = self.evaluate(tta=cfg.eval_tta)
-                self.epoch += 1
-                row = {
-                    "epoch": self.epoch, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
-                    "val_loss": val["loss"], "val_acc": val["acc"], "val_images": val["images"],
-                    "lr": self.optimizer.param_groups[0]["lr"],
-                    "images_per_s": stats["images_per_s"], "epoch_time_s": time.perf_counter() - epoch_start,
-                    "train_res": stats["train_res"],
-                }
-                improved = row["val_acc"] > self.best_val_acc
-                if improved:
-                    self.best_val_acc, self.best_epoch = row["val_acc"], self.epoch
-                row["checkpoint_time_s"] = self.save_checkpoint(improved) if main else 0.0
-                ckpt_seconds += row["checkpoint_time_s"]
-                self.rows.append(row)
-                if main:
-                    self.run.append_metrics(row)
-                    for key, tag in TB_TAGS.items():
-                        tb.add_scalar(tag, row[key], self.epoch)
-                    tb.flush()
-                train_images += round(stats["images_per_s"] * stats["train_time_s"])
-                train_seconds += stats["train_time_s"]
-                self.log(
-                    f"epoch {self.epoch}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%  "
-                    f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%  lr {row['lr']:.4g}  "
-                    f"{row['images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s"
-                )
+    def fit(self, started: float, show_progress: bool) -> dict[str, Any]:
+        """Train the remaining epochs; the summary, also written when training stops early."""
+        main = self.dist.is_main  # only rank 0 writes the run directory
+        epoch_log = EpochLog(self.run, self.epoch, self.config.epochs, self.log, write=main)
+        status = "running"
+        try:
+            while self.epoch < self.config.epochs:
+                epoch_log.record(self.run_epoch(show_progress and main))
             status = "completed"
         except KeyboardInterrupt:
             status = "interrupted"
@@ -268,19 +223,17 @@ class Trainer:
             status = "diverged"
             raise
         finally:
-            if tb is not None:
-                tb.close()
+            epoch_log.close()
             # The last checkpoint must be on disk before the run reports where it stopped.
             self.writer.close()
             if status == "running":
                 status = "failed"
-            self.summary = self._summary(status, started, train_images, train_seconds, ckpt_seconds)
+            self.summary = self._summary(status, started)
             if main:
                 self.run.write_summary(self.summary)
         return self.summary
 
-    def _summary(self, status: str, started: float, train_images: int, train_seconds: float,
-                 ckpt_seconds: float) -> dict[str, Any]:
+    def _summary(self, status: str, started: float) -> dict[str, Any]:
         rows = self.rows
         last = rows[-1] if rows else {}
         rt = self.runtime
@@ -297,8 +250,8 @@ class Trainer:
             "final_train_acc": last.get("train_acc"),
             "final_train_loss": last.get("train_loss"),
             "train_time_s": time.perf_counter() - started,
-            "images_per_s": train_images / train_seconds if train_seconds else None,
-            "checkpoint_time_s": ckpt_seconds,
+            "images_per_s": self.trained_images / self.train_seconds if self.train_seconds else None,
+            "checkpoint_time_s": self.checkpoint_seconds,
             "params": self.params,
             "device": rt.device_name,
             "device_type": rt.device.type,
@@ -308,12 +261,57 @@ class Trainer:
             "loader": self.data.loader,
             "data_hash": self.data.data_hash,
             "seed": self.config.seed,
-            "versions": environment(),
+            "versions": versions() | {"threads": str(torch.get_num_threads())},
             "git_commit": git_commit(),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "run_dir": str(self.run.path),
             "world_size": self.dist.world_size,
         }
+
+
+class EpochLog:
+    """Where each finished epoch is recorded: metrics.jsonl and TensorBoard (by the process that
+    writes the run directory) and a console line."""
+
+    def __init__(self, run: RunDir, done_epochs: int, epochs: int, log: Callable[[str], None], *,
+                 write: bool) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run, self.epochs, self.log = run, epochs, log
+        # purge_step drops events past the checkpoint when a resumed run re-logs those epochs.
+        self.tb = (SummaryWriter(str(run.tensorboard), purge_step=done_epochs + 1 if done_epochs else None)
+                   if write else None)
+
+    def record(self, row: dict[str, Any]) -> None:
+        if self.tb is not None:
+            self.run.append_metrics(row)
+            for key, tag in TB_TAGS.items():
+                self.tb.add_scalar(tag, row[key], row["epoch"])
+            self.tb.flush()
+        self.log(
+            f"epoch {row['epoch']}/{self.epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%  "
+            f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%  lr {row['lr']:.4g}  "
+            f"{row['images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s"
+        )
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+@contextlib.contextmanager
+def _progress_bar(show: bool, total: int, description: str) -> Iterator[Any]:
+    """A per-step tqdm bar that disappears when the epoch ends, or None."""
+    if not show:
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=description, leave=False, dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 @torch.no_grad()
@@ -437,14 +435,12 @@ def _check_resume(config: TrainConfig, log: Callable[[str], None]) -> TrainConfi
 
     A different recipe is refused, naming each differing field.
     """
-    run = RunDir(config.run_dir)
-    if not run.holds_run():
-        raise FastresError(f"--resume {run.path}: no fastres run there (no {run.config.name}); start one with fastres train --run-dir {run.path}")
+    run = RunDir(config.run_dir).require_run()
     recorded = TrainConfig.from_dict(run.read_config())
-    diffs = [f"{k} ({recorded.to_dict()[k]!r} recorded, {v!r} given)" for k, v in config.recipe().items()
-             if recorded.to_dict()[k] != v]
+    diffs = recipe_differences(recorded, config)
     if diffs:
-        raise FastresError(f"cannot resume {run.path} with a different recipe: {'; '.join(diffs)}; drop those options or start a new --run-dir")
+        raise FastresError(f"cannot resume {run.path} with a different recipe: {describe_differences(diffs, 'given')}; "
+                           "drop those options or start a new --run-dir")
     machine = {k: v for k, v in config.to_dict().items() if k in MACHINE_FIELDS and k != "run_dir"
                and recorded.to_dict()[k] != v}
     if machine:
@@ -470,9 +466,7 @@ def evaluate_run(run_dir: str | Path, *, tta: bool | None = None, which: str = "
         raise FastresError(f"{run.path} has no {path.name} yet: train it first (fastres train --resume {run.path})")
     runtime = resolve_runtime(config)
     state = checkpoint.load(path, map_location=runtime.device)
-    model = build_model(config.model, norm=config.norm, width=config.width).to(runtime.device)
-    if runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = runtime.place(build_model(config.model, norm=config.norm, width=config.width))
     model.load_state_dict(state["model"])
     data = _open(config, runtime, log)
     augment = BatchAugment(runtime.device, runtime.amp_dtype, channels_last=runtime.channels_last)

@@ -235,7 +235,7 @@ def test_a_run_folder_with_another_recipe_is_refused_before_anything_runs(study,
     out, args, _ = study
     res = run_main(capsys, *args[: args.index("--epochs")], "--epochs", "4", *args[args.index("--epochs") + 2:])
     assert res.returncode == 2 and res.stderr.count("\n") == 1
-    assert "hold a different recipe" in res.stderr and "epochs 3 recorded, 4 planned" in res.stderr
+    assert "hold a different recipe" in res.stderr and "epochs (3 recorded, 4 planned)" in res.stderr
 
 
 def test_list_shows_every_preset_and_its_differences(capsys):
@@ -248,3 +248,79 @@ def test_list_shows_every_preset_and_its_differences(capsys):
     assert "vs baseline: norm batch -> none, lr 0.1 -> 0.01" in res.stdout
     assert "vs baseline: batch_size 128 -> 32" in res.stdout
     assert "cosine_schedule = cosine" in res.stdout
+
+
+# One valid non-default value per TrainConfig field. A field added to TrainConfig fails
+# test_the_round_trip_table_covers_every_field until it has a row here, and then the two
+# round-trip tests check that ablate's commands carry it.
+NON_DEFAULT = {
+    "model": "resnet34", "width": 16, "norm": "none", "epochs": 7, "batch_size": 64, "lr": 1e-05,
+    "lr_schedule": "cosine", "milestones": (0.3, 0.6, 0.9), "lr_gamma": 0.2, "warmup_epochs": 1.5,
+    "momentum": 0.8, "nesterov": True, "weight_decay": 0.0, "label_smoothing": 0.1, "augment": False,
+    "crop_padding": 2, "min_res": 16, "res_ramp": (0.2, 0.8), "eval_tta": True, "shuffle": False,
+    "sync_bn": True, "seed": 7, "train_subset": 1000, "test_subset": 100, "precision": "fp32",
+    "channels_last": False, "compile": "off", "loader": "memory", "num_workers": 3, "device": "cpu",
+    "deterministic": True, "data_dir": "my data/cifar 10", "run_dir": "study with spaces",
+    "preset": "cosine",
+}
+# Fields that are valid only together with another non-default value.
+COMPANIONS = {"min_res": {"res_ramp": (0.2, 0.8)}}
+
+
+def test_the_round_trip_table_covers_every_field():
+    from dataclasses import fields
+
+    from fastres.config import TrainConfig
+
+    assert set(NON_DEFAULT) == {f.name for f in fields(TrainConfig)}
+    defaults = TrainConfig()
+    for name, value in NON_DEFAULT.items():
+        assert value != getattr(defaults, name), f"{name}: the table's value is the default"
+
+
+def _plan_one(name: str, out: Path) -> PlannedRun:
+    """Plan one run whose config has ``name`` at its non-default value, the way a user would ask."""
+    value = NON_DEFAULT[name]
+    preset, seed, overrides = "baseline", None, {name: value, **COMPANIONS.get(name, {})}
+    if name in ("preset", "seed", "run_dir"):  # set by the study itself, not by an override
+        overrides = {}
+        preset = value if name == "preset" else preset
+        seed = value if name == "seed" else None
+        out = out / value if name == "run_dir" else out
+    (run,) = plan_ablation([preset], seeds=1, seed=seed, overrides=overrides, out=out)
+    expected = value if name != "run_dir" else str(out / "baseline" / "seed42")
+    assert getattr(run.config, name) == expected, f"the plan itself lost {name}"
+    return run
+
+
+def _parse_train_command(run: PlannedRun):
+    argv = shlex.split(run.shell())  # what --dry-run prints, as a shell would split it
+    assert argv[:4] == [sys.executable, "-m", "fastres", "train"]
+    return _config_from_args(build_parser().parse_args(argv[3:]))
+
+
+@pytest.mark.parametrize("name", list(NON_DEFAULT))
+def test_every_field_round_trips_through_ablates_train_command(name, tmp_path):
+    run = _plan_one(name, tmp_path)
+    assert run.action == "train"
+    config, resume = _parse_train_command(run)
+    assert not resume and config == run.config
+
+
+@pytest.mark.parametrize("name", list(NON_DEFAULT))
+def test_every_field_round_trips_through_ablates_resume_command(name, tmp_path):
+    from fastres.train import _check_resume
+
+    planned = _plan_one(name, tmp_path)
+    run = RunDir(planned.run_dir)
+    run.checkpoints.mkdir(parents=True)
+    run.write_config(planned.config.to_dict())
+    run.write_summary({"status": "interrupted", "epochs": 0})
+    (again,) = plan_ablation([planned.preset], seeds=1, seed=planned.seed,
+                             overrides={name: NON_DEFAULT[name], **COMPANIONS.get(name, {})}
+                             if name not in ("preset", "seed", "run_dir") else {},
+                             out=planned.run_dir.parent.parent)
+    assert again.action == "resume" and again.command[4:6] == ("--resume", str(planned.run_dir))
+    config, resume = _parse_train_command(again)
+    assert resume and config == planned.config
+    assert _check_resume(config, log=lambda m: None) == planned.config

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from fastres import PRESETS, ConfigError, TrainConfig, get_preset
-from fastres.config import load_config_file, parse_milestones, preset_differences
+from fastres.config import load_config_file, parse_numbers, preset_differences
 
 
 def test_baseline_is_the_studys_recipe():
@@ -79,11 +79,11 @@ def test_invalid_configs_are_refused_with_a_clear_message(changes, match):
         TrainConfig().replace(**changes)
 
 
-def test_parse_milestones():
-    assert parse_milestones("0.5,0.75") == (0.5, 0.75)
-    assert parse_milestones("100 150") == (100.0, 150.0)
+def test_number_lists_parse_commas_or_spaces_and_refuse_words():
+    assert parse_numbers("0.5,0.75", "milestones") == (0.5, 0.75)
+    assert parse_numbers("100 150", "milestones") == (100.0, 150.0)
     with pytest.raises(ConfigError, match="malformed milestones"):
-        parse_milestones("half,end")
+        parse_numbers("half,end", "milestones")
 
 
 def test_config_round_trips_through_json(tmp_path):

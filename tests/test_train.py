@@ -7,7 +7,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from fastres import TrainConfig, train
 from fastres.rundir import METRIC_KEYS, TB_TAGS, RunDir
-from fastres.train import lr_factor
+from fastres.schedule import lr_factor
 
 from .conftest import run_cli
 

@@ -1,0 +1,57 @@
+"""A real training run against the pure train step: how much of the step rate the whole loop
+(loader, augmentation, bookkeeping, evaluation) keeps."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import TrainConfig
+from ..rundir import RunDir
+from ..runtime import resolve_runtime
+from ..train import train
+from .step import measure_step
+from .timing import FULL_TIMING, Timing
+
+
+def measure_end_to_end(model: str, batch_size: int, data_dir: str | Path, run_dir: str | Path, *,
+                       device: torch.device, width: int = 64, train_subset: int = 0, epochs: int = 2,
+                       test_subset: int = 500, timing: Timing = FULL_TIMING,
+                       run_training: Callable[[Callable[[], dict[str, Any]]], dict[str, Any]] | None = None,
+                       ) -> dict[str, Any]:
+    """A real training run's epoch rate against the pure train-step rate of the same setup.
+
+    The run is ``fastres.train.train`` with the FFCV loader; its last epoch is compared
+    (the first one includes FFCV's pipeline compilation and, on CUDA, torch.compile).
+    ``kept`` = epoch images/s / step images/s: how much of the step rate the whole loop keeps.
+    ``run_training(fn)`` calls ``fn`` (pytest-benchmark's pedantic times it in the suite).
+    """
+    config = TrainConfig(model=model, width=width, batch_size=batch_size, epochs=epochs,
+                         lr_schedule="none", train_subset=train_subset, test_subset=test_subset,
+                         loader="ffcv", data_dir=str(data_dir), run_dir=str(run_dir),
+                         device=device.type, preset="bench")
+    runtime = resolve_runtime(config)
+    step = measure_step(model, batch_size, "train", "fastres", device=device, width=width, timing=timing,
+                        runtime=runtime)
+    t0 = time.perf_counter()
+
+    def training() -> dict[str, Any]:
+        return train(config, log=lambda m: None, progress=False)
+
+    summary = run_training(training) if run_training is not None else training()
+    wall = time.perf_counter() - t0
+    rows = RunDir(run_dir).read_metrics()
+    epoch_rate = rows[-1]["images_per_s"]
+    return {
+        "model": model, "batch_size": batch_size, "width": width, "epochs": epochs,
+        "train_images": (train_subset or 50_000) // batch_size * batch_size,
+        "step_images_per_s": step["images_per_s"], "epoch_images_per_s": epoch_rate,
+        "epoch_images_per_s_all": [r["images_per_s"] for r in rows],
+        "run_images_per_s": summary["images_per_s"], "kept": epoch_rate / step["images_per_s"],
+        "run_wall_s": wall, "precision": runtime.precision, "channels_last": runtime.channels_last,
+        "compile": runtime.compile, "step": step,
+    }
