@@ -9,6 +9,7 @@ command is always safe: finished runs are skipped and interrupted ones continue.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import signal
@@ -17,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,32 @@ def plan_ablation(presets: Sequence[str], *, seeds: int = 1, seed: int | None = 
     ``devices`` only labels the commands (round robin) for ``--dry-run`` output.
     """
     overrides = dict(overrides or {})
+    names = _check_study(presets, seeds, overrides)
+    runs: list[PlannedRun] = []
+    conflicts: list[str] = []
+    for name in names:
+        base = get_preset(name)
+        first = base.seed if seed is None else seed
+        for s in range(first, first + seeds):
+            planned = _plan_run(name, s, base.replace(**overrides, seed=s), overrides, Path(out))
+            if isinstance(planned, str):
+                conflicts.append(planned)
+            else:
+                runs.append(planned)
+    if conflicts:
+        raise FastresError(
+            f"{len(conflicts)} run folder(s) hold a different recipe than this study: {conflicts[0]}"
+            f"{' and others' if len(conflicts) > 1 else ''}; pass another --out, or the options those runs used"
+        )
+    if devices:
+        todo = [r for r in runs if r.action != "skip"]
+        for i, r in enumerate(todo):
+            runs[runs.index(r)] = dataclasses.replace(r, device=devices[i % len(devices)])
+    return runs
+
+
+def _check_study(presets: Sequence[str], seeds: int, overrides: Mapping[str, Any]) -> list[str]:
+    """The canonical preset names of a study, once each; a FastresError for bad input."""
     if not presets:
         raise FastresError("no presets chosen: pass --config NAME [NAME ...] or --all (see fastres ablate --list)")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
@@ -91,61 +118,35 @@ def plan_ablation(presets: Sequence[str], *, seeds: int = 1, seed: int | None = 
                     "preset": "pass presets with --config or --all",
                     "seed": "pass the first seed as seed=, not in overrides"}[key]
             raise FastresError(f"{key} cannot be overridden in an ablation: {what}")
-    unknown = sorted(set(overrides) - {f.name for f in fields(TrainConfig)})
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
     if unknown:
         raise FastresError(f"unknown training option(s) {', '.join(unknown)}")
-    names: list[str] = []
-    for p in presets:
-        canonical = get_preset(p).preset  # raises with the valid names for an unknown one
-        if canonical not in names:
-            names.append(canonical)
-
-    runs: list[PlannedRun] = []
-    conflicts: list[str] = []
-    for name in names:
-        base = get_preset(name)
-        first = base.seed if seed is None else seed
-        for s in range(first, first + seeds):
-            run_dir = Path(out) / name / f"seed{s}"
-            config = base.replace(**overrides, seed=s, run_dir=str(run_dir))
-            run = RunDir(run_dir)
-            state = run.state()
-            done = 0
-            if state == "new":
-                action = "train"
-                command = (*TRAIN, "--preset", name, "--seed", str(s), *option_args(overrides),
-                           "--run-dir", str(run_dir))
-            else:
-                recorded = TrainConfig.from_dict(run.read_config())
-                diffs = recipe_differences(recorded, config)
-                if diffs:
-                    conflicts.append(f"{run_dir} ({describe_differences(diffs, 'planned')})")
-                    continue
-                done = len(run.read_metrics())
-                if state in ("completed", "diverged"):
-                    # A diverged run is a result: the same recipe and seed would diverge again.
-                    action, command = "skip", ()
-                else:
-                    # Only machine settings may change on a resume; the recipe is the recorded one.
-                    machine = {k: v for k, v in overrides.items() if k in MACHINE_FIELDS}
-                    action = "resume"
-                    command = (*TRAIN, "--resume", str(run_dir), *option_args(machine))
-            runs.append(PlannedRun(name, s, run_dir, config, action, state, command, done))
-    if conflicts:
-        raise FastresError(
-            f"{len(conflicts)} run folder(s) hold a different recipe than this study: {conflicts[0]}"
-            f"{' and others' if len(conflicts) > 1 else ''}; pass another --out, or the options those runs used"
-        )
-    if devices:
-        todo = [r for r in runs if r.action != "skip"]
-        for i, r in enumerate(todo):
-            runs[runs.index(r)] = _with_device(r, devices[i % len(devices)])
-    return runs
+    # get_preset raises with the valid names for an unknown one.
+    return list(dict.fromkeys(get_preset(p).preset for p in presets))
 
 
-def _with_device(run: PlannedRun, device: str | None) -> PlannedRun:
-    return PlannedRun(run.preset, run.seed, run.run_dir, run.config, run.action, run.state, run.command,
-                      run.done_epochs, device)
+def _plan_run(preset: str, seed: int, config: TrainConfig, overrides: Mapping[str, Any],
+              out: Path) -> PlannedRun | str:
+    """What to do with one (preset, seed), read from its run directory; or, when that holds
+    another recipe, a description of the conflict."""
+    run_dir = out / preset / f"seed{seed}"
+    config = config.replace(run_dir=str(run_dir))
+    run = RunDir(run_dir)
+    state = run.state()
+    if state == "new":
+        command = (*TRAIN, "--preset", preset, "--seed", str(seed), *option_args(overrides), "--run-dir", str(run_dir))
+        return PlannedRun(preset, seed, run_dir, config, "train", state, command)
+    diffs = recipe_differences(TrainConfig.from_dict(run.read_config()), config)
+    if diffs:
+        return f"{run_dir} ({describe_differences(diffs, 'planned')})"
+    done = len(run.read_metrics())
+    if state in ("completed", "diverged"):
+        # A diverged run is a result: the same recipe and seed would diverge again.
+        return PlannedRun(preset, seed, run_dir, config, "skip", state, (), done)
+    # Only machine settings may change on a resume; the recipe is the recorded one.
+    machine = {k: v for k, v in overrides.items() if k in MACHINE_FIELDS}
+    command = (*TRAIN, "--resume", str(run_dir), *option_args(machine))
+    return PlannedRun(preset, seed, run_dir, config, "resume", state, command, done)
 
 
 def parse_devices(text: str) -> list[str]:
@@ -346,19 +347,27 @@ def run_ablation(runs: Sequence[PlannedRun], *, devices: Sequence[str] | None = 
         sig = getattr(exc, "signum", signal.SIGINT)
         result.signum = int(sig)
         say(f"ablation: stopping {len(running)} running run(s) cleanly ...")
-        for child in running.values():
-            if child.proc.poll() is None:
-                child.proc.send_signal(sig)
-        for child in running.values():
-            try:
-                code = child.proc.wait(timeout=120)
-            except (subprocess.TimeoutExpired, KeyboardInterrupt):
-                child.proc.kill()
-                code = child.proc.wait()
-            child.finish()
-            result.results.append(RunResult(child.run, "interrupted", time.monotonic() - child.started, code,
-                                            f"stopped after epoch {len(RunDir(child.run.run_dir).read_metrics())}"))
+        result.results += _stop(list(running.values()), sig)
     return result
+
+
+def _stop(children: Sequence[_Child], sig: int) -> list[RunResult]:
+    """Pass the study's signal on to each running child (which checkpoints and writes its
+    summary) and wait for them; one that does not stop within two minutes is killed."""
+    for child in children:
+        if child.proc.poll() is None:
+            child.proc.send_signal(sig)
+    results = []
+    for child in children:
+        try:
+            code = child.proc.wait(timeout=120)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            child.proc.kill()
+            code = child.proc.wait()
+        child.finish()
+        results.append(RunResult(child.run, "interrupted", time.monotonic() - child.started, code,
+                                 f"stopped after epoch {len(RunDir(child.run.run_dir).read_metrics())}"))
+    return results
 
 
 def _record(result: AblationResult, child: _Child, code: int, seconds: float, eta: _Eta) -> None:

@@ -44,7 +44,7 @@ class Normalizer:
                  mean: tuple[float, ...] = CIFAR10_MEAN, std: tuple[float, ...] = CIFAR10_STD) -> None:
         mean_t = torch.tensor(mean, dtype=torch.float32)
         std_t = torch.tensor(std, dtype=torch.float32)
-        # x/255 - mean) / std  ==  x * scale + shift
+        # (x/255 - mean) / std  ==  x * scale + shift
         self.scale = (1.0 / (255.0 * std_t)).to(device)
         self.shift = (-mean_t / std_t).to(device)
         self.dtype = dtype

@@ -21,9 +21,11 @@ from fastres.rundir import RunDir
 
 from .conftest import REPO, run_cli, run_main
 
-# 20 steps per epoch, 3 epochs: a Ctrl-C sent right after epoch 1 lands inside the run.
+# 20 steps per epoch, 3 epochs: a Ctrl-C sent right after epoch 1 lands inside the run. The
+# in-memory loader reads the synthetic source (through FASTRES_CIFAR10, see `memory_source`):
+# these tests are about the study, and each run then skips ffcv's seconds-long import.
 TINY = ["--width", "8", "--batch-size", "50", "--epochs", "3", "--train-subset", "1000", "--test-subset", "100",
-        "--lr", "0.05"]
+        "--lr", "0.05", "--loader", "memory"]
 STUDY = ["ablate", "--config", "baseline", "cosine_schedule", "--seeds", "2"]
 FOLDERS = ["baseline/seed42", "baseline/seed43", "cosine/seed42", "cosine/seed43"]
 
@@ -47,7 +49,15 @@ def summaries(out: Path) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def study(synthetic_data, tmp_path_factory):
+def memory_source(synthetic_source):
+    """The synthetic source for --loader memory, in this process and the runs it starts."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FASTRES_CIFAR10", str(synthetic_source))
+        yield synthetic_source
+
+
+@pytest.fixture(scope="module")
+def study(synthetic_data, memory_source, tmp_path_factory):
     """A 2-preset x 2-seed study, built the hard way: interrupted, partly run by hand from
     the --dry-run commands, then completed by re-running the same ablate command."""
     out = tmp_path_factory.mktemp("study") / "abl"
@@ -130,7 +140,7 @@ def test_run_made_from_a_dry_run_line_is_the_ablations_own_run(study):
     out, args, _ = study
     by_hand = json.loads((out / FOLDERS[1] / "config.json").read_text())
     planned = plan_ablation(["baseline"], seeds=2, overrides={"width": 8, "batch_size": 50, "epochs": 3,
-                            "train_subset": 1000, "test_subset": 100, "lr": 0.05,
+                            "train_subset": 1000, "test_subset": 100, "lr": 0.05, "loader": "memory",
                             "data_dir": args[args.index("--data-dir") + 1]}, out=out)
     assert by_hand == planned[1].config.to_dict()
 
@@ -161,10 +171,10 @@ def test_ablation_ends_with_a_report_of_mean_and_sample_std(study):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_failed_run_is_reported_and_the_others_go_on(synthetic_data, tmp_path):
+def test_a_failed_run_is_reported_and_the_others_go_on(synthetic_data, memory_source, tmp_path):
     # baseline's batch of 128 does not fit 64 images; small_batch's 32 does.
     res = run_cli("ablate", "--config", "baseline", "small_batch", "--width", "8", "--epochs", "1",
-                  "--train-subset", "64", "--test-subset", "100",
+                  "--train-subset", "64", "--test-subset", "100", "--loader", "memory",
                   "--data-dir", str(synthetic_data), "--out", str(tmp_path / "abl"))
     assert res.returncode == 1
     assert "Traceback" not in res.stderr

@@ -7,12 +7,12 @@ import shutil
 
 from fastres.rundir import RunDir
 
-from .conftest import REPO, run_cli
+from .conftest import REPO, run_cli, run_main
 
 OLD_RUN = REPO / "tests" / "data" / "run-ae4ee19"
 
 
-def test_a_run_written_before_the_layered_package_resumes_and_evaluates(tmp_path, synthetic_data):
+def test_a_run_written_before_the_layered_package_resumes_and_evaluates(tmp_path, synthetic_data, capsys):
     run = tmp_path / "old run"
     shutil.copytree(OLD_RUN, run)
     before = RunDir(run).read_metrics()
@@ -27,7 +27,7 @@ def test_a_run_written_before_the_layered_package_resumes_and_evaluates(tmp_path
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs"] == 3
 
-    res = run_cli("eval", str(run), "--data-dir", str(synthetic_data), "--json")
+    res = run_main(capsys, "eval", str(run), "--data-dir", str(synthetic_data), "--json")
     assert res.returncode == 0, res.stderr
     result = json.loads(res.stdout.strip().splitlines()[-1])
     assert result["epoch"] == 3 and result["acc"] == rows[-1]["val_acc"]

@@ -18,7 +18,7 @@ from fastres.prepare import BETONS, MANIFEST
 from fastres.rundir import RunDir
 from fastres.train import TrainingDiverged
 
-from .conftest import REPO, run_cli
+from .conftest import REPO, run_cli, run_main
 
 TIMING = {"images_per_s", "epoch_time_s", "checkpoint_time_s"}
 # Long enough epochs (40 steps) that a signal sent after epoch 1 lands inside epoch 2.
@@ -95,8 +95,8 @@ def test_checkpoint_is_complete_and_loads_without_code_execution(reference_run):
     assert best["epoch"] == json.loads((reference_run / "summary.json").read_text())["best_epoch"]
 
 
-def test_resume_refuses_a_different_recipe_and_reports_machine_changes(reference_run, tmp_path):
-    res = run_cli("train", "--resume", str(reference_run), "--lr", "0.5", "--batch-size", "64")
+def test_resume_refuses_a_different_recipe_and_reports_machine_changes(reference_run, tmp_path, capsys):
+    res = run_main(capsys, "train", "--resume", str(reference_run), "--lr", "0.5", "--batch-size", "64")
     assert res.returncode != 0 and "Traceback" not in res.stderr
     assert "different recipe" in res.stderr and "lr (0.05 recorded, 0.5 given)" in res.stderr
     assert "batch_size (50 recorded, 64 given)" in res.stderr
@@ -105,18 +105,18 @@ def test_resume_refuses_a_different_recipe_and_reports_machine_changes(reference
     assert "machine settings changed: num_workers 0 -> 2" in res.stdout
 
 
-def test_damaged_checkpoints_are_refused(reference_run, tmp_path):
+def test_damaged_checkpoints_are_refused(reference_run, tmp_path, capsys):
     import shutil
 
     run_dir = shutil.copytree(reference_run, tmp_path / "run")
     last = RunDir(run_dir).last_checkpoint
     last.write_bytes(last.read_bytes()[:5000])
-    for args in (["train", "--resume", str(run_dir)], ["eval", str(run_dir)]):
-        res = run_cli(*args)
+    # eval runs in this process: it stops at the checkpoint, before any data is read.
+    for res in (run_cli("train", "--resume", str(run_dir)), run_main(capsys, "eval", str(run_dir))):
         assert res.returncode != 0 and "Traceback" not in res.stderr
         assert "is truncated or not a fastres checkpoint" in res.stderr
     torch.save({"weights": torch.zeros(3)}, last)
-    res = run_cli("eval", str(run_dir))
+    res = run_main(capsys, "eval", str(run_dir))
     assert res.returncode != 0 and "is not a fastres checkpoint" in res.stderr
 
 
@@ -157,7 +157,7 @@ def test_divergence_keeps_the_last_good_checkpoint(synthetic_data, tmp_path, mon
 
 
 @pytest.mark.realdata
-def test_prepare_data_killed_mid_write_is_never_accepted_and_is_repaired(real_source, tmp_path):
+def test_prepare_data_killed_mid_write_is_never_accepted_and_is_repaired(real_source, tmp_path, capsys):
     data_dir = tmp_path / "data"
     cmd = [sys.executable, "-m", "fastres", "prepare-data", "--source", str(real_source), "--data-dir", str(data_dir)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
@@ -169,7 +169,8 @@ def test_prepare_data_killed_mid_write_is_never_accepted_and_is_repaired(real_so
     os.killpg(proc.pid, signal.SIGKILL)  # the whole group, FFCV's writer processes included
     proc.wait()
     assert not (data_dir / MANIFEST).exists()
-    res = run_cli("train", "--width", "8", "--epochs", "1", "--data-dir", str(data_dir), "--run-dir", str(tmp_path / "run"))
+    res = run_main(capsys, "train", "--width", "8", "--epochs", "1", "--data-dir", str(data_dir),
+                   "--run-dir", str(tmp_path / "run"))
     assert res.returncode != 0 and "prepare-data" in res.stderr and "Traceback" not in res.stderr
     res = run_cli("prepare-data", "--source", str(real_source), "--data-dir", str(data_dir))
     assert res.returncode == 0, res.stderr

@@ -9,7 +9,7 @@ from fastres import TrainConfig, train
 from fastres.rundir import METRIC_KEYS, TB_TAGS, RunDir
 from fastres.schedule import lr_factor
 
-from .conftest import run_cli
+from .conftest import run_cli, run_main
 
 TINY = ["--width", "8", "--batch-size", "100", "--no-progress"]
 
@@ -60,7 +60,7 @@ def test_train_on_real_cifar10_learns_and_writes_the_run_directory(real_data, tm
     assert res.returncode == 0 and plain["tta"] is False and plain["acc"] > 0.35
 
 
-def test_run_directory_is_never_overwritten_and_config_reruns(synthetic_data, tmp_path):
+def test_run_directory_is_never_overwritten_and_config_reruns(synthetic_data, tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "run"
     # A relative --data-dir, as users type it; the run records it absolute.
     args = ["train", "--preset", "cosine", *TINY, "--epochs", "1", "--data-dir", synthetic_data.name]
@@ -72,9 +72,12 @@ def test_run_directory_is_never_overwritten_and_config_reruns(synthetic_data, tm
     assert evaluated.returncode == 0, evaluated.stderr
     acc = json.loads(evaluated.stdout.strip().splitlines()[-1])["acc"]
     assert acc == pytest.approx(json.loads((run_dir / "summary.json").read_text())["final_val_acc"], abs=0.002)
-    missing = run_cli("eval", str(run_dir), "--data-dir", str(tmp_path / "nowhere"), cwd=tmp_path)
+    # The refusals run in this process: they stop before training, and a new interpreter would
+    # only add seconds of start-up.
+    missing = run_main(capsys, "eval", str(run_dir), "--data-dir", str(tmp_path / "nowhere"))
     assert missing.returncode != 0 and "prepare-data" in missing.stderr and "Traceback" not in missing.stderr
-    again = run_cli(*args, "--run-dir", str(run_dir), cwd=synthetic_data.parent)
+    monkeypatch.chdir(synthetic_data.parent)
+    again = run_main(capsys, *args, "--run-dir", str(run_dir))
     assert again.returncode != 0
     assert "already holds a run" in again.stderr and "--resume" in again.stderr
     assert (run_dir / "metrics.jsonl").read_text() == before
