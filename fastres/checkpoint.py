@@ -1,14 +1,19 @@
-"""Training state to and from disk, atomically and safe to load.
+"""Training state to and from disk, atomically, verified and safe to load.
 
 A checkpoint holds only tensors and plain Python values, so it loads with
-``torch.load(weights_only=True)``: opening a checkpoint can never run code.
+``torch.load(weights_only=True)``: opening a checkpoint can never run code. It also holds a
+SHA-256 digest of its own content (``checksum``), checked on load, so a file damaged on disk
+is refused instead of resuming from wrong weights.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import pickle
 import random
 import zipfile
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -17,7 +22,8 @@ import numpy as np
 import torch
 
 from .errors import FastresError
-from .files import atomic_copy, atomic_path
+from .files import atomic_copy, atomic_write_bytes, writing
+from .rundir import BEST, LAST
 
 FORMAT = "fastres-checkpoint"
 VERSION = 1
@@ -48,15 +54,51 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def content_digest(state: Any) -> str:
+    """SHA-256 of a state tree: every tensor's dtype, shape and bytes, and every plain value,
+    in a fixed order, so the same content gives the same digest before saving and after loading."""
+    digest = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().to("cpu").contiguous().reshape(-1)
+            digest.update(f"T{t.dtype}{tuple(value.shape)}".encode())
+            digest.update(t.view(torch.uint8).numpy())  # the raw bytes, whatever the dtype
+        elif isinstance(value, dict):
+            digest.update(f"D{len(value)}".encode())
+            for key in sorted(value, key=repr):
+                digest.update(repr(key).encode())
+                feed(value[key])
+        elif isinstance(value, list | tuple):
+            digest.update(f"L{len(value)}".encode())
+            for item in value:
+                feed(item)
+        else:
+            digest.update(f"V{value!r}".encode())
+
+    feed(state)
+    return digest.hexdigest()
+
+
 def save(state: dict[str, Any], path: Path) -> None:
-    """Write atomically: a kill at any moment keeps the previous checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
+    """Write atomically with the digest of its content: a kill or a full disk at any moment
+    keeps the previous checkpoint, and an error names the file and the cause."""
+    state = {"format": FORMAT, "version": VERSION, **state}
+    state["checksum"] = content_digest(state)
+    # Serialised in memory first: torch's own file writer reports a full disk only as
+    # "file write failed", a plain write says which limit was hit.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getbuffer())
 
 
-def load(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
-    """Load and check a checkpoint; a clear FastresError for anything that is not one."""
+def load(path: Path, map_location: torch.device | str = "cpu",
+         log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Load and verify a checkpoint; a clear FastresError for anything that is not one, or one
+    whose content no longer matches its checksum. ``log`` hears about checkpoints written
+    before checksums were stored (they load unverified)."""
     if not path.exists():
         raise FastresError(f"checkpoint {path} does not exist")
     try:
@@ -68,6 +110,16 @@ def load(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]
         raise FastresError(f"{path} is not a fastres checkpoint (it loads, but has no fastres training state)")
     if state.get("version") != VERSION:
         raise FastresError(f"checkpoint {path} has format version {state.get('version')}, this fastres reads {VERSION}")
+    checksum = state.pop("checksum", None)
+    if checksum is None:
+        if log is not None:
+            log(f"note: {path} was written before fastres stored checksums; it loads unverified")
+    elif content_digest(state) != checksum:
+        other = BEST if path.name != BEST else LAST
+        raise FastresError(
+            f"checkpoint {path} is damaged: its content no longer matches the checksum written with it; "
+            f"use the run's other checkpoint ({other}: fastres eval RUN --checkpoint {Path(other).stem}; "
+            f"to resume from it, copy it over {LAST}) or train the run again")
     return state
 
 

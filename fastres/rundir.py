@@ -9,20 +9,26 @@
       tensorboard/         event files with the same scalars as metrics.jsonl
       checkpoints/last.pt  full training state after the latest epoch
       checkpoints/best.pt  the same, for the epoch with the best val accuracy
+      .lock                locked (lockf) by the one process training the run; never removed
+      .lock-holder.json    that process's PID, host and start time, for messages only
 
 Accuracies are fractions in [0, 1] in every file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .errors import FastresError
-from .files import atomic_write_text, ensure_writable_dir
+from .files import FileLock, atomic_write_text, ensure_writable_dir, write_failure, writing
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -31,6 +37,8 @@ TENSORBOARD = "tensorboard"
 CHECKPOINTS = "checkpoints"
 LAST = "last.pt"
 BEST = "best.pt"
+LOCK = ".lock"
+HOLDER = ".lock-holder.json"
 
 RUNS_ROOT = "runs"  # where runs go unless --run-dir says otherwise
 STUDY_ROOT = "runs/ablations"  # fastres ablate's default --out: one run directory per (preset, seed)
@@ -42,6 +50,12 @@ TB_TAGS = {
     "train_loss": "loss/train", "val_loss": "loss/val", "train_acc": "acc/train", "val_acc": "acc/val",
     "lr": "lr", "images_per_s": "perf/images_per_s", "epoch_time_s": "perf/epoch_time_s",
 }
+
+
+class RunDirBusy(FastresError):
+    """Another process is training the run: this one refused, having written nothing."""
+
+    exit_code = 75  # EX_TEMPFAIL (sysexits.h): not an error in the request; try again later
 
 
 def default_run_dir(preset: str, root: str | Path = RUNS_ROOT) -> Path:
@@ -68,6 +82,56 @@ class RunDir:
     checkpoints = property(lambda self: self.path / CHECKPOINTS)
     last_checkpoint = property(lambda self: self.path / CHECKPOINTS / LAST)
     best_checkpoint = property(lambda self: self.path / CHECKPOINTS / BEST)
+    lock_file = property(lambda self: self.path / LOCK)
+    holder_file = property(lambda self: self.path / HOLDER)
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Hold this run directory for the block: one process at a time may train or resume it.
+
+        Taken before anything in the folder is read or changed. A second process gets
+        ``RunDirBusy`` at once, naming the holder, and has written nothing. A folder this call
+        created and left without a run (the run failed before it began) is removed again.
+        """
+        created = not self.path.exists()
+        lock = FileLock(self.lock_file)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            acquired = lock.acquire(wait=False)
+        except OSError:
+            ensure_writable_dir(self.path, "run directory", "--run-dir")  # raises, naming the cause
+            raise
+        if not acquired:
+            raise RunDirBusy(f"{self.path} is being trained by another process ({self.describe_holder()}): "
+                             "wait for it to finish, or stop it and run the same command again")
+        try:
+            holder = {"pid": os.getpid(), "host": socket.gethostname(),
+                      "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            atomic_write_text(self.holder_file, json.dumps(holder) + "\n")
+            yield
+        finally:
+            self.holder_file.unlink(missing_ok=True)  # before the lock goes: the next holder writes its own
+            if created and not self.holds_run():
+                shutil.rmtree(self.path, ignore_errors=True)
+            lock.release()
+
+    def holder_pid(self) -> int | None:
+        """The PID of the process training this run now, or None."""
+        return FileLock(self.lock_file).holder_pid()
+
+    def describe_holder(self) -> str:
+        """``pid 1234 on host, since 2026-11-29T10:00:00+0000`` for messages."""
+        pid = self.holder_pid()
+        try:
+            info = json.loads(self.holder_file.read_text())
+        except (OSError, ValueError):
+            info = {}
+        if info.get("pid") not in (None, pid) and pid not in (None, -1):
+            info = {}  # left by an earlier holder: only the kernel's PID is current
+        pid = info.get("pid", pid)
+        where = f" on {info['host']}" if info.get("host") else ""
+        since = f", since {info['started']}" if info.get("started") else ""
+        return f"pid {pid}{where}{since}" if pid not in (None, -1) else "a process on this machine"
 
     def holds_run(self) -> bool:
         return self.config.exists()
@@ -95,13 +159,20 @@ class RunDir:
         return _read_json(self.config, "config")
 
     def append_metrics(self, row: dict[str, Any]) -> None:
+        """Append one row; if the disk refuses it, cut the file back so earlier rows stay whole."""
         missing = [k for k in METRIC_KEYS if k not in row]
         if missing:
             raise ValueError(f"metrics row lacks {missing}")
-        with open(self.metrics, "a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        with writing(self.metrics), open(self.metrics, "a") as f:
+            size = f.tell()
+            try:
+                f.write(json.dumps(row) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    f.truncate(size)  # shrinking needs no space
+                raise write_failure(self.metrics, exc) from None
 
     def rewrite_metrics(self, rows: list[dict[str, Any]]) -> None:
         atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in rows))
@@ -125,7 +196,8 @@ class RunDir:
         return _read_json(self.summary, "summary")
 
     def state(self) -> str:
-        """``'new'`` (no run here), ``'completed'`` (every planned epoch done), or why not.
+        """``'new'`` (no run here), ``'running'`` (a process holds it now), ``'completed'``
+        (every planned epoch done), or why not.
 
         Otherwise the summary's status (``interrupted``, ``diverged``, ``failed``), or
         ``'incomplete'`` when no summary was written (killed, or still running). A summary
@@ -133,6 +205,8 @@ class RunDir:
         """
         if not self.holds_run():
             return "new"
+        if self.holder_pid() is not None:
+            return "running"
         if not self.summary.exists():
             return "incomplete"
         summary = self.read_summary()

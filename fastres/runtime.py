@@ -112,3 +112,18 @@ def set_deterministic(enabled: bool) -> None:
     torch.use_deterministic_algorithms(enabled, warn_only=False)
     torch.backends.cudnn.deterministic = enabled
     torch.backends.cudnn.benchmark = not enabled
+
+
+def is_out_of_memory(exc: BaseException | None) -> bool:
+    """CUDA's OutOfMemoryError or the CPU allocator refusing, also when it arrives wrapped by
+    another exception (torch.compile re-raises errors from inside its graphs as its own)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return True
+        text = str(exc)
+        if isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,10 +25,11 @@ from .augment import BatchAugment
 from .config import MACHINE_FIELDS, TrainConfig, describe_differences, recipe_differences
 from .data import DataSource, choose_loader, open_data
 from .errors import FastresError
+from .files import WriteError, write_failure, writing
 from .models import build_model, count_parameters
 from .provenance import git_commit, versions
 from .rundir import TB_TAGS, RunDir, default_run_dir
-from .runtime import Runtime, resolve_runtime, seed_everything, set_deterministic
+from .runtime import Runtime, is_out_of_memory, resolve_runtime, seed_everything, set_deterministic
 from .schedule import lr_factor
 
 LOG_EVERY = 50  # steps between host reads of the running loss (progress, divergence check)
@@ -39,6 +41,12 @@ class TrainingDiverged(FastresError):
 
 class Interrupted(FastresError):
     """Ctrl-C or SIGTERM: the run stopped cleanly and can be resumed."""
+
+
+class TrainingFailed(FastresError):
+    """The run stopped on a fault that is not bad input (e.g. out of memory); it can be resumed."""
+
+    exit_code = 1
 
 
 def train_step(forward: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
@@ -98,6 +106,7 @@ class Trainer:
         self.best_epoch = 0
         # This process's totals, for the summary's images/s and checkpoint cost.
         self.trained_images, self.train_seconds, self.checkpoint_seconds = 0, 0.0, 0.0
+        self.notes: list[str] = []  # what else failed while the run was stopping on an error
 
     # -- state -------------------------------------------------------------------------
 
@@ -209,12 +218,13 @@ class Trainer:
 
     def fit(self, started: float, show_progress: bool) -> dict[str, Any]:
         """Train the remaining epochs; the summary, also written when training stops early."""
-        main = self.dist.is_main  # only rank 0 writes the run directory
-        epoch_log = EpochLog(self.run, self.epoch, self.config.epochs, self.log, write=main)
-        status = "running"
+        epoch_log = EpochLog(self.run, self.epoch, self.config.epochs, self.log, write=self.dist.is_main)
+        status = "failed"
         try:
             while self.epoch < self.config.epochs:
-                epoch_log.record(self.run_epoch(show_progress and main))
+                epoch_log.record(self.run_epoch(show_progress and self.dist.is_main))
+            epoch_log.close()
+            self.writer.close()  # the last checkpoint is on disk before the run counts as completed
             status = "completed"
         except KeyboardInterrupt:
             status = "interrupted"
@@ -223,15 +233,26 @@ class Trainer:
             status = "diverged"
             raise
         finally:
-            epoch_log.close()
-            # The last checkpoint must be on disk before the run reports where it stopped.
-            self.writer.close()
-            if status == "running":
-                status = "failed"
-            self.summary = self._summary(status, started)
-            if main:
-                self.run.write_summary(self.summary)
+            self._finish(status, epoch_log, started)
         return self.summary
+
+    def _finish(self, status: str, epoch_log: EpochLog, started: float) -> None:
+        """Close the logs, let the last checkpoint reach the disk, write the summary. When the
+        run is already stopping on an error, a failure here becomes a note on that error
+        (``self.notes``) instead of hiding it."""
+        for close in (epoch_log.close, self.writer.close):
+            try:
+                close()
+            except FastresError as exc:
+                self.notes.append(str(exc))
+        self.summary = self._summary(status, started)
+        if self.dist.is_main:
+            try:
+                self.run.write_summary(self.summary)
+            except FastresError as exc:
+                if status == "completed":
+                    raise
+                self.notes.append(str(exc))
 
     def _summary(self, status: str, started: float) -> dict[str, Any]:
         rows = self.rows
@@ -278,16 +299,22 @@ class EpochLog:
         from torch.utils.tensorboard import SummaryWriter
 
         self.run, self.epochs, self.log = run, epochs, log
-        # purge_step drops events past the checkpoint when a resumed run re-logs those epochs.
-        self.tb = (SummaryWriter(str(run.tensorboard), purge_step=done_epochs + 1 if done_epochs else None)
-                   if write else None)
+        self.tb = None
+        if write:
+            _quiet_tensorboard_thread()
+            # purge_step drops events past the checkpoint when a resumed run re-logs those epochs.
+            with writing(run.tensorboard):
+                self.tb = SummaryWriter(str(run.tensorboard), purge_step=done_epochs + 1 if done_epochs else None)
 
     def record(self, row: dict[str, Any]) -> None:
         if self.tb is not None:
             self.run.append_metrics(row)
-            for key, tag in TB_TAGS.items():
-                self.tb.add_scalar(tag, row[key], row["epoch"])
-            self.tb.flush()
+            try:
+                for key, tag in TB_TAGS.items():
+                    self.tb.add_scalar(tag, row[key], row["epoch"])
+                self.tb.flush()
+            except OSError as exc:
+                raise write_failure(f"the TensorBoard events in {self.run.tensorboard}", exc) from None
         self.log(
             f"epoch {row['epoch']}/{self.epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%  "
             f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%  lr {row['lr']:.4g}  "
@@ -295,8 +322,28 @@ class EpochLog:
         )
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        tb, self.tb = self.tb, None
+        if tb is not None:
+            try:
+                tb.close()
+            except OSError as exc:
+                raise write_failure(f"the TensorBoard events in {self.run.tensorboard}", exc) from None
+
+
+def _quiet_tensorboard_thread() -> None:
+    """TensorBoard writes events on a thread that prints a traceback when a write fails, and
+    re-raises the error on the loop's next call, which turns it into a one-line error: keep
+    that traceback off the console."""
+    previous = threading.excepthook
+    if getattr(previous, "fastres_quiet_tensorboard", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not (type(args.thread).__name__ == "_AsyncWriterThread" and issubclass(args.exc_type, OSError)):
+            previous(args)
+
+    hook.fastres_quiet_tensorboard = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 @contextlib.contextmanager
@@ -357,9 +404,7 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print, progress: 
     d = distributed.from_env()
     if not d.is_main:
         log = _silent
-    if resume:
-        config = _check_resume(config, log)
-    elif not config.run_dir and d.is_main:
+    if not resume and not config.run_dir and d.is_main:
         config = config.replace(run_dir=str(default_run_dir(config.preset)))
     # Recorded absolute, so `fastres eval` and `--resume` find the data from any directory.
     config = config.replace(data_dir=str(Path(config.data_dir).resolve()))
@@ -368,9 +413,30 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print, progress: 
     distributed.init(d, runtime.device.type)
     try:
         config = config.replace(run_dir=distributed.broadcast(config.run_dir, d))
-        return _train(config, runtime, d, started, log, progress, resume)
+        with _hold(RunDir(config.run_dir), d):
+            if resume:
+                config = _check_resume(config, log)
+            return _train(config, runtime, d, started, log, progress, resume)
     finally:
         distributed.shutdown()
+
+
+@contextlib.contextmanager
+def _hold(run: RunDir, d: distributed.Dist) -> Iterator[None]:
+    """One process per run directory, for the whole run: rank 0 holds it, and its refusal
+    (another process holds it, or the folder cannot be written) reaches every rank before
+    any of them waits at a barrier."""
+    with contextlib.ExitStack() as stack:
+        error = None
+        if d.is_main:
+            try:
+                stack.enter_context(run.hold())
+            except FastresError as exc:
+                error = exc
+        error = distributed.broadcast(error, d)
+        if error is not None:
+            raise error
+        yield
 
 
 def _silent(message: str) -> None:
@@ -386,7 +452,7 @@ def _train(config: TrainConfig, runtime: Runtime, d: distributed.Dist, started: 
     data = _open(config, runtime, log, d)
     trainer = Trainer(config, runtime, data, run, log, d)
     if resume and run.last_checkpoint.exists():
-        state = checkpoint.load(run.last_checkpoint, map_location=runtime.device)
+        state = checkpoint.load(run.last_checkpoint, map_location=runtime.device, log=log)
         trainer.load_state(state)
         trainer.rows = run.read_metrics()[: trainer.epoch]
         if d.is_main:
@@ -406,12 +472,8 @@ def _train(config: TrainConfig, runtime: Runtime, d: distributed.Dist, started: 
     show = sys.stderr.isatty() if progress is None else progress
     try:
         summary = trainer.fit(started, show)
-    except KeyboardInterrupt as exc:
-        # 128 + signal number, the shell's convention: 130 for Ctrl-C, 143 for SIGTERM.
-        raise Interrupted(
-            f"interrupted after epoch {trainer.epoch}/{config.epochs}; continue with: fastres train --resume {run.path}",
-            exit_code=128 + getattr(exc, "signum", 2),
-        ) from None
+    except BaseException as exc:
+        raise _explain(exc, trainer, run) from None
     if d.enabled:
         # Every rank reports its own parameters: they must agree (tests and users can check).
         print(f"rank {d.rank}/{d.world_size}: parameters sha256 {parameter_hash(trainer.model)}", flush=True)
@@ -420,6 +482,35 @@ def _train(config: TrainConfig, runtime: Runtime, d: distributed.Dist, started: 
         f"{summary['best_epoch']}), {summary['train_time_s']:.0f}s; logs in {run.path} "
         f"(tensorboard --logdir {run.tensorboard})")
     return summary
+
+
+def _explain(exc: BaseException, trainer: Trainer, run: RunDir) -> BaseException:
+    """The one-line error a stopped run ends with: what happened, where the run stands, and the
+    command that continues it, plus anything that also failed while it was stopping."""
+    config, resume = trainer.config, f"fastres train --resume {run.path}"
+    if isinstance(exc, KeyboardInterrupt):
+        # 128 + signal number, the shell's convention: 130 for Ctrl-C, 143 for SIGTERM.
+        error: FastresError = Interrupted(
+            f"interrupted after epoch {trainer.epoch}/{config.epochs}; continue with: {resume}",
+            exit_code=128 + getattr(exc, "signum", 2))
+    elif isinstance(exc, WriteError):
+        error = WriteError(f"{exc}; the files written before are intact: make room, then continue with: {resume}")
+    elif is_out_of_memory(exc):
+        rt = trainer.runtime
+        lower = "fp16" if rt.device.type == "cuda" else "bf16"
+        error = TrainingFailed(
+            f"out of memory training {config.model} (width {config.width}) at batch size {config.batch_size} "
+            f"in {rt.precision} on {rt.device_name}: start a new run with a smaller --batch-size "
+            f"(e.g. {max(1, config.batch_size // 2)})"
+            + (f", or continue this one with: {resume} --precision {lower}" if rt.precision == "fp32" else "")
+            + f"; the last good checkpoint is {run.last_checkpoint}")
+    elif isinstance(exc, FastresError):
+        error = exc
+    else:
+        return exc  # a bug: its traceback is what helps
+    if trainer.notes:
+        error.args = (f"{error} (also: {'; '.join(trainer.notes)})",)
+    return error
 
 
 def parameter_hash(model: nn.Module) -> str:
@@ -465,7 +556,7 @@ def evaluate_run(run_dir: str | Path, *, tta: bool | None = None, which: str = "
     if not path.exists():
         raise FastresError(f"{run.path} has no {path.name} yet: train it first (fastres train --resume {run.path})")
     runtime = resolve_runtime(config)
-    state = checkpoint.load(path, map_location=runtime.device)
+    state = checkpoint.load(path, map_location=runtime.device, log=log)
     model = runtime.place(build_model(config.model, norm=config.norm, width=config.width))
     model.load_state_dict(state["model"])
     data = _open(config, runtime, log)

@@ -15,9 +15,10 @@ One module per job, read top-down:
 ``benchmarks/gpu_check.py`` all use the names exported here.
 """
 
+from ..runtime import is_out_of_memory
 from .end_to_end import measure_end_to_end
 from .loading import measure_ffcv_loader, measure_torchvision_loader, time_epochs
-from .memory import PeakMemory, available_memory_bytes, estimate_memory_bytes, is_out_of_memory
+from .memory import PeakMemory, available_memory_bytes, estimate_memory_bytes
 from .output import (
     CSV_KEYS,
     format_table,

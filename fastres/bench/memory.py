@@ -140,11 +140,3 @@ def estimate_memory_bytes(model: str, batch_size: int, mode: str, precision: str
         acts = per_image * batch_size * elem * 0.85 + largest * batch_size * 4 * 4
         return int(weights + acts + overhead)
     return int(params * 4 + largest * batch_size * 4 * 6 + overhead)
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA's OutOfMemoryError, or the CPU allocator refusing (when overcommit says no)."""
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)

@@ -23,13 +23,12 @@ from ..augment import BatchAugment
 from ..config import TrainConfig
 from ..errors import FastresError
 from ..models import build_model, model_names
-from ..runtime import Runtime, cpu_name, resolve_runtime
+from ..runtime import Runtime, cpu_name, is_out_of_memory, resolve_runtime
 from ..train import train_step
 from .memory import (
     PeakMemory,
     available_memory_bytes,
     estimate_memory_bytes,
-    is_out_of_memory,
     release_host_memory,
 )
 from .timing import FULL_TIMING, Timing, synchronize
