@@ -37,7 +37,7 @@ from .config import (
 )
 from .errors import FastresError
 from .formatting import compact, duration
-from .rundir import STUDY_ROOT, RunDir
+from .rundir import STUDY_ROOT, RunDir, RunDirBusy
 
 TRAIN = [sys.executable, "-m", "fastres", "train"]
 
@@ -55,11 +55,16 @@ class PlannedRun:
     seed: int
     run_dir: Path
     config: TrainConfig
-    action: str  # "train" (new), "resume" (interrupted), "skip" (finished)
+    action: str  # "train" (new), "resume" (interrupted), "skip" (finished), "elsewhere" (held by another process)
     state: str  # RunDir.state() before this study touched it
     command: tuple[str, ...]
     done_epochs: int = 0
     device: str | None = None  # CUDA_VISIBLE_DEVICES of the child in a --dry-run with --devices
+    holder: str = ""  # for "elsewhere": the process that holds the run directory
+
+    @property
+    def runs_here(self) -> bool:
+        return self.action in ("train", "resume")
 
     @property
     def name(self) -> str:
@@ -100,7 +105,7 @@ def plan_ablation(presets: Sequence[str], *, seeds: int = 1, seed: int | None = 
             f"{' and others' if len(conflicts) > 1 else ''}; pass another --out, or the options those runs used"
         )
     if devices:
-        todo = [r for r in runs if r.action != "skip"]
+        todo = [r for r in runs if r.runs_here]
         for i, r in enumerate(todo):
             runs[runs.index(r)] = dataclasses.replace(r, device=devices[i % len(devices)])
     return runs
@@ -140,6 +145,9 @@ def _plan_run(preset: str, seed: int, config: TrainConfig, overrides: Mapping[st
     if diffs:
         return f"{run_dir} ({describe_differences(diffs, 'planned')})"
     done = len(run.read_metrics())
+    if state == "running":
+        # Another process trains it (a second sweep, a requeued job): not ours to start.
+        return PlannedRun(preset, seed, run_dir, config, "elsewhere", state, (), done, holder=run.describe_holder())
     if state in ("completed", "diverged"):
         # A diverged run is a result: the same recipe and seed would diverge again.
         return PlannedRun(preset, seed, run_dir, config, "skip", state, (), done)
@@ -183,7 +191,7 @@ def check_devices(devices: Sequence[str], overrides: Mapping[str, Any]) -> list[
 @dataclass
 class RunResult:
     run: PlannedRun
-    status: str  # "skipped", "finished", "failed", "interrupted"
+    status: str  # "skipped", "finished", "failed", "interrupted", "elsewhere" (held by another process)
     seconds: float = 0.0
     returncode: int | None = None
     message: str = ""
@@ -291,10 +299,12 @@ def run_ablation(runs: Sequence[PlannedRun], *, devices: Sequence[str] | None = 
             log(message)
 
     result = AblationResult()
-    todo = [r for r in runs if r.action != "skip"]
+    todo = [r for r in runs if r.runs_here]
     for r in runs:
         if r.action == "skip":
             result.results.append(RunResult(r, "skipped", message="already finished"))
+        elif r.action == "elsewhere":
+            result.results.append(RunResult(r, "elsewhere", message=f"running elsewhere ({r.holder})"))
     total = len(runs)
     slots: list[str | None] = list(devices) if devices else [None]
     eta = _Eta(runs, len(slots))
@@ -312,9 +322,10 @@ def run_ablation(runs: Sequence[PlannedRun], *, devices: Sequence[str] | None = 
             text += f", {len(result.failed)} failed"
         return text + (f", about {duration(left)} left" if left is not None else ", time left: after the first epoch")
 
-    if result.results:
-        say(f"ablation: skipping {len(result.results)} finished run(s): "
-            + ", ".join(r.run.name for r in result.results))
+    for status, what in (("skipped", "finished"), ("elsewhere", "running elsewhere")):
+        passed = [r for r in result.results if r.status == status]
+        if passed:
+            say(f"ablation: skipping {len(passed)} {what} run(s): " + ", ".join(r.run.name for r in passed))
     try:
         while queue or running:
             for slot in slots:
@@ -381,21 +392,27 @@ def _record(result: AblationResult, child: _Child, code: int, seconds: float, et
                                         f"final val acc {100 * summary['final_val_acc']:.2f}%"))
         return
     reason = child.last_error or f"exit status {code}, run state {state}"
+    if code == RunDirBusy.exit_code:  # another process took the run directory first
+        result.results.append(RunResult(run, "elsewhere", seconds, code, reason))
+        return
     result.results.append(RunResult(run, "failed", seconds, code, reason))
 
 
 def _result_line(r: RunResult) -> str:
     if r.status == "finished":
         return f"done {r.run.name} in {duration(r.seconds)}: {r.message}"
+    if r.status == "elsewhere":
+        return f"left {r.run.name} to the process that holds it: {r.message}"
     return f"FAILED {r.run.name} after {duration(r.seconds)} (exit {r.returncode}): {r.message}"
 
 
 def describe_plan(runs: Sequence[PlannedRun]) -> str:
     """One line: how many runs, presets, seeds, and what will happen to them."""
     presets = list(dict.fromkeys(r.preset for r in runs))
-    counts = {a: sum(r.action == a for r in runs) for a in ("train", "resume", "skip")}
+    counts = {a: sum(r.action == a for r in runs) for a in ("train", "resume", "skip", "elsewhere")}
+    elsewhere = f", {counts['elsewhere']} running elsewhere" if counts["elsewhere"] else ""
     return (f"{len(runs)} run(s) ({len(presets)} preset(s) x {len(runs) // max(1, len(presets))} seed(s)): "
-            f"{counts['train']} to train, {counts['resume']} to resume, {counts['skip']} already finished")
+            f"{counts['train']} to train, {counts['resume']} to resume, {counts['skip']} already finished{elsewhere}")
 
 
 def preset_listing() -> str:

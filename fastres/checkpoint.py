@@ -145,9 +145,15 @@ class BackgroundWriter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastres-checkpoint")
         self._pending: Future | None = None
 
-    def submit(self, state: dict[str, Any], path: Path, best: Path | None) -> None:
+    def snapshot(self, state: dict[str, Any]) -> dict[str, Any]:
+        """A CPU copy of ``state`` to write, once the previous write is on disk (its error, if
+        any, is raised here). This is the part the training loop waits for."""
         self.wait()
-        snapshot = to_cpu(state)
+        return to_cpu(state)
+
+    def write(self, snapshot: dict[str, Any], path: Path, best: Path | None) -> None:
+        """Write a snapshot to ``path`` (and copy it to ``best``) in the background."""
+        self.wait()
         self._pending = self._pool.submit(self._write, snapshot, path, best)
 
     @staticmethod

@@ -226,6 +226,8 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         for run in runs:
             if run.action == "skip":
                 print(f"# {run.run_dir}: already finished", file=sys.stderr)
+            elif run.action == "elsewhere":
+                print(f"# {run.run_dir}: running elsewhere ({run.holder})", file=sys.stderr)
             else:
                 print(run.shell())
         return 0
@@ -258,7 +260,9 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     if failed:
         raise FastresError(f"{len(failed)} of {len(runs)} runs failed (listed above); the others finished. "
                            "Fix the cause and run the same command again to retry them", exit_code=1)
-    _log(f"ablation finished: {done}/{len(runs)} runs done")
+    elsewhere = result.count("elsewhere")
+    _log(f"ablation finished: {done}/{len(runs)} runs done"
+         + (f", {elsewhere} running elsewhere: run the same command again once they finish" if elsewhere else ""))
     return 0
 
 

@@ -1,12 +1,23 @@
-"""Importing ffcv safely: it is optional (fastres trains without it) and, on import and on
-every epoch, it sets torch's thread count to its own worker count."""
+"""Working around ffcv: it is optional (fastres trains without it); on import and on every
+epoch it sets torch's thread count to its own worker count; its dataset writer waits forever
+for worker processes that died or whose parent did."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+import threading
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import torch
+
+from .files import write_failure
 
 
 @contextlib.contextmanager
@@ -27,3 +38,111 @@ def ffcv_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+class _WorkerFailed(Exception):
+    """Raised in the main thread when one of FFCV's writer processes has died."""
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux), so a killed
+    converter leaves no writer behind waiting forever on its queue."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+@contextlib.contextmanager
+def guarded_dataset_writer(path: Path) -> Iterator[None]:
+    """Run FFCV's ``DatasetWriter`` inside the block with its worker processes kept honest.
+
+    FFCV waits for its workers without checking that they are alive, so a worker that dies
+    (a full disk, a file-size limit) would leave it waiting forever, and workers whose parent
+    is killed wait forever too. Here every worker dies with its parent, reports its error
+    instead of printing a traceback, and a failed worker ends the block with a one-line
+    ``WriteError`` naming ``path``; FFCV's progress bar shows on a terminal only. The failure reaches the main thread as a signal, so the
+    block must run there (elsewhere a failed worker is only detected once FFCV returns).
+    """
+    import ffcv.writer
+
+    errors: Any = multiprocessing.SimpleQueue()
+    workers: list[multiprocessing.Process] = []
+    parent = os.getpid()
+
+    class Worker(multiprocessing.Process):
+        def start(self) -> None:
+            workers.append(self)
+            super().start()
+
+        def run(self) -> None:
+            _die_with_parent(parent)
+            try:
+                super().run()
+            except OSError as exc:
+                errors.put((exc.errno, exc.strerror or str(exc)))
+                sys.exit(1)
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
+                errors.put((None, f"{type(exc).__name__}: {exc}"))
+                sys.exit(1)
+
+    in_main = threading.current_thread() is threading.main_thread()
+    stop = threading.Event()
+    failed = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.1):
+            if any(w.exitcode not in (None, 0) for w in list(workers)):
+                failed.set()
+                if in_main:
+                    signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+                return
+
+    def on_failure(signum: int, frame: Any) -> None:
+        if failed.is_set():
+            raise _WorkerFailed()
+
+    def work_queue(*args: Any, **kwargs: Any) -> Any:
+        # Work that dead workers never took would otherwise keep this process from exiting:
+        # a queue's feeder thread is joined at exit, blocked on a pipe nobody reads.
+        queue = multiprocessing.Queue(*args, **kwargs)
+        queue.cancel_join_thread()
+        return queue
+
+    bars: list[Any] = []
+
+    def progress_bar(*args: Any, **kwargs: Any) -> Any:
+        # A bar on a terminal only (a log gets prepare-data's own lines), gone once closed, so
+        # that an error message never lands on the end of a half-drawn bar.
+        bar = ffcv_tqdm(*args, **kwargs, leave=False, disable=not sys.stderr.isatty())
+        bars.append(bar)
+        return bar
+
+    ffcv_tqdm = ffcv.writer.tqdm
+    original = ffcv.writer.Process, ffcv.writer.Queue, ffcv.writer.tqdm
+    previous_handler = signal.signal(signal.SIGUSR1, on_failure) if in_main else None
+    ffcv.writer.Process, ffcv.writer.Queue, ffcv.writer.tqdm = Worker, work_queue, progress_bar
+    watcher = threading.Thread(target=watch, name="fastres-ffcv-writer-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+        if failed.is_set():
+            raise _WorkerFailed()
+    except _WorkerFailed:
+        code, message = errors.get() if not errors.empty() else (None, "")
+        exit_codes = sorted({w.exitcode for w in workers if w.exitcode})
+        cause = OSError(code, message) if code is not None else RuntimeError(
+            message or f"an FFCV writer process exited with status {exit_codes}")
+        raise write_failure(path, cause) from None
+    finally:
+        stop.set()
+        watcher.join()
+        ffcv.writer.Process, ffcv.writer.Queue, ffcv.writer.tqdm = original
+        for bar in bars:
+            bar.close()
+        if in_main:
+            signal.signal(signal.SIGUSR1, previous_handler)
+        for w in workers:
+            if w.is_alive():
+                w.terminate()
+            w.join(timeout=10)

@@ -13,6 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable
+from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from . import cifar
 from .errors import FastresError
-from .ffcv_compat import ffcv_available, keep_torch_threads
+from .ffcv_compat import ffcv_available, guarded_dataset_writer, keep_torch_threads
 from .files import TMP_INFIX, atomic_path, atomic_write_text, ensure_writable_dir, exclusive_lock
 from .provenance import versions
 
@@ -98,13 +99,21 @@ def write_beton(split: cifar.Split, path: Path, num_workers: int = 1) -> None:
         from ffcv.fields import IntField, RGBImageField
         from ffcv.writer import DatasetWriter
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, guarded_dataset_writer(path):
         writer = DatasetWriter(
             str(tmp),
             {"image": RGBImageField(write_mode="raw"), "label": IntField()},
             num_workers=num_workers,
         )
-        writer.from_indexed_dataset(_IndexedSplit(split), chunksize=1000)
+        try:
+            writer.from_indexed_dataset(_IndexedSplit(split), chunksize=1000)
+        except BaseException:
+            # FFCV frees its shared-memory index only when it finishes.
+            shared = getattr(writer, "metadata_sm", None)
+            if isinstance(shared, SharedMemory):
+                shared.close()
+                shared.unlink()
+            raise
 
 
 def prepare_data(

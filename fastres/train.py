@@ -107,6 +107,7 @@ class Trainer:
         # This process's totals, for the summary's images/s and checkpoint cost.
         self.trained_images, self.train_seconds, self.checkpoint_seconds = 0, 0.0, 0.0
         self.notes: list[str] = []  # what else failed while the run was stopping on an error
+        self._checkpoint: tuple[dict[str, Any], bool] | None = None  # taken, not yet queued
 
     # -- state -------------------------------------------------------------------------
 
@@ -127,11 +128,20 @@ class Trainer:
         checkpoint.restore_rng(state["rng"])
         self.epoch, self.best_val_acc, self.best_epoch = state["epoch"], state["best_val_acc"], state["best_epoch"]
 
-    def save_checkpoint(self, improved: bool) -> float:
-        """Queue last.pt (and best.pt); returns the seconds the training loop was held up."""
+    def snapshot_checkpoint(self, improved: bool) -> float:
+        """Take this epoch's checkpoint (written by ``write_checkpoint``); returns the seconds
+        the training loop was held up for it."""
         t0 = time.perf_counter()
-        self.writer.submit(self.state(), self.run.last_checkpoint, self.run.best_checkpoint if improved else None)
+        self._checkpoint = (self.writer.snapshot(self.state()), improved)
         return time.perf_counter() - t0
+
+    def write_checkpoint(self) -> None:
+        """Queue last.pt (and best.pt) of the epoch just logged. A checkpoint is written only
+        after its epoch's metrics are, so a run resumed from it never misses a row."""
+        if self._checkpoint is not None:
+            snapshot, improved = self._checkpoint
+            self._checkpoint = None
+            self.writer.write(snapshot, self.run.last_checkpoint, self.run.best_checkpoint if improved else None)
 
     # -- steps -------------------------------------------------------------------------
 
@@ -209,7 +219,7 @@ class Trainer:
         improved = row["val_acc"] > self.best_val_acc
         if improved:
             self.best_val_acc, self.best_epoch = row["val_acc"], self.epoch
-        row["checkpoint_time_s"] = self.save_checkpoint(improved) if self.dist.is_main else 0.0
+        row["checkpoint_time_s"] = self.snapshot_checkpoint(improved) if self.dist.is_main else 0.0
         self.rows.append(row)
         self.trained_images += round(stats["images_per_s"] * stats["train_time_s"])
         self.train_seconds += stats["train_time_s"]
@@ -223,6 +233,7 @@ class Trainer:
         try:
             while self.epoch < self.config.epochs:
                 epoch_log.record(self.run_epoch(show_progress and self.dist.is_main))
+                self.write_checkpoint()
             epoch_log.close()
             self.writer.close()  # the last checkpoint is on disk before the run counts as completed
             status = "completed"
@@ -240,6 +251,8 @@ class Trainer:
         """Close the logs, let the last checkpoint reach the disk, write the summary. When the
         run is already stopping on an error, a failure here becomes a note on that error
         (``self.notes``) instead of hiding it."""
+        if self._checkpoint is not None and self.dist.is_main and len(self.run.read_metrics()) >= self.epoch:
+            self.write_checkpoint()  # stopped between logging the epoch and queueing its checkpoint
         for close in (epoch_log.close, self.writer.close):
             try:
                 close()

@@ -21,6 +21,8 @@ def test_a_run_written_before_the_layered_package_resumes_and_evaluates(tmp_path
     res = run_cli("train", "--resume", str(run), "--data-dir", str(synthetic_data), "--num-workers", "1")
     assert res.returncode == 0, res.stderr
     assert "resuming " in res.stdout and "after epoch 1/3" in res.stdout
+    # Its checkpoints predate checksums: they load unverified, and the run says so once.
+    assert res.stdout.count("was written before fastres stored checksums; it loads unverified") == 1
     rows = RunDir(run).read_metrics()
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[0] == before[0], "the recorded epoch is kept as it was"
