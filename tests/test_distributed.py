@@ -128,3 +128,25 @@ def test_global_batch_must_divide_over_processes(synthetic_data, tmp_path):
     assert res.returncode != 0
     assert "batch size 101 does not divide over 2 processes" in res.stdout + res.stderr
 
+
+
+def test_a_held_run_directory_is_refused_on_every_rank_without_waiting(synthetic_data, tmp_path):
+    from fastres.files import FileLock
+
+    run_dir = tmp_path / "held"
+    run_dir.mkdir()
+    lock = FileLock(RunDir(run_dir).lock_file)
+    assert lock.acquire(wait=False)  # this test process plays the other trainer
+    try:
+        t0 = time.monotonic()
+        res = torchrun("train", *TINY, "--epochs", "1", "--data-dir", str(synthetic_data), "--run-dir", str(run_dir),
+                       timeout=120)
+        elapsed = time.monotonic() - t0
+    finally:
+        lock.release()
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    refusals = [line for line in out.splitlines() if line.startswith(f"fastres: error: {run_dir} is being trained")]
+    assert len(refusals) == 2, out  # one line from each rank, no traceback of fastres' own
+    assert elapsed < 60, "no rank waited at a barrier for the process-group timeout"
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock"], "nothing written"

@@ -369,3 +369,16 @@ def test_out_of_memory_in_training_is_one_line_with_the_fix(memory_loader, tmp_p
     assert caught.value.exit_code == 1
     run = RunDir(cfg.run_dir)
     assert run.read_summary()["status"] == "failed" and load_checkpoint(run.last_checkpoint)["epoch"] == 1
+
+
+def test_a_study_leaves_a_run_taken_by_another_process_to_it(tmp_path):
+    from fastres.ablate import PlannedRun, plan_ablation, run_ablation
+
+    # Planned as new, then taken by another process before its turn: the child exits 75.
+    (planned,) = plan_ablation(["baseline"], seeds=1, out=tmp_path)
+    taken = PlannedRun(planned.preset, planned.seed, planned.run_dir, planned.config, "train", "new",
+                       (sys.executable, "-c", "import sys; print('held by pid 1', file=sys.stderr); sys.exit(75)"))
+    lines: list[str] = []
+    result = run_ablation([taken], log=lines.append, poll_s=0.05)
+    assert [r.status for r in result.results] == ["elsewhere"] and not result.failed
+    assert any("left baseline/seed42 to the process that holds it: held by pid 1" in line for line in lines), lines
