@@ -9,6 +9,7 @@ import hashlib
 import importlib
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -338,6 +339,10 @@ def test_a_flipped_byte_in_a_checkpoint_is_refused_by_resume_and_eval(memory_loa
         assert "fastres eval RUN --checkpoint best" in line
         assert hashes(run.path) == before
     res = run_main(capsys, "eval", str(run.path), "--checkpoint", "best", "--json")
+    assert res.returncode == 0, res.stderr
+    # The advice works: best.pt copied over last.pt resumes.
+    shutil.copyfile(run.best_checkpoint, run.last_checkpoint)
+    res = run_main(capsys, "train", "--resume", str(run.path), "--no-progress")
     assert res.returncode == 0, res.stderr
 
 
