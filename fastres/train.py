@@ -412,6 +412,11 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print, progress: 
     With ``resume=True``, ``config.run_dir`` must hold an earlier run of the same recipe;
     training continues from its ``checkpoints/last.pt``. Under torchrun every process calls
     this; they train data-parallel and only rank 0 logs and writes the run directory.
+
+    The run directory is held for the whole call: another process training it makes this one
+    raise ``RunDirBusy`` (exit status 75) before anything there is read or changed. A fault
+    during training (a full disk, out of memory) raises a ``FastresError`` whose message
+    names the cause and the command that continues the run.
     """
     started = time.perf_counter()
     d = distributed.from_env()
@@ -486,7 +491,10 @@ def _train(config: TrainConfig, runtime: Runtime, d: distributed.Dist, started: 
     try:
         summary = trainer.fit(started, show)
     except BaseException as exc:
-        raise _explain(exc, trainer, run) from None
+        error = _explain(exc, trainer, run)
+        if error is exc:
+            raise
+        raise error from None
     if d.enabled:
         # Every rank reports its own parameters: they must agree (tests and users can check).
         print(f"rank {d.rank}/{d.world_size}: parameters sha256 {parameter_hash(trainer.model)}", flush=True)
@@ -520,7 +528,7 @@ def _explain(exc: BaseException, trainer: Trainer, run: RunDir) -> BaseException
     elif isinstance(exc, FastresError):
         error = exc
     else:
-        return exc  # a bug: its traceback is what helps
+        return exc  # a bug: its own traceback is what helps
     if trainer.notes:
         error.args = (f"{error} (also: {'; '.join(trainer.notes)})",)
     return error
