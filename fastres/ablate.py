@@ -61,6 +61,7 @@ class PlannedRun:
     done_epochs: int = 0
     device: str | None = None  # CUDA_VISIBLE_DEVICES of the child in a --dry-run with --devices
     holder: str = ""  # for "elsewhere": the process that holds the run directory
+    resume_command: tuple[str, ...] = ()  # continues the run, should it be begun meanwhile
 
     @property
     def runs_here(self) -> bool:
@@ -136,25 +137,41 @@ def _plan_run(preset: str, seed: int, config: TrainConfig, overrides: Mapping[st
     another recipe, a description of the conflict."""
     run_dir = out / preset / f"seed{seed}"
     config = config.replace(run_dir=str(run_dir))
+    # Only machine settings may change on a resume; the recipe is the recorded one.
+    machine = {k: v for k, v in overrides.items() if k in MACHINE_FIELDS}
+    resume = (*TRAIN, "--resume", str(run_dir), *option_args(machine))
     run = RunDir(run_dir)
     state = run.state()
     if state == "new":
         command = (*TRAIN, "--preset", preset, "--seed", str(seed), *option_args(overrides), "--run-dir", str(run_dir))
-        return PlannedRun(preset, seed, run_dir, config, "train", state, command)
+        return PlannedRun(preset, seed, run_dir, config, "train", state, command, resume_command=resume)
     diffs = recipe_differences(TrainConfig.from_dict(run.read_config()), config)
     if diffs:
         return f"{run_dir} ({describe_differences(diffs, 'planned')})"
     done = len(run.read_metrics())
     if state == "running":
         # Another process trains it (a second sweep, a requeued job): not ours to start.
-        return PlannedRun(preset, seed, run_dir, config, "elsewhere", state, (), done, holder=run.describe_holder())
+        return PlannedRun(preset, seed, run_dir, config, "elsewhere", state, (), done, holder=run.describe_holder(),
+                          resume_command=resume)
     if state in ("completed", "diverged"):
         # A diverged run is a result: the same recipe and seed would diverge again.
-        return PlannedRun(preset, seed, run_dir, config, "skip", state, (), done)
-    # Only machine settings may change on a resume; the recipe is the recorded one.
-    machine = {k: v for k, v in overrides.items() if k in MACHINE_FIELDS}
-    command = (*TRAIN, "--resume", str(run_dir), *option_args(machine))
-    return PlannedRun(preset, seed, run_dir, config, "resume", state, command, done)
+        return PlannedRun(preset, seed, run_dir, config, "skip", state, (), done, resume_command=resume)
+    return PlannedRun(preset, seed, run_dir, config, "resume", state, resume, done, resume_command=resume)
+
+
+def refresh(run: PlannedRun) -> PlannedRun:
+    """The run as its directory stands now, just before it would start: another study on the
+    same folder may have finished it, be training it, or have begun it since it was planned."""
+    rd = RunDir(run.run_dir)
+    state = rd.state()
+    if state == run.state or state == "new":
+        return run
+    done = len(rd.read_metrics())
+    if state == "running":
+        return dataclasses.replace(run, action="elsewhere", state=state, command=(), holder=rd.describe_holder())
+    if state in ("completed", "diverged"):
+        return dataclasses.replace(run, action="skip", state=state, command=(), done_epochs=done)
+    return dataclasses.replace(run, action="resume", state=state, command=run.resume_command, done_epochs=done)
 
 
 def parse_devices(text: str) -> list[str]:
@@ -201,7 +218,7 @@ class RunResult:
 class AblationResult:
     results: list[RunResult] = field(default_factory=list)
     interrupted: bool = False
-    signum: int = 0  # the signal that stopped the study (SIGINT or SIGTERM), when interrupted
+    signum: int = 0  # the signal that stopped the study (SIGINT, SIGTERM, SIGUSR1/2), when interrupted
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -289,8 +306,11 @@ def run_ablation(runs: Sequence[PlannedRun], *, devices: Sequence[str] | None = 
 
     With ``devices`` (CUDA_VISIBLE_DEVICES values), up to one run per device goes at a time,
     each pinned to its device; otherwise runs go one after another. A failed run is reported
-    with its last error line and the others go on. Ctrl-C/SIGTERM stops the running children
-    cleanly (they can be resumed by running the same study again) and sets ``interrupted``.
+    with its last error line and the others go on. Each run's directory is read again just
+    before it starts, so several studies on one folder share out the runs (a run held by
+    another process is left to it). Ctrl-C, SIGTERM, SIGUSR1 or SIGUSR2 stops the running
+    children cleanly (they can be resumed by running the same study again) and sets
+    ``interrupted``.
     """
     lock = threading.Lock()
 
@@ -331,7 +351,13 @@ def run_ablation(runs: Sequence[PlannedRun], *, devices: Sequence[str] | None = 
             for slot in slots:
                 if slot in running or not queue:
                     continue
-                run = queue.pop(0)
+                run = refresh(queue.pop(0))
+                if not run.runs_here:  # finished or taken by another study since it was planned
+                    result.results.append(RunResult(
+                        run, "skipped" if run.action == "skip" else "elsewhere",
+                        message="finished meanwhile" if run.action == "skip" else f"running elsewhere ({run.holder})"))
+                    say(_result_line(result.results[-1]) + f" ({progress()})")
+                    continue
                 what = (f"resuming after epoch {run.done_epochs}/{run.config.epochs}" if run.action == "resume"
                         else f"training {run.config.epochs} epochs")
                 where = f" on GPU {slot}" if slot is not None else ""
@@ -403,6 +429,8 @@ def _result_line(r: RunResult) -> str:
         return f"done {r.run.name} in {duration(r.seconds)}: {r.message}"
     if r.status == "elsewhere":
         return f"left {r.run.name} to the process that holds it: {r.message}"
+    if r.status == "skipped":
+        return f"skipped {r.run.name}: {r.message}"
     return f"FAILED {r.run.name} after {duration(r.seconds)} (exit {r.returncode}): {r.message}"
 
 

@@ -176,12 +176,23 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Terminated(KeyboardInterrupt):
-    signum = signal.SIGTERM
+class _Stopped(KeyboardInterrupt):
+    """A stop signal other than Ctrl-C; ``signum`` makes the exit status (128 + signum)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__()
+        self.signum = signum
 
 
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise _Terminated()
+def _raise_stopped(signum: int, frame: Any) -> None:
+    raise _Stopped(signum)
+
+
+def _stop_cleanly_on_signals() -> None:
+    """SIGTERM (kill, schedulers) and SIGUSR1/SIGUSR2 (what Slurm sends before it ends or
+    preempts a job, with --signal) stop as cleanly as Ctrl-C: checkpoint kept, summary written."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, _raise_stopped)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -190,8 +201,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume and (args.preset or args.config):
         raise FastresError("--resume continues a recorded run: drop --preset/--config")
     config, resume = _config_from_args(args)
-    # SIGTERM (schedulers, `kill`) stops as cleanly as Ctrl-C.
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    _stop_cleanly_on_signals()
     train(config, log=_log, progress=args.progress, resume=resume)
     return 0
 
@@ -241,7 +251,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     else:
         why = "one after another on the default GPU (pass --devices 0,1,... to run one per GPU)"
     _log(f"ablation in {args.out}: {ablate.describe_plan(runs)}; {why}")
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    _stop_cleanly_on_signals()
     result = ablate.run_ablation(runs, devices=slots, log=_log)
     from .report import write_report
 

@@ -35,12 +35,14 @@ def in_process(*args: str) -> subprocess.CompletedProcess:
     from fastres.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    handler = signal.getsignal(signal.SIGTERM)  # ablate installs its own; keep pytest's
+    stops = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+    handlers = {sig: signal.getsignal(sig) for sig in stops}  # ablate installs its own; keep pytest's
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = main(list(args))
     finally:
-        signal.signal(signal.SIGTERM, handler)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
@@ -334,3 +336,24 @@ def test_every_field_round_trips_through_ablates_resume_command(name, tmp_path):
     config, resume = _parse_train_command(again)
     assert resume and config == planned.config
     assert _check_resume(config, log=lambda m: None) == planned.config
+
+
+def test_two_studies_on_one_folder_share_out_the_runs_and_train_each_once(synthetic_data, memory_source, tmp_path):
+    out = tmp_path / "shared"
+    args = [sys.executable, "-m", "fastres", "ablate", "--config", "baseline", "cosine", "--seeds", "2",
+            "--width", "8", "--batch-size", "50", "--epochs", "1", "--train-subset", "500", "--test-subset", "100",
+            "--lr", "0.05", "--loader", "memory", "--data-dir", str(synthetic_data), "--out", str(out)]
+    studies = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+               for _ in range(2)]
+    outputs = [study.communicate(timeout=600) for study in studies]
+    for study, (stdout, stderr) in zip(studies, outputs, strict=True):
+        assert study.returncode == 0, stdout + stderr
+        assert "Traceback" not in stderr
+    trained = [[line.split()[1] for line in stdout.splitlines() if line.startswith("done ")] for stdout, _ in outputs]
+    assert all(trained), f"each study trained at least one run: {trained}"
+    assert sorted(trained[0] + trained[1]) == sorted(FOLDERS), "every run trained by exactly one study"
+    for folder in FOLDERS:
+        run = RunDir(out / folder)
+        assert run.state() == "completed" and [r["epoch"] for r in run.read_metrics()] == [1], folder
+    report = json.loads(in_process("report", str(out), "--json").stdout)
+    assert len(report["runs"]) == 4 and not report["unfinished"]

@@ -49,7 +49,8 @@ def reference_run(synthetic_data, tmp_path_factory):
     return run_dir
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+# SIGUSR2 (or SIGUSR1) is what Slurm sends ahead of a time limit or preemption.
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGUSR2, 140)])
 def test_signal_mid_epoch_then_resume_is_bit_identical(synthetic_data, reference_run, tmp_path, sig, code):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "fastres", "train", *RECIPE, "--data-dir", str(synthetic_data), "--run-dir", str(run_dir)]
