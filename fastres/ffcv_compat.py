@@ -61,8 +61,9 @@ def guarded_dataset_writer(path: Path) -> Iterator[None]:
     (a full disk, a file-size limit) would leave it waiting forever, and workers whose parent
     is killed wait forever too. Here every worker dies with its parent, reports its error
     instead of printing a traceback, and a failed worker ends the block with a one-line
-    ``WriteError`` naming ``path``; FFCV's progress bar shows on a terminal only. The failure reaches the main thread as a signal, so the
-    block must run there (elsewhere a failed worker is only detected once FFCV returns).
+    ``WriteError`` naming ``path``; FFCV's progress bar shows on a terminal only. The failure
+    reaches the main thread as a signal, so the block must run there (elsewhere a failed
+    worker is only detected once FFCV returns).
     """
     import ffcv.writer
 

@@ -163,6 +163,12 @@ class FileLock:
     def holder_pid(self) -> int | None:
         """The PID of the process that holds the lock now, or None when nobody does (asked
         without taking the lock, so a probe never makes a starting holder fail)."""
+        try:
+            return self._holder_pid()
+        except OSError:  # unreadable, or a file system without locks: nobody can hold it
+            return None
+
+    def _holder_pid(self) -> int | None:
         if not self.path.exists():
             return None
         with open(self.path) as f:
