@@ -10,9 +10,11 @@ command is always safe: finished runs are skipped and interrupted ones continue.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -37,7 +39,7 @@ from .config import (
 )
 from .errors import FastresError
 from .formatting import compact, duration
-from .rundir import STUDY_ROOT, RunDir, RunDirBusy
+from .rundir import STUDY_ROOT, RunDir, RunDirBusy, read_study, record_study
 
 TRAIN = [sys.executable, "-m", "fastres", "train"]
 
@@ -455,3 +457,42 @@ def preset_listing() -> str:
     lines.append("aliases: " + ", ".join(f"{a} = {t}" for a, t in ALIASES.items()))
     lines.append("--all runs the ablation presets: " + ", ".join(ABLATIONS))
     return "\n".join(lines)
+
+
+# --- the study's record ------------------------------------------------------------------
+
+
+def record(out: str | Path, runs: Sequence[PlannedRun], *, presets: Sequence[str], seeds: int,
+           seed: int | None, overrides: Mapping[str, Any]) -> None:
+    """Record the plan and this launch in ``OUT/study.json`` (read by ``fastres ablate --status``)."""
+    out = Path(out)
+    plan = {
+        "format": "fastres-study", "version": 1, "presets": list(presets), "seeds": seeds, "first_seed": seed,
+        "overrides": json.loads(json.dumps(dict(overrides), default=list)), "launcher": "local",
+        "runs": [{"preset": r.preset, "seed": r.seed, "run_dir": str(r.run_dir.relative_to(out))} for r in runs],
+    }
+    launch = {"launcher": "local", "host": socket.gethostname(), "pid": os.getpid(),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv[1:]}
+    record_study(out, plan, launch)
+
+
+_STATUS = {"new": "not started", "completed": "done", "incomplete": "interrupted (killed: no summary)"}
+
+
+def status_lines(out: str | Path) -> list[str]:
+    """One line per planned run of the study in ``out``: its state and epochs done; starts nothing."""
+    study = read_study(out)
+    rows = []
+    for entry in study.get("runs", []):
+        run = RunDir(Path(out) / entry["run_dir"])
+        state = run.state()
+        status = f"running ({run.describe_holder()})" if state == "running" else _STATUS.get(state, state)
+        planned = run.read_config().get("epochs", "?") if run.holds_run() else "?"
+        rows.append((f"{entry['preset']}/seed{entry['seed']}", status,
+                     f"{len(run.read_metrics())}/{planned} epochs", str(run.path)))
+    launches = study.get("launches", [])
+    last = launches[-1] if launches else {}
+    head = (f"study in {out}: {len(rows)} planned run(s), {len(launches)} launch(es)"
+            + (f", last {last.get('started')} on {last.get('host')} (pid {last.get('pid')})" if last else ""))
+    widths = [max((len(r[i]) for r in rows), default=0) for i in range(3)]
+    return [head] + ["  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3] for r in rows]

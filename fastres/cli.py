@@ -147,8 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  fastres ablate --list\n  fastres ablate --all --seeds 3 --epochs 100\n"
                "  fastres ablate --config baseline no_batchnorm --seeds 2 --width 16 --epochs 4 --train-subset 10000\n"
                "  fastres ablate --all --seeds 2 --dry-run > jobs.txt      # one command per line, for a scheduler\n"
-               "  fastres ablate --all --seeds 3 --devices 0,1,2,3        # one run per GPU at a time")
+               "  fastres ablate --all --seeds 3 --devices 0,1,2,3        # one run per GPU at a time\n"
+               "  fastres ablate --status runs/ablations                   # where each run of the study stands")
     p.add_argument("--list", action="store_true", help="list every preset, its description and its differences from baseline")
+    p.add_argument("--status", metavar="OUT", help="one line per planned run of the study in OUT (done, running, "
+                                                   "interrupted, diverged, failed, not started) with epochs done; starts nothing")
     p.add_argument("--config", nargs="+", metavar="NAME", help="presets (or aliases, e.g. cosine_schedule) to run")
     p.add_argument("--all", action="store_true", help="the seven ablation presets of the original study")
     p.add_argument("--seeds", type=int, default=1, metavar="N", help="runs per preset, seeds S..S+N-1 (default: 1); S is --seed (default: the preset's, 42)")
@@ -225,6 +228,9 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     if args.list:
         print(ablate.preset_listing())
         return 0
+    if args.status:
+        print("\n".join(ablate.status_lines(args.status)))
+        return 0
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in names and k != "preset"}
     seed = overrides.pop("seed", None)
@@ -250,6 +256,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
                "would only slow each other down")
     else:
         why = "one after another on the default GPU (pass --devices 0,1,... to run one per GPU)"
+    ablate.record(args.out, runs, presets=presets, seeds=args.seeds, seed=seed, overrides=overrides)
     _log(f"ablation in {args.out}: {ablate.describe_plan(runs)}; {why}")
     _stop_cleanly_on_signals()
     result = ablate.run_ablation(runs, devices=slots, log=_log)

@@ -12,7 +12,9 @@
       .lock                locked (lockf) by the one process training the run; never removed
       .lock-holder.json    that process's PID, host and start time, for messages only
 
-Accuracies are fractions in [0, 1] in every file.
+Accuracies are fractions in [0, 1] in every file. A study (``fastres ablate``) is a folder of
+run directories, ``<out>/<preset>/seed<S>/``, with ``<out>/study.json`` recording its plan and
+every launch of it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FastresError
-from .files import FileLock, atomic_write_text, ensure_writable_dir, write_failure, writing
+from .files import (
+    FileLock,
+    atomic_write_text,
+    ensure_writable_dir,
+    exclusive_lock,
+    write_failure,
+    writing,
+)
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -42,6 +51,8 @@ HOLDER = ".lock-holder.json"
 
 RUNS_ROOT = "runs"  # where runs go unless --run-dir says otherwise
 STUDY_ROOT = "runs/ablations"  # fastres ablate's default --out: one run directory per (preset, seed)
+STUDY = "study.json"  # in a study's folder: its plan and every launch of it
+STUDY_LOCK = ".study.lock"
 
 # Keys every metrics.jsonl row carries; TensorBoard gets the same scalars.
 METRIC_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "epoch_time_s")
@@ -215,6 +226,29 @@ class RunDir:
         if status == "completed" and planned is not None and (summary.get("epochs") or 0) < planned:
             return "incomplete"
         return status
+
+
+def record_study(out: str | Path, plan: dict[str, Any], launch: dict[str, Any]) -> None:
+    """Write ``OUT/study.json``: the study's plan (its runs joined with those of earlier
+    launches on the same folder) and one more entry in its list of launches. Studies that
+    share the folder take turns, so none loses another's entry."""
+    out = Path(out)
+    with exclusive_lock(out / STUDY_LOCK):
+        try:
+            old = json.loads((out / STUDY).read_text())
+        except (OSError, ValueError):
+            old = {}
+        runs = {r["run_dir"]: r for r in [*old.get("runs", []), *plan["runs"]]}
+        doc = {**plan, "runs": list(runs.values()), "launches": [*old.get("launches", []), launch]}
+        atomic_write_text(out / STUDY, json.dumps(doc, indent=2) + "\n")
+
+
+def read_study(out: str | Path) -> dict[str, Any]:
+    path = Path(out) / STUDY
+    if not path.exists():
+        raise FastresError(f"{out} holds no fastres study (no {STUDY}): studies record themselves when "
+                           f"fastres ablate runs with --out {out}")
+    return _read_json(path, "study")
 
 
 def find_runs(root: str | Path) -> list[RunDir]:

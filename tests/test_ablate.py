@@ -152,6 +152,14 @@ def test_second_rerun_skips_every_finished_run(study):
     res = stages["again"]
     assert res.returncode == 0, res.stderr
     assert "0 to train, 0 to resume, 4 already finished" in res.stdout
+    # Each launch is recorded, and --status tells where every run stands without starting any.
+    study_doc = json.loads((out / "study.json").read_text())
+    assert [r["run_dir"] for r in study_doc["runs"]] == FOLDERS and len(study_doc["launches"]) == 3
+    status = in_process("ablate", "--status", str(out))
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    assert lines[0].startswith(f"study in {out}: 4 planned run(s), 3 launch(es), last ")
+    assert [line.split()[:3] for line in lines[1:]] == [[f, "done", "3/3"] for f in FOLDERS]
     assert "ablation finished: 4/4 runs done" in res.stdout
     assert {f: (out / f / "summary.json").stat().st_mtime_ns for f in FOLDERS} == stages["mtimes"]
 
@@ -173,7 +181,7 @@ def test_ablation_ends_with_a_report_of_mean_and_sample_std(study):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_failed_run_is_reported_and_the_others_go_on(synthetic_data, memory_source, tmp_path):
+def test_a_failed_run_is_reported_and_the_others_go_on(synthetic_data, memory_source, tmp_path, capsys):
     # baseline's batch of 128 does not fit 64 images; small_batch's 32 does.
     res = run_cli("ablate", "--config", "baseline", "small_batch", "--width", "8", "--epochs", "1",
                   "--train-subset", "64", "--test-subset", "100", "--loader", "memory",
@@ -185,6 +193,9 @@ def test_a_failed_run_is_reported_and_the_others_go_on(synthetic_data, memory_so
     assert RunDir(tmp_path / "abl" / "small_batch" / "seed42").state() == "completed"
     report = (tmp_path / "abl" / "report.md").read_text()
     assert "| `small_batch` | 1 |" in report
+    status = run_main(capsys, "ablate", "--status", str(tmp_path / "abl"))
+    assert [line.split()[:3] for line in status.stdout.splitlines()[1:]] == [
+        ["baseline/seed42", "not", "started"], ["small_batch/seed42", "done", "1/1"]], "the failed one never began"
 
 
 def test_commands_reproduce_the_planned_configs(tmp_path):
@@ -236,6 +247,7 @@ def test_device_indices_follow_an_inherited_cuda_visible_devices(monkeypatch):
     ([], "no presets chosen"),
     (["--config", "baseline", "--devices", "0,x"], "--devices takes distinct GPU indices"),
     (["--config", "baseline", "--devices", "0", "--device", "cpu"], "--devices pins runs to GPUs"),
+    (["--status", "/nonexistent/study"], "/nonexistent/study holds no fastres study (no study.json)"),
 ])
 def test_bad_input_gets_a_one_line_error(capsys, args, message):
     res = run_main(capsys, "ablate", *args)
