@@ -188,13 +188,8 @@ class FileLock:
             self._file = None
 
     def __enter__(self) -> FileLock:
-        self.acquire()
+        self.acquire()  # ``with FileLock(path):`` waits for any holder
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-def exclusive_lock(path: str | Path) -> FileLock:
-    """``with exclusive_lock(path):`` holds the lock for the block, waiting for any holder."""
-    return FileLock(path)

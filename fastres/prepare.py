@@ -22,7 +22,7 @@ import numpy as np
 from . import cifar
 from .errors import FastresError
 from .ffcv_compat import ffcv_available, guarded_dataset_writer, keep_torch_threads
-from .files import TMP_INFIX, atomic_path, atomic_write_text, ensure_writable_dir, exclusive_lock
+from .files import TMP_INFIX, FileLock, atomic_path, atomic_write_text, ensure_writable_dir
 from .provenance import versions
 
 MANIFEST = "cifar10_manifest.json"
@@ -139,7 +139,7 @@ def prepare_data(
 
     # One conversion per data dir at a time; the lock dies with its holder, so a killed
     # conversion never blocks the next one, which then clears the temporary files it left.
-    with exclusive_lock(data_dir / ".cifar10_prepare.lock"):
+    with FileLock(data_dir / ".cifar10_prepare.lock"):
         for stale in data_dir.glob(f".cifar10_*{TMP_INFIX}*"):
             stale.unlink(missing_ok=True)
         return _prepare_locked(data_dir, source, force=force, allow_small=allow_small, log=log)

@@ -34,7 +34,6 @@ from .files import (
     FileLock,
     atomic_write_text,
     ensure_writable_dir,
-    exclusive_lock,
     write_failure,
     writing,
 )
@@ -233,7 +232,7 @@ def record_study(out: str | Path, plan: dict[str, Any], launch: dict[str, Any]) 
     launches on the same folder) and one more entry in its list of launches. Studies that
     share the folder take turns, so none loses another's entry."""
     out = Path(out)
-    with exclusive_lock(out / STUDY_LOCK):
+    with FileLock(out / STUDY_LOCK):
         try:
             old = json.loads((out / STUDY).read_text())
         except (OSError, ValueError):

@@ -202,7 +202,7 @@ class Trainer:
     # -- loop --------------------------------------------------------------------------
 
     def run_epoch(self, show_progress: bool) -> dict[str, Any]:
-        """Train one epoch, evaluate, queue the checkpoint; the epoch's metrics row."""
+        """Train one epoch, evaluate, take the checkpoint's snapshot; the epoch's metrics row."""
         cfg = self.config
         epoch_start = time.perf_counter()
         with _progress_bar(show_progress, self.steps_per_epoch, f"epoch {self.epoch + 1}/{cfg.epochs}") as bar:
