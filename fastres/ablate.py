@@ -184,6 +184,28 @@ def parse_devices(text: str) -> list[str]:
     return parts
 
 
+def expand_slots(devices: Sequence[str] | None, runs_per_device: int) -> list[str | None]:
+    """Where the runs that go at the same time run: each device ``runs_per_device`` times,
+    interleaved so consecutive runs land on different GPUs; ``None`` is the default device."""
+    if isinstance(runs_per_device, bool) or not isinstance(runs_per_device, int) or runs_per_device < 1:
+        raise FastresError(f"--runs-per-device must be a whole number >= 1, got {runs_per_device!r}")
+    return [d for _ in range(runs_per_device) for d in (devices or [None])]
+
+
+def share_cores(overrides: Mapping[str, Any], runs_per_device: int, cores: int | None = None,
+                flag: str = "--runs-per-device") -> dict[str, Any]:
+    """The overrides for ``runs_per_device`` runs side by side on the CPU: each gets its share
+    of the cores as ``threads`` (a machine field, so it never stands in the way of a resume),
+    unless ``threads`` was given."""
+    cores = cores or len(os.sched_getaffinity(0))
+    if runs_per_device > cores:
+        raise FastresError(f"{flag} {runs_per_device} on {cores} CPU core(s): each run needs a core of its "
+                           f"own, pass at most {flag} {cores}")
+    if "threads" in overrides or runs_per_device == 1:
+        return dict(overrides)
+    return {**overrides, "threads": cores // runs_per_device}
+
+
 def check_devices(devices: Sequence[str], overrides: Mapping[str, Any]) -> list[str]:
     """The CUDA_VISIBLE_DEVICES value for each requested GPU index; refuse ones not there.
 
@@ -302,12 +324,14 @@ class _Child:
         return code
 
 
-def run_ablation(runs: Sequence[PlannedRun], *, devices: Sequence[str] | None = None,
+def run_ablation(runs: Sequence[PlannedRun], *, devices: Sequence[str] | None = None, runs_per_device: int = 1,
                  log: Callable[[str], None] = print, poll_s: float = 0.2) -> AblationResult:
     """Run the planned runs: skip finished ones, resume interrupted ones, train the rest.
 
-    With ``devices`` (CUDA_VISIBLE_DEVICES values), up to one run per device goes at a time,
-    each pinned to its device; otherwise runs go one after another. A failed run is reported
+    With ``devices`` (CUDA_VISIBLE_DEVICES values), up to ``runs_per_device`` runs per device
+    go at a time, each pinned to its device; otherwise ``runs_per_device`` runs at a time on
+    the default device (on the CPU, give them their share of the cores with ``share_cores``).
+    A failed run is reported
     with its last error line and the others go on. Each run's directory is read again just
     before it starts, so several studies on one folder share out the runs (a run held by
     another process is left to it). Ctrl-C, SIGTERM, SIGUSR1 or SIGUSR2 stops the running
@@ -328,10 +352,10 @@ def run_ablation(runs: Sequence[PlannedRun], *, devices: Sequence[str] | None = 
         elif r.action == "elsewhere":
             result.results.append(RunResult(r, "elsewhere", message=f"running elsewhere ({r.holder})"))
     total = len(runs)
-    slots: list[str | None] = list(devices) if devices else [None]
+    slots = expand_slots(devices, runs_per_device)
     eta = _Eta(runs, len(slots))
     queue = list(todo)
-    running: dict[str | None, _Child] = {}
+    running: dict[int, _Child] = {}  # by slot index: a GPU may hold several runs
     # Reader threads only raise this flag; the main loop (which owns `running`) prints.
     epoch_seen = threading.Event()
     last_progress = time.monotonic()
@@ -350,8 +374,8 @@ def run_ablation(runs: Sequence[PlannedRun], *, devices: Sequence[str] | None = 
             say(f"ablation: skipping {len(passed)} {what} run(s): " + ", ".join(r.run.name for r in passed))
     try:
         while queue or running:
-            for slot in slots:
-                if slot in running or not queue:
+            for index, slot in enumerate(slots):
+                if index in running or not queue:
                     continue
                 run = refresh(queue.pop(0))
                 if not run.runs_here:  # finished or taken by another study since it was planned
@@ -363,21 +387,21 @@ def run_ablation(runs: Sequence[PlannedRun], *, devices: Sequence[str] | None = 
                 what = (f"resuming after epoch {run.done_epochs}/{run.config.epochs}" if run.action == "resume"
                         else f"training {run.config.epochs} epochs")
                 where = f" on GPU {slot}" if slot is not None else ""
-                index = total - len(queue) - len(running)
+                number = total - len(queue) - len(running)
                 with lock:  # the header comes before the child's first line
-                    running[slot] = _Child(run, slot, say, epoch_seen.set)
-                    log(f"[{index}/{total}] {run.name}: {what}{where} -> {run.run_dir} ({progress()})")
+                    running[index] = _Child(run, slot, say, epoch_seen.set)
+                    log(f"[{number}/{total}] {run.name}: {what}{where} -> {run.run_dir} ({progress()})")
             time.sleep(poll_s)
             # A progress line after an epoch, at most every 30 s, keeps long runs readable.
             if epoch_seen.is_set() and time.monotonic() - last_progress >= 30:
                 epoch_seen.clear()
                 last_progress = time.monotonic()
                 say(f"ablation: {progress()}")
-            for slot, child in list(running.items()):
+            for index, child in list(running.items()):
                 if child.proc.poll() is None:
                     continue
                 code = child.finish()
-                del running[slot]
+                del running[index]
                 seconds = time.monotonic() - child.started
                 _record(result, child, code, seconds, eta)
                 say(_result_line(result.results[-1]) + f" ({progress()})")
@@ -463,17 +487,23 @@ def preset_listing() -> str:
 
 
 def record(out: str | Path, runs: Sequence[PlannedRun], *, presets: Sequence[str], seeds: int,
-           seed: int | None, overrides: Mapping[str, Any]) -> None:
-    """Record the plan and this launch in ``OUT/study.json`` (read by ``fastres ablate --status``)."""
+           seed: int | None, overrides: Mapping[str, Any], launcher: str = "local",
+           jobs: Mapping[str, str] | None = None, launch: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Record the plan and this launch in ``OUT/study.json`` (read by ``fastres ablate --status``)
+    and return the launch's entry; passing that back as ``launch`` updates it (with ``jobs``,
+    run names ``preset/seedS`` -> the scheduler's job ids) instead of adding another."""
     out = Path(out)
     plan = {
         "format": "fastres-study", "version": 1, "presets": list(presets), "seeds": seeds, "first_seed": seed,
-        "overrides": json.loads(json.dumps(dict(overrides), default=list)), "launcher": "local",
+        "overrides": json.loads(json.dumps(dict(overrides), default=list)), "launcher": launcher,
         "runs": [{"preset": r.preset, "seed": r.seed, "run_dir": str(r.run_dir.relative_to(out))} for r in runs],
     }
-    launch = {"launcher": "local", "host": socket.gethostname(), "pid": os.getpid(),
-              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv[1:]}
-    record_study(out, plan, launch)
+    entry = dict(launch) if launch else {"launcher": launcher, "host": socket.gethostname(), "pid": os.getpid(),
+                                         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv[1:]}
+    if jobs:
+        entry["jobs"] = dict(jobs)
+    record_study(out, plan, entry)
+    return entry
 
 
 _STATUS = {"new": "not started", "completed": "done", "incomplete": "interrupted (killed: no summary)"}
@@ -482,15 +512,19 @@ _STATUS = {"new": "not started", "completed": "done", "incomplete": "interrupted
 def status_lines(out: str | Path) -> list[str]:
     """One line per planned run of the study in ``out``: its state and epochs done; starts nothing."""
     study = read_study(out)
+    launches = study.get("launches", [])
+    job_ids: dict[str, str] = {}
+    for launch in launches:  # the latest launch that submitted a run names its job
+        job_ids.update(launch.get("jobs", {}))
     rows = []
     for entry in study.get("runs", []):
         run = RunDir(Path(out) / entry["run_dir"])
+        name = f"{entry['preset']}/seed{entry['seed']}"
         state = run.state()
         status = f"running ({run.describe_holder()})" if state == "running" else _STATUS.get(state, state)
         planned = run.read_config().get("epochs", "?") if run.holds_run() else "?"
-        rows.append((f"{entry['preset']}/seed{entry['seed']}", status,
-                     f"{len(run.read_metrics())}/{planned} epochs", str(run.path)))
-    launches = study.get("launches", [])
+        job = f"job {job_ids[name]}  " if name in job_ids else ""
+        rows.append((name, status, f"{len(run.read_metrics())}/{planned} epochs", job + str(run.path)))
     last = launches[-1] if launches else {}
     head = (f"study in {out}: {len(rows)} planned run(s), {len(launches)} launch(es)"
             + (f", last {last.get('started')} on {last.get('host')} (pid {last.get('pid')})" if last else ""))

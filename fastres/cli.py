@@ -11,13 +11,16 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import traceback
 import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+from .cluster import LAUNCHERS, JobOptions, job_options
 from .config import (
     ALIASES,
     DESCRIPTIONS,
@@ -148,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  fastres ablate --config baseline no_batchnorm --seeds 2 --width 16 --epochs 4 --train-subset 10000\n"
                "  fastres ablate --all --seeds 2 --dry-run > jobs.txt      # one command per line, for a scheduler\n"
                "  fastres ablate --all --seeds 3 --devices 0,1,2,3        # one run per GPU at a time\n"
+               "  fastres ablate --all --seeds 3 --launcher slurm --partition gpu --time-limit 4:00:00\n"
                "  fastres ablate --status runs/ablations                   # where each run of the study stands")
     p.add_argument("--list", action="store_true", help="list every preset, its description and its differences from baseline")
     p.add_argument("--status", metavar="OUT", help="one line per planned run of the study in OUT (done, running, "
@@ -157,7 +161,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, metavar="N", help="runs per preset, seeds S..S+N-1 (default: 1); S is --seed (default: the preset's, 42)")
     p.add_argument("--out", default=STUDY_ROOT, metavar="DIR", help=f"where the run directories and the report go (default: {STUDY_ROOT})")
     p.add_argument("--dry-run", action="store_true", help="print the fastres train commands, one per line, and run nothing")
-    p.add_argument("--devices", metavar="0,1,...", help="GPU indices: up to one run per GPU at a time, each pinned to its GPU")
+    p.add_argument("--devices", metavar="0,1,...", help="GPU indices: runs go side by side, each pinned to one of "
+                                                        "these GPUs (one per GPU at a time, see --runs-per-device)")
+    p.add_argument("--runs-per-device", type=int, default=1, metavar="K",
+                   help="runs at a time on each device (default 1): on a GPU, K runs share it (a CIFAR ResNet leaves "
+                        "a large GPU mostly idle); on the CPU, K runs share the cores (--threads cores/K each)")
+    p.add_argument("--launcher", choices=LAUNCHERS, default="local",
+                   help="local (default): runs go from this process; slurm: one task of a Slurm job array per run, "
+                        "submitted through submitit (pip install 'fastres[slurm]'); submitit-local: the same jobs, "
+                        "run on this machine (to try a setup out)")
+    g = p.add_argument_group("scheduler options (with --launcher slurm or submitit-local)")
+    g.add_argument("--time-limit", metavar="TIME", help="each task's time limit, as Slurm writes it (90, 4:00:00, "
+                                                        "1-12:00:00); a task reaching it is requeued and resumes")
+    g.add_argument("--partition", help="Slurm partition")
+    g.add_argument("--gpus-per-run", type=int, metavar="N", help="GPUs per run (default 1; 0 for a CPU partition)")
+    g.add_argument("--cpus-per-run", type=int, metavar="N", help="CPU cores per run (default: the cluster's)")
+    g.add_argument("--account", help="Slurm account to charge")
+    g.add_argument("--qos", help="Slurm quality of service")
+    g.add_argument("--max-parallel", type=int, metavar="N", help="runs at a time (Slurm's array throttle %%N; "
+                                                                 "submitit-local: default 1)")
+    g.add_argument("--max-requeues", type=int, metavar="N", help="how often a task that reaches its time limit is "
+                                                                 "requeued (default 3; preemptions always requeue)")
+    g.add_argument("--slurm", action="append", metavar="KEY=VALUE", help="any other sbatch option, e.g. --slurm "
+                                                                          "mem=32G --slurm constraint=a100 (repeatable)")
     _add_config_options(p)
 
     p = sub.add_parser("report", help="aggregate the runs in a folder: report.md, plots, JSON",
@@ -187,14 +213,21 @@ class _Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
 def _raise_stopped(signum: int, frame: Any) -> None:
+    # Slurm signals every process of a job step and a launcher may pass the same signal on:
+    # a second one must not cut short the checkpoint and summary the first one started.
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     raise _Stopped(signum)
 
 
 def _stop_cleanly_on_signals() -> None:
     """SIGTERM (kill, schedulers) and SIGUSR1/SIGUSR2 (what Slurm sends before it ends or
     preempts a job, with --signal) stop as cleanly as Ctrl-C: checkpoint kept, summary written."""
-    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+    for sig in _STOP_SIGNALS:
         signal.signal(sig, _raise_stopped)
 
 
@@ -222,6 +255,24 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+_SCHEDULER_OPTIONS = ("time_limit", "partition", "gpus_per_run", "cpus_per_run", "account", "qos", "max_parallel",
+                      "max_requeues", "slurm")
+
+
+def _job_options(args: argparse.Namespace) -> JobOptions:
+    """The scheduler options, checked; refused (one line) with the local launcher."""
+    given = {name: getattr(args, name) for name in _SCHEDULER_OPTIONS if getattr(args, name) is not None}
+    if args.launcher == "local":
+        if given:
+            raise FastresError(f"{option_flag(next(iter(given)))} is a scheduler option: add --launcher slurm "
+                               "(or submitit-local), or drop it")
+        return JobOptions()
+    if args.devices or args.runs_per_device != 1:
+        raise FastresError(f"--devices and --runs-per-device place runs on this machine; with --launcher {args.launcher} "
+                           "each run is a job: ask for its GPUs with --gpus-per-run")
+    return job_options(args.launcher, **given)
+
+
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from . import ablate
 
@@ -236,37 +287,47 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     seed = overrides.pop("seed", None)
     presets = list(args.config or []) + (ablate.ablation_presets() if args.all else [])
     devices = ablate.parse_devices(args.devices) if args.devices else None
-    runs = ablate.plan_ablation(presets, seeds=args.seeds, seed=seed, overrides=overrides, out=args.out,
-                                devices=devices if args.dry_run else None)
+    slots = ablate.expand_slots(devices, args.runs_per_device)
+    jobs = _job_options(args)
+    out = args.out
+    if args.launcher != "local":
+        # A job starts in another process, perhaps on another machine: paths must not depend on its directory.
+        out = str(Path(out).resolve())
+        overrides["data_dir"] = str(Path(overrides.get("data_dir", TrainConfig.data_dir)).resolve())
+    def on_cpu() -> bool:  # asks torch (seconds to import) only when the answer matters
+        return not devices and (overrides.get("device") == "cpu" or not _cuda_available())
+
+    # Runs side by side on the CPU share its cores (more threads than cores slow every run down).
+    side_by_side = args.runs_per_device if args.launcher == "local" else (jobs.max_parallel or 1)
+    if args.launcher != "slurm" and side_by_side > 1 and on_cpu():
+        overrides = ablate.share_cores(overrides, side_by_side,
+                                       flag="--runs-per-device" if args.launcher == "local" else "--max-parallel")
+    runs = ablate.plan_ablation(presets, seeds=args.seeds, seed=seed, overrides=overrides, out=out,
+                                devices=slots if args.dry_run and devices else None)
     if args.dry_run:
-        for run in runs:
-            if run.action == "skip":
-                print(f"# {run.run_dir}: already finished", file=sys.stderr)
-            elif run.action == "elsewhere":
-                print(f"# {run.run_dir}: running elsewhere ({run.holder})", file=sys.stderr)
-            else:
-                print(run.shell())
+        _print_dry_run(runs, args.launcher, out, jobs)
         return 0
-    slots = ablate.check_devices(devices, overrides) if devices else None
-    ensure_writable_dir(args.out, "ablation folder", "--out")
-    if slots:
-        why = f"up to {len(slots)} at a time, one per GPU ({', '.join(devices)})"
-    elif overrides.get("device") == "cpu" or not _cuda_available():
-        why = ("one after another: on the CPU each run already uses every core, so runs side by side "
-               "would only slow each other down")
+    ensure_writable_dir(out, "ablation folder", "--out")
+    if args.launcher != "local":
+        return _ablate_with_submitit(args, runs, out, jobs, presets=presets, seed=seed, overrides=overrides)
+    gpus = ablate.check_devices(devices, overrides) if devices else None
+    k = args.runs_per_device
+    if gpus:
+        why = f"up to {len(gpus) * k} at a time, {k} per GPU ({', '.join(devices)})"
+    elif k > 1 and on_cpu():
+        why = f"{k} at a time on the CPU, {overrides['threads']} thread(s) each"
+    elif on_cpu():
+        why = ("one after another: on the CPU each run already uses every core (--runs-per-device K shares "
+               "them between K runs)")
+    elif k > 1:
+        why = f"{k} at a time on the default GPU"
     else:
         why = "one after another on the default GPU (pass --devices 0,1,... to run one per GPU)"
-    ablate.record(args.out, runs, presets=presets, seeds=args.seeds, seed=seed, overrides=overrides)
-    _log(f"ablation in {args.out}: {ablate.describe_plan(runs)}; {why}")
+    ablate.record(out, runs, presets=presets, seeds=args.seeds, seed=seed, overrides=overrides)
+    _log(f"ablation in {out}: {ablate.describe_plan(runs)}; {why}")
     _stop_cleanly_on_signals()
-    result = ablate.run_ablation(runs, devices=slots, log=_log)
-    from .report import write_report
-
-    try:
-        data = write_report(args.out)
-        _log(f"report: {args.out}/{data['files']['markdown']} (plots {data['files']['val_plot']}, {data['files']['lr_plot']})")
-    except FastresError as exc:
-        _log(f"no report: {exc}")
+    result = ablate.run_ablation(runs, devices=gpus, runs_per_device=k, log=_log)
+    _write_study_report(out)
     failed = result.failed
     for r in failed:
         print(f"fastres: failed: {r.run.name} ({r.run.run_dir}): {r.message}", file=sys.stderr, flush=True)
@@ -281,6 +342,75 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     _log(f"ablation finished: {done}/{len(runs)} runs done"
          + (f", {elsewhere} running elsewhere: run the same command again once they finish" if elsewhere else ""))
     return 0
+
+
+def _print_dry_run(runs: Sequence[Any], launcher: str, out: str, jobs: JobOptions) -> None:
+    for run in runs:
+        if run.action == "skip":
+            print(f"# {run.run_dir}: already finished", file=sys.stderr)
+        elif run.action == "elsewhere":
+            print(f"# {run.run_dir}: running elsewhere ({run.holder})", file=sys.stderr)
+    todo = [r for r in runs if r.runs_here]
+    if launcher == "local":
+        for run in todo:
+            print(run.shell())
+        return
+    from .cluster import jobs_folder, sbatch_script
+
+    if launcher == "slurm" and todo:
+        print(f"# the job array fastres would submit with sbatch (not submitted), logs in {jobs_folder(out)}:")
+        print(sbatch_script(todo, out, jobs))
+    print(f"# {len(todo)} task(s); each re-reads its run folder when it starts, then runs:")
+    for i, run in enumerate(todo):
+        print(f"# task {i}: {run.name}: {run.shell()}")
+
+
+def _ablate_with_submitit(args: argparse.Namespace, runs: Sequence[Any], out: str, jobs: JobOptions, *,
+                          presets: list[str], seed: int | None, overrides: dict[str, Any]) -> int:
+    from . import ablate
+    from .cluster import jobs_folder, submit
+
+    _log(f"ablation in {out}: {ablate.describe_plan(runs)}; launcher {args.launcher}")
+    if args.launcher == "slurm":
+        submitted = submit(runs, out, "slurm", jobs, log=_log)
+        ablate.record(out, runs, presets=presets, seeds=args.seeds, seed=seed, overrides=overrides,
+                      launcher="slurm", jobs=submitted.jobs)
+        if submitted.jobs:
+            array = next(iter(submitted.jobs.values())).split("_")[0]
+            _log(f"submitted job array {array}: {len(submitted.jobs)} task(s), logs in {jobs_folder(out)}. "
+                 f"Follow it with: fastres ablate --status {shlex.quote(out)}; then fastres report {shlex.quote(out)}")
+        else:
+            _log("nothing to submit: every run is finished or running elsewhere")
+        return 0
+    _stop_cleanly_on_signals()
+    study = {"presets": presets, "seeds": args.seeds, "seed": seed, "overrides": overrides, "launcher": args.launcher}
+    launch = ablate.record(out, runs, **study)
+    try:
+        submitted = submit(runs, out, args.launcher, jobs, log=_log)
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        raise FastresError("ablation interrupted: its jobs stop cleanly; run the same command again to resume them",
+                           exit_code=128 + int(signum)) from None
+    ablate.record(out, runs, **study, jobs=submitted.jobs, launch=launch)
+    _write_study_report(out)
+    failed = {name: why for name, why in submitted.results.items() if why.startswith("failed")}
+    for name, why in failed.items():
+        print(f"fastres: {name}: {why}", file=sys.stderr, flush=True)
+    if failed:
+        raise FastresError(f"{len(failed)} of {len(runs)} runs failed (listed above; logs in {jobs_folder(out)}). "
+                           "Fix the cause and run the same command again to retry them", exit_code=1)
+    _log(f"ablation finished: {len(submitted.results)} job(s) ended")
+    return 0
+
+
+def _write_study_report(out: str) -> None:
+    from .report import write_report
+
+    try:
+        data = write_report(out)
+        _log(f"report: {out}/{data['files']['markdown']} (plots {data['files']['val_plot']}, {data['files']['lr_plot']})")
+    except FastresError as exc:
+        _log(f"no report: {exc}")
 
 
 def _cuda_available() -> bool:

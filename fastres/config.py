@@ -29,7 +29,7 @@ RES_STEP = 4
 # Fields that describe the machine rather than the training recipe: they may differ
 # between a run and its resume, and between runs that are meant to be comparable.
 MACHINE_FIELDS = frozenset(
-    {"precision", "channels_last", "compile", "loader", "num_workers", "data_dir", "run_dir",
+    {"precision", "channels_last", "compile", "loader", "num_workers", "threads", "data_dir", "run_dir",
      "device", "deterministic", "sync_bn"}
 )
 
@@ -67,6 +67,7 @@ class TrainConfig:
     compile: str = field(default="auto", metadata={"help": "torch.compile the model: auto (on for CUDA, off on CPU), on, off"})
     loader: str = field(default="ffcv", metadata={"help": "ffcv (read the .beton files) or memory (whole uint8 data set on the device, read from the CIFAR-10 source)"})
     num_workers: int = field(default=0, metadata={"help": "FFCV decoding threads (0 = 1 on CPU, 8 on CUDA)"})
+    threads: int = field(default=0, metadata={"help": "CPU threads for torch's operators (0 = torch's default, one per core); fastres ablate --runs-per-device sets it to share the cores between runs"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA when present, else CPU), cuda or cpu"})
     deterministic: bool = field(default=False, metadata={"help": "deterministic algorithms: identical results for identical configs on the same machine"})
     data_dir: str = field(default="data", metadata={"help": "where prepare-data wrote the .beton files"})
@@ -159,7 +160,7 @@ def _validate(c: TrainConfig) -> None:
         raise ConfigError(f"label_smoothing must be in [0, 1), got {c.label_smoothing}")
     if c.warmup_epochs >= c.epochs:
         raise ConfigError(f"warmup_epochs ({c.warmup_epochs}) must be shorter than the run ({c.epochs} epochs)")
-    for name in ("train_subset", "test_subset", "num_workers", "crop_padding"):
+    for name in ("train_subset", "test_subset", "num_workers", "threads", "crop_padding"):
         if getattr(c, name) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(c, name)}")
     _validate_milestones(c)

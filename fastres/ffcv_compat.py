@@ -5,7 +5,6 @@ for worker processes that died or whose parent did."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import multiprocessing
 import os
 import signal
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 
 from .files import write_failure
+from .processes import die_with_parent
 
 
 @contextlib.contextmanager
@@ -44,15 +44,6 @@ class _WorkerFailed(Exception):
     """Raised in the main thread when one of FFCV's writer processes has died."""
 
 
-def _die_with_parent(parent: int) -> None:
-    """Ask the kernel to SIGKILL this process when its parent dies (Linux), so a killed
-    converter leaves no writer behind waiting forever on its queue."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(1)
-
-
 @contextlib.contextmanager
 def guarded_dataset_writer(path: Path) -> Iterator[None]:
     """Run FFCV's ``DatasetWriter`` inside the block with its worker processes kept honest.
@@ -77,7 +68,8 @@ def guarded_dataset_writer(path: Path) -> Iterator[None]:
             super().start()
 
         def run(self) -> None:
-            _die_with_parent(parent)
+            # A killed converter leaves no writer behind waiting forever on its queue.
+            die_with_parent(signal.SIGKILL, parent)
             try:
                 super().run()
             except OSError as exc:

@@ -14,7 +14,8 @@
 
 Accuracies are fractions in [0, 1] in every file. A study (``fastres ablate``) is a folder of
 run directories, ``<out>/<preset>/seed<S>/``, with ``<out>/study.json`` recording its plan and
-every launch of it.
+every launch of it (with the job id of each run a scheduler took), and ``<out>/jobs/`` holding
+the scheduler's logs.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ RUNS_ROOT = "runs"  # where runs go unless --run-dir says otherwise
 STUDY_ROOT = "runs/ablations"  # fastres ablate's default --out: one run directory per (preset, seed)
 STUDY = "study.json"  # in a study's folder: its plan and every launch of it
 STUDY_LOCK = ".study.lock"
+STUDY_JOBS = "jobs"  # in a study's folder: submitit's job scripts, pickles and one log per task
 
 # Keys every metrics.jsonl row carries; TensorBoard gets the same scalars.
 METRIC_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "epoch_time_s")
@@ -238,7 +240,10 @@ def record_study(out: str | Path, plan: dict[str, Any], launch: dict[str, Any]) 
         except (OSError, ValueError):
             old = {}
         runs = {r["run_dir"]: r for r in [*old.get("runs", []), *plan["runs"]]}
-        doc = {**plan, "runs": list(runs.values()), "launches": [*old.get("launches", []), launch]}
+        # The same launch recorded again (now with its job ids) replaces its first entry.
+        key = (launch.get("host"), launch.get("pid"), launch.get("started"))
+        earlier = [e for e in old.get("launches", []) if (e.get("host"), e.get("pid"), e.get("started")) != key]
+        doc = {**plan, "runs": list(runs.values()), "launches": [*earlier, launch]}
         atomic_write_text(out / STUDY, json.dumps(doc, indent=2) + "\n")
 
 

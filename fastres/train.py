@@ -426,6 +426,8 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print, progress: 
         config = config.replace(run_dir=str(default_run_dir(config.preset)))
     # Recorded absolute, so `fastres eval` and `--resume` find the data from any directory.
     config = config.replace(data_dir=str(Path(config.data_dir).resolve()))
+    if config.threads:  # before the loaders, which keep the count FFCV would otherwise reset
+        torch.set_num_threads(config.threads)
     set_deterministic(config.deterministic)
     runtime = resolve_runtime(config, local_rank=d.local_rank if d.enabled else None)
     distributed.init(d, runtime.device.type)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent install of fastres into ./.venv: the system headers ffcv compiles against,
-# a virtualenv, and fastres with its dev extra (ffcv, pytest, pytest-benchmark, ruff).
+# a virtualenv, and fastres with its dev extra (ffcv, submitit, pytest, pytest-benchmark, ruff).
 # Re-running it does nothing when the environment is already up to date.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

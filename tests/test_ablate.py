@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shlex
 import signal
 import statistics
@@ -15,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from fastres import ablate
 from fastres.ablate import PlannedRun, check_devices, plan_ablation, run_ablation
 from fastres.cli import _config_from_args, build_parser
+from fastres.errors import FastresError
 from fastres.rundir import RunDir
 
 from .conftest import REPO, run_cli, run_main
@@ -283,7 +286,7 @@ NON_DEFAULT = {
     "momentum": 0.8, "nesterov": True, "weight_decay": 0.0, "label_smoothing": 0.1, "augment": False,
     "crop_padding": 2, "min_res": 16, "res_ramp": (0.2, 0.8), "eval_tta": True, "shuffle": False,
     "sync_bn": True, "seed": 7, "train_subset": 1000, "test_subset": 100, "precision": "fp32",
-    "channels_last": False, "compile": "off", "loader": "memory", "num_workers": 3, "device": "cpu",
+    "channels_last": False, "compile": "off", "loader": "memory", "num_workers": 3, "threads": 3, "device": "cpu",
     "deterministic": True, "data_dir": "my data/cifar 10", "run_dir": "study with spaces",
     "preset": "cosine",
 }
@@ -369,3 +372,39 @@ def test_two_studies_on_one_folder_share_out_the_runs_and_train_each_once(synthe
         assert run.state() == "completed" and [r["epoch"] for r in run.read_metrics()] == [1], folder
     report = json.loads(in_process("report", str(out), "--json").stdout)
     assert len(report["runs"]) == 4 and not report["unfinished"]
+
+
+def test_runs_per_device_interleaves_gpus_and_shares_the_cpu_cores():
+    assert ablate.expand_slots(["0", "1"], 2) == ["0", "1", "0", "1"]
+    assert ablate.expand_slots(None, 3) == [None, None, None]
+    assert ablate.share_cores({"lr": 0.1}, 2, cores=4) == {"lr": 0.1, "threads": 2}
+    assert ablate.share_cores({"threads": 3}, 2, cores=4) == {"threads": 3}, "a given --threads is kept"
+    with pytest.raises(FastresError, match="--runs-per-device 3 on 2 CPU core"):
+        ablate.share_cores({}, 3, cores=2)
+    with pytest.raises(FastresError, match="--runs-per-device must be a whole number"):
+        ablate.expand_slots(None, 0)
+
+
+def test_dry_run_pins_k_runs_to_each_gpu(tmp_path):
+    res = in_process("ablate", "--config", "baseline", "--seeds", "4", "--devices", "0,1", "--runs-per-device", "2",
+                     "--dry-run", "--out", str(tmp_path / "s"))
+    assert res.returncode == 0, res.stderr
+    assert [line.split()[0] for line in res.stdout.splitlines()] == [
+        "CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1", "CUDA_VISIBLE_DEVICES=0", "CUDA_VISIBLE_DEVICES=1"]
+
+
+def test_runs_per_device_on_the_cpu_runs_side_by_side_with_a_share_of_the_cores(synthetic_data, memory_source, tmp_path):
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("two runs side by side need two cores")
+    out = tmp_path / "pair"
+    res = run_cli("ablate", "--config", "baseline", "--seeds", "2", *TINY, "--epochs", "2", "--device", "cpu",
+                  "--runs-per-device", "2", "--data-dir", str(synthetic_data), "--out", str(out), cwd=REPO)
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    first_done = next(i for i, line in enumerate(lines) if line.startswith("done "))
+    started = [i for i, line in enumerate(lines) if line.startswith(("[1/2]", "[2/2]"))]
+    assert len(started) == 2 and max(started) < first_done, "both runs started before either finished"
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert f"2 at a time on the CPU, {threads} thread(s) each" in res.stdout
+    for seed in (42, 43):
+        assert json.loads((out / "baseline" / f"seed{seed}" / "config.json").read_text())["threads"] == threads

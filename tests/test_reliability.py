@@ -50,8 +50,10 @@ def reference_run(synthetic_data, tmp_path_factory):
 
 
 # SIGUSR2 (or SIGUSR1) is what Slurm sends ahead of a time limit or preemption.
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGUSR2, 140)])
-def test_signal_mid_epoch_then_resume_is_bit_identical(synthetic_data, reference_run, tmp_path, sig, code):
+# Twice: Slurm signals every process of the job step, and the launcher passes its signal on too.
+@pytest.mark.parametrize("sig,code,times", [(signal.SIGINT, 130, 1), (signal.SIGTERM, 143, 1),
+                                            (signal.SIGUSR2, 140, 1), (signal.SIGUSR2, 140, 2)])
+def test_signal_mid_epoch_then_resume_is_bit_identical(synthetic_data, reference_run, tmp_path, sig, code, times):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "fastres", "train", *RECIPE, "--data-dir", str(synthetic_data), "--run-dir", str(run_dir)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
@@ -61,7 +63,9 @@ def test_signal_mid_epoch_then_resume_is_bit_identical(synthetic_data, reference
         assert time.monotonic() < deadline
         time.sleep(0.02)
     time.sleep(0.3)  # into epoch 2
-    proc.send_signal(sig)
+    for _ in range(times):
+        proc.send_signal(sig)
+        time.sleep(0.05)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
     assert "Traceback" not in err
