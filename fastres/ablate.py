@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -39,7 +40,7 @@ from .config import (
 )
 from .errors import FastresError
 from .formatting import compact, duration
-from .rundir import STUDY_ROOT, RunDir, RunDirBusy, read_study, record_study
+from .rundir import STUDY_JOBS, STUDY_ROOT, RunDir, RunDirBusy, read_study, record_study
 
 TRAIN = [sys.executable, "-m", "fastres", "train"]
 
@@ -53,7 +54,7 @@ def ablation_presets() -> list[str]:
 class PlannedRun:
     """One (preset, seed) of a study: where it lives, what is to be done, the exact command."""
 
-    preset: str
+    preset: str  # the preset it starts from; a variant's name is its setting
     seed: int
     run_dir: Path
     config: TrainConfig
@@ -64,14 +65,20 @@ class PlannedRun:
     device: str | None = None  # CUDA_VISIBLE_DEVICES of the child in a --dry-run with --devices
     holder: str = ""  # for "elsewhere": the process that holds the run directory
     resume_command: tuple[str, ...] = ()  # continues the run, should it be begun meanwhile
+    setting: str = ""  # the folder it lives in: the preset's name, or a --variant's
 
     @property
     def runs_here(self) -> bool:
         return self.action in ("train", "resume")
 
     @property
+    def group(self) -> str:
+        """Its setting: the preset, or the variant of it."""
+        return self.setting or self.preset
+
+    @property
     def name(self) -> str:
-        return f"{self.preset}/seed{self.seed}"
+        return f"{self.group}/seed{self.seed}"
 
     def shell(self) -> str:
         """The command as one pasteable shell line (with its GPU pinning, if any)."""
@@ -81,23 +88,30 @@ class PlannedRun:
 
 def plan_ablation(presets: Sequence[str], *, seeds: int = 1, seed: int | None = None,
                   overrides: Mapping[str, Any] | None = None, out: str | Path = STUDY_ROOT,
-                  devices: Sequence[str] | None = None) -> list[PlannedRun]:
+                  devices: Sequence[str] | None = None,
+                  variants: Mapping[str, Mapping[str, Any]] | None = None) -> list[PlannedRun]:
     """The runs of a study, in order (preset by preset, seeds ascending), each with its command.
 
     ``presets`` are preset names or aliases; ``seed`` is the first seed (default: each
-    preset's own); ``overrides`` are TrainConfig fields applied to every run. Bad input and
-    run directories that hold a different recipe raise ``FastresError`` before anything runs.
-    ``devices`` only labels the commands (round robin) for ``--dry-run`` output.
+    preset's own); ``overrides`` are TrainConfig fields applied to every run. ``variants``
+    (name -> TrainConfig fields) adds, for one preset, each named variant of it over the same
+    seeds, in ``OUT/<name>/seed<S>``, next to the preset's own runs (their reference). Bad
+    input and run directories that hold a different recipe raise ``FastresError`` before
+    anything runs. ``devices`` only labels the commands (round robin) for ``--dry-run`` output.
     """
     overrides = dict(overrides or {})
+    variants = {k: dict(v) for k, v in (variants or {}).items()}
     names = _check_study(presets, seeds, overrides)
+    _check_variants(names, variants)
+    settings = [(name, name, {}) for name in names] + [(v, names[0], o) for v, o in variants.items()]
     runs: list[PlannedRun] = []
     conflicts: list[str] = []
-    for name in names:
+    for setting, name, extra in settings:
         base = get_preset(name)
         first = base.seed if seed is None else seed
+        changes = {**overrides, **extra}
         for s in range(first, first + seeds):
-            planned = _plan_run(name, s, base.replace(**overrides, seed=s), overrides, Path(out))
+            planned = _plan_run(name, s, base.replace(**changes, seed=s), changes, Path(out), setting)
             if isinstance(planned, str):
                 conflicts.append(planned)
             else:
@@ -133,11 +147,30 @@ def _check_study(presets: Sequence[str], seeds: int, overrides: Mapping[str, Any
     return list(dict.fromkeys(get_preset(p).preset for p in presets))
 
 
+_VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+
+def _check_variants(presets: Sequence[str], variants: Mapping[str, Mapping[str, Any]]) -> None:
+    if not variants:
+        return
+    if len(presets) != 1:
+        raise FastresError(f"--variant varies one preset, and {len(presets)} were chosen ({', '.join(presets)}): "
+                           "pass a single --config NAME")
+    for name, changes in variants.items():
+        if not _VARIANT_NAME.fullmatch(name) or name in (STUDY_JOBS, presets[0]):
+            raise FastresError(f"variant name {name!r} cannot name a folder of the study: use letters, digits and "
+                               f"_.+- (not {presets[0]!r} or {STUDY_JOBS!r}), e.g. --variant ema:\"--ema 0.99\"")
+        if not changes:
+            raise FastresError(f"variant {name!r} changes nothing: give it options, e.g. --variant {name}:\"--ema 0.99\"")
+        _check_study(presets, 1, changes)
+
+
 def _plan_run(preset: str, seed: int, config: TrainConfig, overrides: Mapping[str, Any],
-              out: Path) -> PlannedRun | str:
+              out: Path, setting: str = "") -> PlannedRun | str:
     """What to do with one (preset, seed), read from its run directory; or, when that holds
     another recipe, a description of the conflict."""
-    run_dir = out / preset / f"seed{seed}"
+    setting = setting or preset
+    run_dir = out / setting / f"seed{seed}"
     config = config.replace(run_dir=str(run_dir))
     # Only machine settings may change on a resume; the recipe is the recorded one.
     machine = {k: v for k, v in overrides.items() if k in MACHINE_FIELDS}
@@ -146,7 +179,7 @@ def _plan_run(preset: str, seed: int, config: TrainConfig, overrides: Mapping[st
     state = run.state()
     if state == "new":
         command = (*TRAIN, "--preset", preset, "--seed", str(seed), *option_args(overrides), "--run-dir", str(run_dir))
-        return PlannedRun(preset, seed, run_dir, config, "train", state, command, resume_command=resume)
+        return PlannedRun(preset, seed, run_dir, config, "train", state, command, resume_command=resume, setting=setting)
     diffs = recipe_differences(TrainConfig.from_dict(run.read_config()), config)
     if diffs:
         return f"{run_dir} ({describe_differences(diffs, 'planned')})"
@@ -154,11 +187,11 @@ def _plan_run(preset: str, seed: int, config: TrainConfig, overrides: Mapping[st
     if state == "running":
         # Another process trains it (a second sweep, a requeued job): not ours to start.
         return PlannedRun(preset, seed, run_dir, config, "elsewhere", state, (), done, holder=run.describe_holder(),
-                          resume_command=resume)
+                          resume_command=resume, setting=setting)
     if state in ("completed", "diverged"):
         # A diverged run is a result: the same recipe and seed would diverge again.
-        return PlannedRun(preset, seed, run_dir, config, "skip", state, (), done, resume_command=resume)
-    return PlannedRun(preset, seed, run_dir, config, "resume", state, resume, done, resume_command=resume)
+        return PlannedRun(preset, seed, run_dir, config, "skip", state, (), done, resume_command=resume, setting=setting)
+    return PlannedRun(preset, seed, run_dir, config, "resume", state, resume, done, resume_command=resume, setting=setting)
 
 
 def refresh(run: PlannedRun) -> PlannedRun:
@@ -268,7 +301,7 @@ class _Eta:
         seen: dict[str, list[float]] = {}
         for run in self.runs:
             for row in RunDir(run.run_dir).read_metrics():
-                seen.setdefault(run.preset, []).append(float(row["epoch_time_s"]))
+                seen.setdefault(run.group, []).append(float(row["epoch_time_s"]))
         return seen
 
     def left(self, pending: Sequence[PlannedRun]) -> float | None:
@@ -281,7 +314,7 @@ class _Eta:
         total = 0.0
         for run in pending:
             left_epochs = run.config.epochs - len(RunDir(run.run_dir).read_metrics())
-            total += max(0, left_epochs) * per_preset.get(run.preset, fallback) + overhead
+            total += max(0, left_epochs) * per_preset.get(run.group, fallback) + overhead
         return total / self.slots
 
 
@@ -462,10 +495,10 @@ def _result_line(r: RunResult) -> str:
 
 def describe_plan(runs: Sequence[PlannedRun]) -> str:
     """One line: how many runs, presets, seeds, and what will happen to them."""
-    presets = list(dict.fromkeys(r.preset for r in runs))
+    settings = list(dict.fromkeys(r.group for r in runs))
     counts = {a: sum(r.action == a for r in runs) for a in ("train", "resume", "skip", "elsewhere")}
     elsewhere = f", {counts['elsewhere']} running elsewhere" if counts["elsewhere"] else ""
-    return (f"{len(runs)} run(s) ({len(presets)} preset(s) x {len(runs) // max(1, len(presets))} seed(s)): "
+    return (f"{len(runs)} run(s) ({len(settings)} setting(s) x {len(runs) // max(1, len(settings))} seed(s)): "
             f"{counts['train']} to train, {counts['resume']} to resume, {counts['skip']} already finished{elsewhere}")
 
 
@@ -488,7 +521,8 @@ def preset_listing() -> str:
 
 def record(out: str | Path, runs: Sequence[PlannedRun], *, presets: Sequence[str], seeds: int,
            seed: int | None, overrides: Mapping[str, Any], launcher: str = "local",
-           jobs: Mapping[str, str] | None = None, launch: Mapping[str, Any] | None = None) -> dict[str, Any]:
+           jobs: Mapping[str, str] | None = None, launch: Mapping[str, Any] | None = None,
+           variants: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Record the plan and this launch in ``OUT/study.json`` (read by ``fastres ablate --status``)
     and return the launch's entry; passing that back as ``launch`` updates it (with ``jobs``,
     run names ``preset/seedS`` -> the scheduler's job ids) instead of adding another."""
@@ -496,7 +530,9 @@ def record(out: str | Path, runs: Sequence[PlannedRun], *, presets: Sequence[str
     plan = {
         "format": "fastres-study", "version": 1, "presets": list(presets), "seeds": seeds, "first_seed": seed,
         "overrides": json.loads(json.dumps(dict(overrides), default=list)), "launcher": launcher,
-        "runs": [{"preset": r.preset, "seed": r.seed, "run_dir": str(r.run_dir.relative_to(out))} for r in runs],
+        "variants": json.loads(json.dumps(dict(variants or {}), default=list)),
+        "runs": [{"preset": r.preset, "setting": r.group, "seed": r.seed, "run_dir": str(r.run_dir.relative_to(out))}
+                 for r in runs],
     }
     entry = dict(launch) if launch else {"launcher": launcher, "host": socket.gethostname(), "pid": os.getpid(),
                                          "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv[1:]}
@@ -519,7 +555,7 @@ def status_lines(out: str | Path) -> list[str]:
     rows = []
     for entry in study.get("runs", []):
         run = RunDir(Path(out) / entry["run_dir"])
-        name = f"{entry['preset']}/seed{entry['seed']}"
+        name = f"{entry.get('setting', entry['preset'])}/seed{entry['seed']}"
         state = run.state()
         status = f"running ({run.describe_holder()})" if state == "running" else _STATUS.get(state, state)
         planned = run.read_config().get("epochs", "?") if run.holds_run() else "?"

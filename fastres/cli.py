@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average the predictions for each image and its mirror (default: as the run evaluated, "
                         "its eval_tta)")
+    p.add_argument("--tta-translate", type=int, default=None, metavar="N",
+                   help="multi-view TTA: add views shifted by N pixels (default: as the run's last evaluation, its tta_translate)")
+    p.add_argument("--weights", choices=("auto", "averaged", "raw"), default="auto",
+                   help="auto (default): the weight average when the run kept one (--ema), else the trained weights")
     p.add_argument("--checkpoint", choices=("last", "best"), default="last")
     p.add_argument("--data-dir", default=None,
                    help="where the .beton files are (default: the data_dir the run recorded)")
@@ -160,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="the seven ablation presets of the original study")
     p.add_argument("--seeds", type=int, default=1, metavar="N", help="runs per preset, seeds S..S+N-1 (default: 1); S is --seed (default: the preset's, 42)")
     p.add_argument("--out", default=STUDY_ROOT, metavar="DIR", help=f"where the run directories and the report go (default: {STUDY_ROOT})")
+    p.add_argument("--variant", action="append", metavar='NAME:"OPTIONS"',
+                   help='a named variant of the (one) preset: its training options, run over the same seeds into '
+                        'OUT/NAME/seed<S> next to the preset\'s own runs, which the report compares it with, '
+                        'paired by seed (repeatable), e.g. --variant ema:"--ema 0.99" --variant bn:"--bn-momentum 0.4"')
     p.add_argument("--dry-run", action="store_true", help="print the fastres train commands, one per line, and run nothing")
     p.add_argument("--devices", metavar="0,1,...", help="GPU indices: runs go side by side, each pinned to one of "
                                                         "these GPUs (one per GPU at a time, see --runs-per-device)")
@@ -192,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "epochs, wall time, images/s, the original study's number), DIR/report.json and the "
                                    "plots DIR/val_acc.png and DIR/lr_schedule.png. Unfinished runs are listed, not counted.")
     p.add_argument("dir", metavar="DIR", help="a folder of runs, e.g. the --out of fastres ablate")
+    p.add_argument("--reference", metavar="NAME", help="the setting every other is compared with (a preset's or a "
+                                                       "--variant's name; default: baseline, or the study's preset "
+                                                       "when it has variants); paired by seed where seeds match")
     p.add_argument("--json", action="store_true", help="print the aggregated results as JSON (accuracies as fractions)")
 
     _add_bench_parser(sub)
@@ -245,18 +256,46 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .train import evaluate_run
 
-    result = evaluate_run(args.run_dir, tta=args.tta, which=args.checkpoint, device=args.device,
-                          data_dir=args.data_dir, log=_log)
+    result = evaluate_run(args.run_dir, tta=args.tta, translate=args.tta_translate, which=args.checkpoint,
+                          weights=args.weights, device=args.device, data_dir=args.data_dir, log=_log)
     if args.json:
         print(json.dumps(result))
     else:
+        views = (f"flip + {result['translate']}-pixel shifts TTA" if result["translate"]
+                 else "flip TTA" if result["tta"] else "no TTA")
         print(f"{args.run_dir}: test accuracy {100 * result['acc']:.2f}% (loss {result['loss']:.4f}, "
-              f"{result['images']} images, epoch {result['epoch']}, {'flip TTA' if result['tta'] else 'no TTA'})")
+              f"{result['images']} images, epoch {result['epoch']}, {result['weights']} weights, {views})")
     return 0
 
 
 _SCHEDULER_OPTIONS = ("time_limit", "partition", "gpus_per_run", "cpus_per_run", "account", "qos", "max_parallel",
                       "max_requeues", "slurm")
+
+
+class _VariantParser(_Parser):
+    def error(self, message: str) -> typing.NoReturn:
+        raise FastresError(f"{self.prog}: {message}")
+
+
+def _parse_variants(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["ema:--ema 0.99", ...]`` -> {"ema": {"ema": 0.99}, ...}, read as fastres train reads options."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    variants: dict[str, dict[str, Any]] = {}
+    for item in items:
+        name, sep, text = item.partition(":")
+        if not sep or not name.strip():
+            raise FastresError(f'--variant takes NAME:"OPTIONS", e.g. --variant ema:"--ema 0.99", got {item!r}')
+        name = name.strip()
+        if name in variants:
+            raise FastresError(f"--variant {name} is given twice: give each variant its own name")
+        parser = _VariantParser(prog=f"--variant {name}", add_help=False)
+        _add_config_options(parser)
+        try:
+            parsed = parser.parse_args(shlex.split(text))
+        except ValueError as exc:  # unbalanced quotes
+            raise FastresError(f"--variant {name}: {exc} in {text!r}") from None
+        variants[name] = {k: v for k, v in vars(parsed).items() if k in names}
+    return variants
 
 
 def _job_options(args: argparse.Namespace) -> JobOptions:
@@ -302,14 +341,18 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     if args.launcher != "slurm" and side_by_side > 1 and on_cpu():
         overrides = ablate.share_cores(overrides, side_by_side,
                                        flag="--runs-per-device" if args.launcher == "local" else "--max-parallel")
+    variants = _parse_variants(args.variant or [])
     runs = ablate.plan_ablation(presets, seeds=args.seeds, seed=seed, overrides=overrides, out=out,
-                                devices=slots if args.dry_run and devices else None)
+                                devices=slots if args.dry_run and devices else None, variants=variants)
+    # A study of variants compares them with the preset they vary.
+    reference = get_preset(presets[0]).preset if variants else None
     if args.dry_run:
         _print_dry_run(runs, args.launcher, out, jobs)
         return 0
     ensure_writable_dir(out, "ablation folder", "--out")
+    study = {"presets": presets, "seeds": args.seeds, "seed": seed, "overrides": overrides, "variants": variants}
     if args.launcher != "local":
-        return _ablate_with_submitit(args, runs, out, jobs, presets=presets, seed=seed, overrides=overrides)
+        return _ablate_with_submitit(args, runs, out, jobs, study, reference)
     gpus = ablate.check_devices(devices, overrides) if devices else None
     k = args.runs_per_device
     if gpus:
@@ -323,11 +366,11 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         why = f"{k} at a time on the default GPU"
     else:
         why = "one after another on the default GPU (pass --devices 0,1,... to run one per GPU)"
-    ablate.record(out, runs, presets=presets, seeds=args.seeds, seed=seed, overrides=overrides)
+    ablate.record(out, runs, **study)
     _log(f"ablation in {out}: {ablate.describe_plan(runs)}; {why}")
     _stop_cleanly_on_signals()
     result = ablate.run_ablation(runs, devices=gpus, runs_per_device=k, log=_log)
-    _write_study_report(out)
+    _write_study_report(out, reference)
     failed = result.failed
     for r in failed:
         print(f"fastres: failed: {r.run.name} ({r.run.run_dir}): {r.message}", file=sys.stderr, flush=True)
@@ -365,16 +408,15 @@ def _print_dry_run(runs: Sequence[Any], launcher: str, out: str, jobs: JobOption
         print(f"# task {i}: {run.name}: {run.shell()}")
 
 
-def _ablate_with_submitit(args: argparse.Namespace, runs: Sequence[Any], out: str, jobs: JobOptions, *,
-                          presets: list[str], seed: int | None, overrides: dict[str, Any]) -> int:
+def _ablate_with_submitit(args: argparse.Namespace, runs: Sequence[Any], out: str, jobs: JobOptions,
+                          study: dict[str, Any], reference: str | None) -> int:
     from . import ablate
     from .cluster import jobs_folder, submit
 
     _log(f"ablation in {out}: {ablate.describe_plan(runs)}; launcher {args.launcher}")
     if args.launcher == "slurm":
         submitted = submit(runs, out, "slurm", jobs, log=_log)
-        ablate.record(out, runs, presets=presets, seeds=args.seeds, seed=seed, overrides=overrides,
-                      launcher="slurm", jobs=submitted.jobs)
+        ablate.record(out, runs, **study, launcher="slurm", jobs=submitted.jobs)
         if submitted.jobs:
             array = next(iter(submitted.jobs.values())).split("_")[0]
             _log(f"submitted job array {array}: {len(submitted.jobs)} task(s), logs in {jobs_folder(out)}. "
@@ -383,7 +425,7 @@ def _ablate_with_submitit(args: argparse.Namespace, runs: Sequence[Any], out: st
             _log("nothing to submit: every run is finished or running elsewhere")
         return 0
     _stop_cleanly_on_signals()
-    study = {"presets": presets, "seeds": args.seeds, "seed": seed, "overrides": overrides, "launcher": args.launcher}
+    study = {**study, "launcher": args.launcher}
     launch = ablate.record(out, runs, **study)
     try:
         submitted = submit(runs, out, args.launcher, jobs, log=_log)
@@ -392,7 +434,7 @@ def _ablate_with_submitit(args: argparse.Namespace, runs: Sequence[Any], out: st
         raise FastresError("ablation interrupted: its jobs stop cleanly; run the same command again to resume them",
                            exit_code=128 + int(signum)) from None
     ablate.record(out, runs, **study, jobs=submitted.jobs, launch=launch)
-    _write_study_report(out)
+    _write_study_report(out, reference)
     failed = {name: why for name, why in submitted.results.items() if why.startswith("failed")}
     for name, why in failed.items():
         print(f"fastres: {name}: {why}", file=sys.stderr, flush=True)
@@ -403,11 +445,11 @@ def _ablate_with_submitit(args: argparse.Namespace, runs: Sequence[Any], out: st
     return 0
 
 
-def _write_study_report(out: str) -> None:
+def _write_study_report(out: str, reference: str | None) -> None:
     from .report import write_report
 
     try:
-        data = write_report(out)
+        data = write_report(out, reference)
         _log(f"report: {out}/{data['files']['markdown']} (plots {data['files']['val_plot']}, {data['files']['lr_plot']})")
     except FastresError as exc:
         _log(f"no report: {exc}")
@@ -422,7 +464,7 @@ def _cuda_available() -> bool:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import summary_table, write_report
 
-    data = write_report(args.dir)
+    data = write_report(args.dir, args.reference)
     if args.json:
         print(json.dumps(data, indent=2))
     else:

@@ -57,6 +57,12 @@ class TrainConfig:
     min_res: int = field(default=32, metadata={"help": "progressive resizing: train the first epochs at this input size, growing to 32 (32 = off)"})
     res_ramp: tuple[float, float] = field(default=(0.0, 0.0), metadata={"help": "progressive resizing: the input size grows linearly from --min-res to 32 between these points of the run, as fractions (START,END), so an --epochs override keeps the shape", "metavar": "START,END"})
     eval_tta: bool = field(default=False, metadata={"help": "evaluate with flip test-time augmentation (the mean of each image's and its mirror's logits)"})
+    tta_translate: int = field(default=0, metadata={"help": "multi-view test-time augmentation: the flip pair plus the image shifted by this many pixels up-left and down-right, each with its mirror (0 = off; airbench uses 1)"})
+    tta_final_only: bool = field(default=False, metadata={"help": "apply --tta-translate only at the last epoch's evaluation (each view costs a test pass; earlier epochs use --eval-tta)"})
+    ema: float = field(default=0.0, metadata={"help": "exponential moving average of the weights and BatchNorm statistics, this decay per step (0 = off; e.g. 0.99): evaluated, checkpointed and what fastres eval tests"})
+    bn_momentum: float = field(default=0.1, metadata={"help": "BatchNorm running-statistics momentum (PyTorch's default 0.1; airbench uses 0.4 for short runs)"})
+    decay_norm_bias: bool = field(default=True, metadata={"help": "weight decay on BatchNorm parameters and biases too (--no-decay-norm-bias: on filters only)"})
+    bn_bias_lr: float = field(default=1.0, metadata={"help": "learning-rate multiplier for BatchNorm biases (1 = the same lr as everything else)"})
     shuffle: bool = field(default=True, metadata={"help": "shuffle the training set every epoch (off: sequential order)"})
     sync_bn: bool = field(default=False, metadata={"help": "SyncBatchNorm across data-parallel processes (torchrun)"})
     seed: int = field(default=42, metadata={"help": "seed for initialisation, data order and augmentation"})
@@ -165,6 +171,20 @@ def _validate(c: TrainConfig) -> None:
             raise ConfigError(f"{name} must be >= 0, got {getattr(c, name)}")
     _validate_milestones(c)
     _validate_resolution(c)
+    _validate_recipe_options(c)
+
+
+def _validate_recipe_options(c: TrainConfig) -> None:
+    if not (isinstance(c.ema, int | float) and math.isfinite(c.ema) and 0 <= c.ema < 1):
+        raise ConfigError(f"ema must be a decay in [0, 1) (0 = off), got {c.ema!r}: pass e.g. --ema 0.99")
+    if not (isinstance(c.bn_momentum, int | float) and math.isfinite(c.bn_momentum) and 0 < c.bn_momentum <= 1):
+        raise ConfigError(f"bn_momentum must be in (0, 1], got {c.bn_momentum!r}: pass e.g. --bn-momentum 0.4 "
+                          "(PyTorch's default is 0.1)")
+    _positive("bn_bias_lr", c.bn_bias_lr, "--bn-bias-lr")
+    if not isinstance(c.tta_translate, int) or isinstance(c.tta_translate, bool) or not 0 <= c.tta_translate <= 4:
+        raise ConfigError(f"tta_translate must be 0 to 4 pixels, got {c.tta_translate!r}: pass e.g. --tta-translate 1")
+    if c.tta_final_only and not c.tta_translate:
+        raise ConfigError("tta_final_only needs --tta-translate N: it says when the multi-view TTA applies")
 
 
 def _validate_resolution(c: TrainConfig) -> None:

@@ -20,7 +20,7 @@ from .config import PRESETS, TrainConfig
 from .errors import FastresError
 from .files import atomic_path, atomic_write_text
 from .formatting import compact, duration
-from .rundir import STUDY_ROOT, find_runs
+from .rundir import STUDY, STUDY_ROOT, find_runs, read_study
 from .schedule import lr_factor
 
 # The original study: one run per setting, 100 epochs, best-epoch test accuracy (percent).
@@ -53,6 +53,7 @@ class Group:
     recipe: dict[str, Any]
     config: TrainConfig  # of its first run: the setting's recipe
     runs: list[Run] = field(default_factory=list)
+    name: str = ""  # the folder its runs share (OUT/<name>/seed<S>), e.g. an ablate --variant's name
 
     @property
     def done(self) -> list[Run]:
@@ -93,8 +94,19 @@ def load_runs(root: str | Path) -> list[Run]:
     return runs
 
 
-def group_runs(runs: list[Run]) -> list[Group]:
-    """One group per (preset, recipe without the seed), in the ablation table's order."""
+def study_variants(root: str | Path) -> frozenset[str]:
+    """The names of the variants a ``fastres ablate`` study in ``root`` ran (none elsewhere)."""
+    if not (Path(root) / STUDY).exists():
+        return frozenset()
+    try:
+        return frozenset(read_study(root).get("variants", {}))
+    except FastresError:
+        return frozenset()
+
+
+def group_runs(runs: list[Run], variants: frozenset[str] = frozenset()) -> list[Group]:
+    """One group per (preset, recipe without the seed), in the ablation table's order; a group
+    living in the folder of one of the study's ``variants`` is labelled with its name."""
     groups: dict[tuple[str, str], Group] = {}
     for run in runs:
         recipe = {k: v for k, v in run.config.recipe().items() if k not in _NOT_SETTING}
@@ -103,24 +115,67 @@ def group_runs(runs: list[Run]) -> list[Group]:
             groups[key] = Group(run.config.preset, run.config.preset or "custom", recipe, run.config)
         groups[key].runs.append(run)
     result = list(groups.values())
-    # Settings that share a preset name get the fields that tell them apart in their label.
+    for g in result:
+        folders = {r.rel.split("/")[0] for r in g.runs if "/" in r.rel}
+        folder = folders.pop() if len(folders) == 1 else ""
+        g.name = folder if folder in variants or folder == g.preset else ""
+        if g.name in variants:  # a named variant: its name says which setting it is
+            g.label = g.name
+    # Other settings that share a preset name get the fields that tell them apart in their label.
     for preset in {g.preset for g in result}:
-        same = [g for g in result if g.preset == preset]
+        same = [g for g in result if g.preset == preset and g.label == (preset or "custom")]
         if len(same) > 1:
             varying = [k for k in same[0].recipe if len({json.dumps(g.recipe[k]) for g in same}) > 1]
             for g in same:
                 g.label = f"{preset or 'custom'} ({', '.join(f'{k}={compact(g.recipe[k])}' for k in varying)})"
     order = list(PRESETS)
-    result.sort(key=lambda g: (order.index(g.preset) if g.preset in order else len(order), g.label))
+    # A preset's own runs come before its variants (they are the variants' reference).
+    result.sort(key=lambda g: (order.index(g.preset) if g.preset in order else len(order),
+                               g.label != (g.preset or "custom") and not g.label.startswith(f"{g.preset} ("), g.label))
     return result
 
 
-def aggregate(root: str | Path, runs: list[Run] | None = None) -> dict[str, Any]:
-    """Everything the report shows, as plain data (accuracies as fractions, like summary.json)."""
+def find_reference(groups: list[Group], reference: str | None) -> Group | None:
+    """The setting the others are compared with: the one named ``reference`` (a variant's or
+    preset's name, or a label), else ``baseline`` when the runs include it."""
+    if reference is None:
+        named = [g for g in groups if g.preset == "baseline" and g.done]
+        return next((g for g in named if g.name in ("", "baseline")), named[0] if named else None)
+    for g in groups:
+        if reference in (g.name, g.label) or (g.preset == reference and g.name in ("", reference)):
+            return g
+    names = ", ".join(dict.fromkeys(g.name or g.label for g in groups))
+    raise FastresError(f"no setting named {reference!r} among the runs: pass --reference with one of {names}")
+
+
+def difference(group: Group, reference: Group) -> dict[str, Any] | None:
+    """Final accuracy of ``group`` minus ``reference``'s: paired by seed when at least two
+    seeds ran in both (seed noise then cancels as far as it is shared), else the difference
+    of the means; with the standard error of either."""
+    mine = {r.config.seed: r.summary["final_val_acc"] for r in group.done}
+    theirs = {r.config.seed: r.summary["final_val_acc"] for r in reference.done}
+    if not mine or not theirs:
+        return None
+    common = sorted(set(mine) & set(theirs))
+    if len(common) >= 2:
+        diffs = [mine[s] - theirs[s] for s in common]
+        se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+        return {"reference": reference.label, "paired": True, "n": len(diffs), "seeds": common,
+                "mean": statistics.fmean(diffs), "stderr": se, "values": diffs}
+    a, b = stats(list(mine.values())), stats(list(theirs.values()))
+    se = (math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
+          if a["std"] is not None and b["std"] is not None else None)
+    return {"reference": reference.label, "paired": False, "n": min(a["n"], b["n"]), "seeds": [],
+            "mean": a["mean"] - b["mean"], "stderr": se, "values": []}
+
+
+def aggregate(root: str | Path, runs: list[Run] | None = None, reference: str | None = None) -> dict[str, Any]:
+    """Everything the report shows, as plain data (accuracies as fractions, like summary.json).
+    Every setting is compared with ``reference`` (see ``find_reference``)."""
     root = Path(root)
     runs = load_runs(root) if runs is None else runs
-    groups = group_runs(runs)
-    baseline = next((g for g in groups if g.preset == "baseline" and g.done), None)
+    groups = group_runs(runs, study_variants(root))
+    ref = find_reference(groups, reference)
     out_groups = []
     for g in groups:
         done = [r.summary for r in g.done]
@@ -133,7 +188,9 @@ def aggregate(root: str | Path, runs: list[Run] | None = None) -> dict[str, Any]
             "epochs": sorted({int(s["epochs"]) for s in done}),
             "train_time_s": stats([s["train_time_s"] for s in done]),
             "images_per_s": stats([s["images_per_s"] for s in done]),
-            "diff_vs_baseline": None,
+            "name": g.name,
+            "changes": _changes_from_preset(g),
+            "diff_vs_reference": None,
             "original_best_acc": None,
             "original_best_acc_reference": ORIGINAL_STUDY[g.preset] / 100 if g.preset in ORIGINAL_STUDY else None,
             "recipe": g.recipe,
@@ -142,14 +199,12 @@ def aggregate(root: str | Path, runs: list[Run] | None = None) -> dict[str, Any]
         }
         if g.preset in ORIGINAL_STUDY and done and all(int(s["epochs_planned"]) == ORIGINAL_EPOCHS for s in done):
             entry["original_best_acc"] = ORIGINAL_STUDY[g.preset] / 100
-        if baseline is not None and g is not baseline and final["n"]:
-            b = stats([r.summary["final_val_acc"] for r in baseline.done])
-            se = (math.sqrt(final["std"] ** 2 / final["n"] + b["std"] ** 2 / b["n"])
-                  if final["std"] is not None and b["std"] is not None else None)
-            entry["diff_vs_baseline"] = {"mean": final["mean"] - b["mean"], "stderr": se}
+        if ref is not None and g is not ref:
+            entry["diff_vs_reference"] = difference(g, ref)
         out_groups.append(entry)
     return {
         "root": str(root),
+        "reference": ref.label if ref is not None else None,
         "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": out_groups,
         "runs": [_run_entry(r) for r in runs],
@@ -158,6 +213,14 @@ def aggregate(root: str | Path, runs: list[Run] | None = None) -> dict[str, Any]
         "provenance": _provenance(runs),
         "files": {"markdown": REPORT_MD, "json": REPORT_JSON, "val_plot": VAL_PLOT, "lr_plot": LR_PLOT},
     }
+
+
+def _changes_from_preset(g: Group) -> dict[str, Any]:
+    """The recipe fields in which this setting differs from its preset."""
+    if g.preset not in PRESETS:
+        return {}
+    preset = PRESETS[g.preset].recipe()
+    return {k: v for k, v in g.recipe.items() if preset.get(k) != v}
 
 
 def _unfinished(r: Run) -> dict[str, Any]:
@@ -219,6 +282,17 @@ def _mean_std(s: dict[str, Any]) -> str:
     return f"{_pct(s['mean'])} ± {_pct(s['std']) if s['std'] is not None else 'n/a'}"
 
 
+def _diff_text(diff: dict[str, Any] | None) -> str:
+    if diff is None:
+        return "-"
+    text = f"{100 * diff['mean']:+.2f}"
+    if diff["stderr"] is not None:
+        text += f" ± {100 * diff['stderr']:.2f}"
+        if diff["stderr"] > 0 and abs(diff["mean"]) > 2 * diff["stderr"]:
+            text = f"**{text}**"
+    return text + (f" (paired, n={diff['n']})" if diff["paired"] else "")
+
+
 def render_markdown(data: dict[str, Any]) -> str:
     settings = data["settings"]
     n_runs = len(data["runs"])
@@ -245,8 +319,15 @@ def render_markdown(data: dict[str, Any]) -> str:
                       ("git_commit", "fastres commit"), ("data_hash", "Data (manifest hash)")):
         if prov[key]:
             lines.append(f"- {name}: {', '.join(f'`{v}`' for v in prov[key])}.")
+    named = [g for g in settings if g["name"] and g["name"] != g["preset"]]
+    if named:
+        lines.append("- Settings: " + "; ".join(
+            f"`{g['label']}` = `{g['preset']}` with "
+            + (", ".join(f"`{k}={compact(v)}`" for k, v in g["changes"].items() if common.get(k) != v) or "no change")
+            for g in named) + ".")
+    reference = data["reference"] or "baseline"
     lines += ["", "## Results", ""]
-    header = ["setting", "n", "final val acc", "Δ final vs baseline", "best-epoch val acc (optimistic)",
+    header = ["setting", "n", "final val acc", f"Δ final vs {reference}", "best-epoch val acc (optimistic)",
               "final train acc", "epochs", "wall time / run", "images/s", "original study (1 run, best)"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---"] + ["--:"] * (len(header) - 1)) + "|")
@@ -255,9 +336,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         n = str(g["n"])
         if g["unfinished"]:
             n += f" (+{len(g['unfinished'])} unfinished†)"
-        diff = g["diff_vs_baseline"]
-        diff_text = "-" if diff is None else (
-            f"{100 * diff['mean']:+.2f}" + (f" ± {100 * diff['stderr']:.2f}" if diff["stderr"] is not None else ""))
+        diff_text = _diff_text(g["diff_vs_reference"])
         epochs = "-" if not g["epochs"] else "/".join(str(e) for e in g["epochs"])
         if g["original_best_acc"] is not None:
             original = _pct(g["original_best_acc"], 1)
@@ -272,9 +351,10 @@ def render_markdown(data: dict[str, Any]) -> str:
             _mean_std(g["final_train_acc"]), epochs, duration(g["train_time_s"]["mean"]),
             "-" if ips is None else f"{ips:,.0f}", original]) + " |")
     lines.append("")
-    lines.append("Δ: difference of the final-accuracy means from `baseline`, in points, ± its standard error "
-                 "(sqrt(s1²/n1 + s2²/n2)); an effect well inside about two standard errors is not "
-                 "distinguishable from seed noise.")
+    lines.append(f"Δ: final accuracy minus `{reference}`'s, in points, ± its standard error. *Paired* (the "
+                 "same seeds ran in both): the mean of the per-seed differences, standard error sd/√n; else the "
+                 "difference of the means, standard error sqrt(s1²/n1 + s2²/n2). **Bold**: beyond two standard "
+                 "errors; an effect inside about two is not distinguishable from seed noise.")
     if notes:
         lines.append("")
         lines.append(f"\\* The original study's single-run best accuracies come from {ORIGINAL_EPOCHS}-epoch, "
@@ -303,14 +383,14 @@ def render_markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_val_acc(runs: list[Run], path: Path) -> None:
+def plot_val_acc(runs: list[Run], path: Path, variants: frozenset[str] = frozenset()) -> None:
     """Val accuracy per epoch for each setting: mean over finished seeds, min-max band."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.add_subplot()
-    for i, g in enumerate(group_runs(runs)):
+    for i, g in enumerate(group_runs(runs, variants)):
         curves = [[row["val_acc"] for row in r.metrics] for r in g.done]
         if not curves:
             continue
@@ -334,7 +414,7 @@ def plot_val_acc(runs: list[Run], path: Path) -> None:
     _save_png(fig, path)
 
 
-def plot_lr(runs: list[Run], path: Path) -> None:
+def plot_lr(runs: list[Run], path: Path, variants: frozenset[str] = frozenset()) -> None:
     """The learning rate against (fractional) epoch for each setting, as the trainer applies it."""
     from matplotlib.figure import Figure
 
@@ -343,7 +423,7 @@ def plot_lr(runs: list[Run], path: Path) -> None:
     # Settings with the same schedule share one curve (and one legend entry).
     # Colours follow the settings' order, as in the accuracy plot.
     curves: dict[str, tuple[TrainConfig, int, list[str]]] = {}
-    for i, g in enumerate(group_runs(runs)):
+    for i, g in enumerate(group_runs(runs, variants)):
         c = g.config
         key = json.dumps([c.lr, c.lr_schedule, list(c.milestones), c.lr_gamma, c.warmup_epochs, c.epochs])
         curves.setdefault(key, (c, i, []))[2].append(g.label)
@@ -367,14 +447,15 @@ def _save_png(fig: Any, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=110)
 
 
-def write_report(root: str | Path) -> dict[str, Any]:
-    """Write report.md, report.json and the plots into ``root``; return the report's data."""
+def write_report(root: str | Path, reference: str | None = None) -> dict[str, Any]:
+    """Write report.md, report.json and the plots into ``root``, every setting compared with
+    ``reference`` (default ``baseline``); return the report's data."""
     root = Path(root)
     runs = load_runs(root)
-    data = aggregate(root, runs)
+    data = aggregate(root, runs, reference)
     try:
-        plot_val_acc(runs, root / VAL_PLOT)
-        plot_lr(runs, root / LR_PLOT)
+        plot_val_acc(runs, root / VAL_PLOT, study_variants(root))
+        plot_lr(runs, root / LR_PLOT, study_variants(root))
         atomic_write_text(root / REPORT_MD, render_markdown(data))
         atomic_write_text(root / REPORT_JSON, json.dumps(data, indent=2) + "\n")
     except OSError as exc:
@@ -385,9 +466,11 @@ def write_report(root: str | Path) -> dict[str, Any]:
 
 def summary_table(data: dict[str, Any]) -> str:
     """The results table for the terminal (the markdown table's main columns)."""
-    rows = [("setting", "n", "final val acc %", "best-epoch %", "epochs", "unfinished")]
+    rows = [("setting", "n", "final val acc %", f"Δ vs {data['reference'] or 'baseline'}", "best-epoch %", "epochs",
+             "unfinished")]
     for g in data["settings"]:
-        rows.append((g["label"], str(g["n"]), _mean_std(g["final_val_acc"]), _mean_std(g["best_val_acc"]),
+        rows.append((g["label"], str(g["n"]), _mean_std(g["final_val_acc"]),
+                     _diff_text(g["diff_vs_reference"]).replace("**", ""), _mean_std(g["best_val_acc"]),
                      "/".join(str(e) for e in g["epochs"]) or "-", str(len(g["unfinished"])) if g["unfinished"] else ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from . import checkpoint, distributed
+from . import checkpoint, distributed, recipe
 from .augment import BatchAugment
 from .config import MACHINE_FIELDS, TrainConfig, describe_differences, recipe_differences
 from .data import DataSource, choose_loader, open_data
@@ -76,6 +76,7 @@ class Trainer:
         device = runtime.device
         seed_everything(config.seed)
         self.model = runtime.place(build_model(config.model, norm=config.norm, width=config.width))
+        recipe.set_bn_momentum(self.model, config.bn_momentum)
         self.params = count_parameters(self.model)
         if dist.enabled and config.sync_bn and config.norm == "batch":
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -87,9 +88,16 @@ class Trainer:
             self.forward = torch.compile(ddp) if runtime.compile else ddp
         else:
             self.forward = compiled
-        self.eval_forward = compiled  # no gradient sync needed: evaluation is per process
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
-                                         nesterov=config.nesterov, weight_decay=config.weight_decay)
+        # The average of the weights, when asked for, is what the run evaluates and reports.
+        self.ema = recipe.build_ema(self.model, config.ema)
+        averaged = self.ema.module if self.ema is not None else None
+        if averaged is None:
+            self.eval_forward = compiled  # no gradient sync needed: evaluation is per process
+        else:
+            self.eval_forward = torch.compile(averaged) if runtime.compile else averaged
+        self.optimizer = torch.optim.SGD(recipe.param_groups(self.model, config), lr=config.lr,
+                                         momentum=config.momentum, nesterov=config.nesterov,
+                                         weight_decay=config.weight_decay)
         self.steps_per_epoch = len(data.train)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(config, step, self.steps_per_epoch))
@@ -118,13 +126,15 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "rng": checkpoint.capture_rng(),
             "config": self.config.to_dict(),
-        }
+        } | ({"ema": self.ema.state_dict()} if self.ema is not None else {})
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         checkpoint.restore_rng(state["rng"])
         self.epoch, self.best_val_acc, self.best_epoch = state["epoch"], state["best_val_acc"], state["best_epoch"]
 
@@ -162,6 +172,8 @@ class Trainer:
             x = self.augment.train(images, size)
             loss, out = train_step(self.forward, self.criterion, self.optimizer, self.scaler, self.runtime, x, labels)
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step_counter, bad_step)
             step_counter += 1
             loss_sum += loss * labels.shape[0]
@@ -196,8 +208,8 @@ class Trainer:
         )
 
     @torch.no_grad()
-    def evaluate(self, tta: bool = False) -> dict[str, float]:
-        return evaluate(self.eval_forward, self.data, self.augment, self.runtime, tta=tta)
+    def evaluate(self, tta: bool = False, translate: int = 0) -> dict[str, float]:
+        return evaluate(self.eval_forward, self.data, self.augment, self.runtime, tta=tta, translate=translate)
 
     # -- loop --------------------------------------------------------------------------
 
@@ -207,7 +219,8 @@ class Trainer:
         epoch_start = time.perf_counter()
         with _progress_bar(show_progress, self.steps_per_epoch, f"epoch {self.epoch + 1}/{cfg.epochs}") as bar:
             stats = self.train_epoch(bar)
-        val = self.evaluate(tta=cfg.eval_tta)
+        last = self.epoch + 1 == cfg.epochs
+        val = self.evaluate(tta=cfg.eval_tta, translate=cfg.tta_translate if last or not cfg.tta_final_only else 0)
         self.epoch += 1
         row = {
             "epoch": self.epoch, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
@@ -376,20 +389,26 @@ def _progress_bar(show: bool, total: int, description: str) -> Iterator[Any]:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DataSource, augment: BatchAugment, runtime: Runtime, *,
-             tta: bool = False) -> dict[str, float]:
-    """Test loss and accuracy; ``tta`` averages the logits of each image and its mirror."""
+             tta: bool = False, translate: int = 0) -> dict[str, float]:
+    """Test loss and accuracy; ``tta`` averages the logits of each image and its mirror;
+    ``translate`` > 0 adds shifted views (``recipe.tta_views``)."""
     model.eval()
     device = runtime.device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     criterion = nn.CrossEntropyLoss(reduction="sum")
+    layout = torch.channels_last if runtime.channels_last else torch.contiguous_format
     for images, labels in data.test:
         x = augment.test(images)
         with torch.autocast(device.type, dtype=runtime.amp_dtype, enabled=runtime.autocast):
-            out = model(x).float()
-            if tta:
-                out = (out + model(x.flip(3)).float()) / 2
+            if translate:
+                out = sum(w * model(v.contiguous(memory_format=layout)).float()
+                          for w, v in recipe.tta_views(x, translate, flip=True))
+            else:
+                out = model(x).float()
+                if tta:
+                    out = (out + model(x.flip(3)).float()) / 2
         loss_sum += criterion(out, labels)
         correct += (out.argmax(1) == labels).sum()
         seen += labels.shape[0]
@@ -499,7 +518,8 @@ def _train(config: TrainConfig, runtime: Runtime, d: distributed.Dist, started: 
         raise error from None
     if d.enabled:
         # Every rank reports its own parameters: they must agree (tests and users can check).
-        print(f"rank {d.rank}/{d.world_size}: parameters sha256 {parameter_hash(trainer.model)}", flush=True)
+        averaged = f", averaged {parameter_hash(trainer.ema.module)}" if trainer.ema is not None else ""
+        print(f"rank {d.rank}/{d.world_size}: parameters sha256 {parameter_hash(trainer.model)}{averaged}", flush=True)
     best = summary["best_val_acc"]
     log(f"finished: final val acc {100 * summary['final_val_acc']:.2f}% (best {100 * best:.2f}% at epoch "
         f"{summary['best_epoch']}), {summary['train_time_s']:.0f}s; logs in {run.path} "
@@ -537,8 +557,9 @@ def _explain(exc: BaseException, trainer: Trainer, run: RunDir) -> BaseException
 
 
 def parameter_hash(model: nn.Module) -> str:
+    """Of the parameters and buffers (BatchNorm statistics), so ranks that agree agree on both."""
     digest = hashlib.sha256()
-    for name, p in model.named_parameters():
+    for name, p in [*model.named_parameters(), *model.named_buffers()]:
         digest.update(name.encode())
         digest.update(p.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
@@ -563,26 +584,36 @@ def _check_resume(config: TrainConfig, log: Callable[[str], None]) -> TrainConfi
     return recorded.replace(**machine, run_dir=config.run_dir)
 
 
-def evaluate_run(run_dir: str | Path, *, tta: bool | None = None, which: str = "last",
-                 device: str = "auto", data_dir: str | Path | None = None,
-                 log: Callable[[str], None] = print) -> dict[str, float]:
-    """Test accuracy of a finished (or interrupted) run's saved weights; ``tta`` None evaluates
-    as the run did (its ``eval_tta``), so the number matches the run's own ``val_acc``;
-    ``data_dir`` None reads the data the run recorded."""
+def evaluate_run(run_dir: str | Path, *, tta: bool | None = None, translate: int | None = None,
+                 which: str = "last", weights: str = "auto", device: str = "auto",
+                 data_dir: str | Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Test accuracy of a finished (or interrupted) run's saved weights, by default as the run
+    evaluated its last epoch, so the number matches its own ``final_val_acc``: ``tta`` and
+    ``translate`` None follow its ``eval_tta`` and ``tta_translate``; ``weights`` ``auto``
+    takes the weight average when the run kept one (``averaged``), else the trained weights
+    (``raw``); ``data_dir`` None reads the data the run recorded."""
     run = RunDir(run_dir)
     config = TrainConfig.from_dict(run.read_config()).replace(device=device)
     if data_dir is not None:
         config = config.replace(data_dir=str(data_dir))
-    if tta is None:
-        tta = config.eval_tta
+    tta = config.eval_tta if tta is None else tta
+    translate = config.tta_translate if translate is None else translate
     path = run.last_checkpoint if which == "last" else run.best_checkpoint
     if not path.exists():
         raise FastresError(f"{run.path} has no {path.name} yet: train it first (fastres train --resume {run.path})")
     runtime = resolve_runtime(config)
     state = checkpoint.load(path, map_location=runtime.device, log=log)
+    if weights == "averaged" and "ema" not in state:
+        raise FastresError(f"{path} holds no weight average (the run trained without --ema): drop --weights averaged")
+    averaged = weights != "raw" and "ema" in state
     model = runtime.place(build_model(config.model, norm=config.norm, width=config.width))
-    model.load_state_dict(state["model"])
+    recipe.set_bn_momentum(model, config.bn_momentum)
+    if averaged:  # AveragedModel's keys: the module's under "module.", and its update count
+        model.load_state_dict({k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")})
+    else:
+        model.load_state_dict(state["model"])
     data = _open(config, runtime, log)
     augment = BatchAugment(runtime.device, runtime.amp_dtype, channels_last=runtime.channels_last)
-    result = evaluate(model, data, augment, runtime, tta=tta)
-    return {**result, "epoch": state["epoch"], "checkpoint": str(path), "tta": tta}
+    result = evaluate(model, data, augment, runtime, tta=tta, translate=translate)
+    return {**result, "epoch": state["epoch"], "checkpoint": str(path), "tta": tta, "translate": translate,
+            "weights": "averaged" if averaged else "raw"}

@@ -284,14 +284,16 @@ NON_DEFAULT = {
     "model": "resnet34", "width": 16, "norm": "none", "epochs": 7, "batch_size": 64, "lr": 1e-05,
     "lr_schedule": "cosine", "milestones": (0.3, 0.6, 0.9), "lr_gamma": 0.2, "warmup_epochs": 1.5,
     "momentum": 0.8, "nesterov": True, "weight_decay": 0.0, "label_smoothing": 0.1, "augment": False,
-    "crop_padding": 2, "min_res": 16, "res_ramp": (0.2, 0.8), "eval_tta": True, "shuffle": False,
+    "crop_padding": 2, "min_res": 16, "res_ramp": (0.2, 0.8), "eval_tta": True, "tta_translate": 1,
+    "tta_final_only": True, "ema": 0.99, "bn_momentum": 0.4, "decay_norm_bias": False, "bn_bias_lr": 64.0,
+    "shuffle": False,
     "sync_bn": True, "seed": 7, "train_subset": 1000, "test_subset": 100, "precision": "fp32",
     "channels_last": False, "compile": "off", "loader": "memory", "num_workers": 3, "threads": 3, "device": "cpu",
     "deterministic": True, "data_dir": "my data/cifar 10", "run_dir": "study with spaces",
     "preset": "cosine",
 }
 # Fields that are valid only together with another non-default value.
-COMPANIONS = {"min_res": {"res_ramp": (0.2, 0.8)}}
+COMPANIONS = {"min_res": {"res_ramp": (0.2, 0.8)}, "tta_final_only": {"tta_translate": 1}}
 
 
 def test_the_round_trip_table_covers_every_field():
@@ -408,3 +410,35 @@ def test_runs_per_device_on_the_cpu_runs_side_by_side_with_a_share_of_the_cores(
     assert f"2 at a time on the CPU, {threads} thread(s) each" in res.stdout
     for seed in (42, 43):
         assert json.loads((out / "baseline" / f"seed{seed}" / "config.json").read_text())["threads"] == threads
+
+
+def test_variants_of_a_preset_run_next_to_it_over_the_same_seeds(tmp_path):
+    out = tmp_path / "v"
+    res = in_process("ablate", "--config", "quick", "--seeds", "2", "--seed", "0", "--dry-run", "--out", str(out),
+                     "--variant", "ema:--ema 0.99", "--variant", 'bn:"--bn-momentum" 0.4 --no-decay-norm-bias')
+    assert res.returncode == 0, res.stderr
+    commands = [shlex.split(line) for line in res.stdout.splitlines()]
+    assert [c[c.index("--run-dir") + 1] for c in commands] == [
+        str(out / f) for f in ("quick/seed0", "quick/seed1", "ema/seed0", "ema/seed1", "bn/seed0", "bn/seed1")]
+    assert all(c[c.index("--preset") + 1] == "quick" for c in commands)
+    assert commands[2][commands[2].index("--ema") + 1] == "0.99" and "--ema" not in commands[0]
+    assert "--no-decay-norm-bias" in commands[4] and commands[4][commands[4].index("--bn-momentum") + 1] == "0.4"
+    runs = plan_ablation(["quick"], seeds=1, out=out, variants={"ema": {"ema": 0.99}})
+    assert [(r.name, r.config.ema) for r in runs] == [("quick/seed42", 0.0), ("ema/seed42", 0.99)]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config", "quick", "cosine", "--variant", "ema:--ema 0.99"], "--variant varies one preset, and 2 were chosen"),
+    (["--config", "quick", "--variant", "ema"], '--variant takes NAME:"OPTIONS"'),
+    (["--config", "quick", "--variant", "ema:--emma 0.99"], "--variant ema: unrecognized arguments: --emma 0.99"),
+    (["--config", "quick", "--variant", "ema:--ema 2"], "ema must be a decay in [0, 1)"),
+    (["--config", "quick", "--variant", "ema:--seed 3"], "seed cannot be overridden in an ablation"),
+    (["--config", "quick", "--variant", "quick:--ema 0.9"], "variant name 'quick' cannot name a folder"),
+    (["--config", "quick", "--variant", "a/b:--ema 0.9"], "variant name 'a/b' cannot name a folder"),
+    (["--config", "quick", "--variant", "x:"], "variant 'x' changes nothing"),
+    (["--config", "quick", "--variant", "x:--ema 0.9", "--variant", "x:--ema 0.8"], "--variant x is given twice"),
+])
+def test_bad_variants_are_refused_in_one_line(args, message, tmp_path):
+    res = in_process("ablate", *args, "--out", str(tmp_path / "v"))
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "v").exists()

@@ -27,16 +27,18 @@ def torchrun(*args, nproc=2, script=("-m", "fastres"), timeout=300, **popen):
 
 
 def rank_hashes(output):
-    return dict(re.findall(r"rank (\d+)/2: parameters sha256 (\w+)", output))
+    return dict(re.findall(r"rank (\d+)/2: parameters sha256 (\w+(?:, averaged \w+)?)", output))
 
 
 def test_two_process_run_agrees_logs_once_and_counts_each_test_image_once(synthetic_data, tmp_path):
     run_dir = tmp_path / "ddp"
-    res = torchrun("train", *TINY, "--epochs", "2", "--data-dir", str(synthetic_data), "--run-dir", str(run_dir))
+    res = torchrun("train", *TINY, "--epochs", "2", "--ema", "0.9", "--data-dir", str(synthetic_data),
+                   "--run-dir", str(run_dir))
     assert res.returncode == 0, res.stdout + res.stderr
     out = res.stdout + res.stderr
     hashes = rank_hashes(out)
     assert set(hashes) == {"0", "1"} and len(set(hashes.values())) == 1, out
+    assert all(", averaged " in h for h in hashes.values()), "the weight averages agree too"
     assert out.count("epoch 2/2") == 1, "only rank 0 logs"
     run = RunDir(run_dir)
     rows = run.read_metrics()

@@ -21,12 +21,12 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def make_run(root: Path, preset: str, seed: int, finals: list[float], *, epochs: int | None = None,
-             status: str | None = "completed", **changes) -> Path:
+             status: str | None = "completed", folder: str | None = None, **changes) -> Path:
     """A run dir whose val accuracy per epoch is ``finals`` (its length = epochs done)."""
     planned = epochs or len(finals)
     changes = {"width": 8} | changes
     config = get_preset(preset).replace(seed=seed, epochs=planned, **changes)
-    name = f"{preset}-w{config.width}"
+    name = folder or f"{preset}-w{config.width}"
     run = RunDir(root / name / f"seed{seed}")
     run.path.mkdir(parents=True)
     run.write_config(config.replace(run_dir=str(run.path)).to_dict())
@@ -83,10 +83,14 @@ def test_report_rows_hold_mean_and_sample_std_over_finished_seeds(runs):
             values = summary_values(runs, preset, key)
             assert cells[col] == f"{100 * statistics.fmean(values):.2f} ± {100 * statistics.stdev(values):.2f}", (preset, key)
         assert cells[1] == str(len(summary_values(runs, preset, "final_val_acc")))
-    base = summary_values(runs, "baseline", "final_val_acc")
+    # Seeds 42 and 43 ran in both: the difference is paired by seed (2 pairs, beyond 2 s.e.: bold).
+    base = summary_values(runs, "baseline", "final_val_acc")[:2]
     nobn = summary_values(runs, "no_batchnorm", "final_val_acc")
-    se = (statistics.variance(base) / len(base) + statistics.variance(nobn) / len(nobn)) ** 0.5
-    assert row(text, "no_batchnorm")[3] == f"{100 * (statistics.fmean(nobn) - statistics.fmean(base)):+.2f} ± {100 * se:.2f}"
+    diffs = [n - b for n, b in zip(nobn, base, strict=True)]
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5
+    assert row(text, "no_batchnorm")[3] == f"**{100 * statistics.fmean(diffs):+.2f} ± {100 * se:.2f}** (paired, n=2)"
+    # resnet34 ran seeds 42 and 43 as well; cosine finished one seed: the difference of the means.
+    assert row(text, "cosine")[3].startswith(f"{100 * (0.8 - statistics.fmean(summary_values(runs, 'baseline', 'final_val_acc'))):+.2f}")
     # Final and best-epoch differ in this data: the table must not confuse them.
     assert row(text, "baseline")[2] != row(text, "baseline")[4]
     assert "optimistic" in text
@@ -157,3 +161,38 @@ def test_report_on_a_folder_without_runs_is_a_one_line_error(capsys, tmp_path, m
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
     assert ("holds no fastres runs" if make == "empty" else "is not a folder") in res.stderr
+
+
+def test_every_setting_is_compared_with_the_reference_paired_by_seed(runs, capsys):
+    data = json.loads(run_main(capsys, "report", str(runs), "--json").stdout)
+    assert data["reference"] == "baseline"
+    no_bn = next(g for g in data["settings"] if g["preset"] == "no_batchnorm")["diff_vs_reference"]
+    diffs = [0.52 - 0.701, 0.48 - 0.722]  # seeds 42 and 43 ran in both
+    assert no_bn["paired"] and no_bn["n"] == 2 and no_bn["seeds"] == [42, 43]
+    assert no_bn["mean"] == pytest.approx(statistics.fmean(diffs))
+    assert no_bn["stderr"] == pytest.approx(statistics.stdev(diffs) / 2 ** 0.5)
+    cosine = next(g for g in data["settings"] if g["preset"] == "cosine")["diff_vs_reference"]
+    assert not cosine["paired"], "one finished seed: no pairs, the difference of the means"
+    data = json.loads(run_main(capsys, "report", str(runs), "--reference", "no_batchnorm", "--json").stdout)
+    base = next(g for g in data["settings"] if g["preset"] == "baseline")["diff_vs_reference"]
+    assert base["reference"] == "no_batchnorm" and base["mean"] == pytest.approx(-statistics.fmean(diffs))
+    assert "Δ final vs no_batchnorm" in (runs / "report.md").read_text()
+    res = run_main(capsys, "report", str(runs), "--reference", "nope")
+    assert res.returncode == 2 and "no setting named 'nope'" in res.stderr and "no_batchnorm" in res.stderr
+
+
+def test_a_studys_variants_are_named_and_a_clear_gain_is_marked(tmp_path, capsys):
+    from fastres.rundir import record_study
+
+    root = tmp_path / "study"
+    for seed, (ref, ema) in enumerate([(0.80, 0.83), (0.82, 0.84), (0.81, 0.835)]):
+        make_run(root, "quick", seed, [0.5, ref], folder="quick")
+        make_run(root, "quick", seed, [0.5, ema], folder="ema", ema=0.99)
+    record_study(root, {"variants": {"ema": {"ema": 0.99}}, "runs": []}, {"pid": 1})
+    res = run_main(capsys, "report", str(root), "--reference", "quick")
+    assert res.returncode == 0, res.stderr
+    text = (root / "report.md").read_text()
+    assert "`ema` = `quick` with `ema=0.99`" in text
+    cells = row(text, "ema")
+    assert cells[3] == "**+2.50 ± 0.29** (paired, n=3)", cells  # diffs 3, 2, 2.5 points
+    assert [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| `")][:2] == ["`quick`", "`ema`"]

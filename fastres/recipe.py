@@ -1,0 +1,77 @@
+"""What the time-to-accuracy options build around the model: BatchNorm momentum, the
+optimizer's parameter groups (no weight decay on BatchNorm parameters and biases, a
+learning-rate multiplier for BatchNorm biases), the exponential moving average of the
+weights that training evaluates, and the views of multi-view test-time augmentation.
+
+Every option is off by default: with the defaults these functions build exactly what
+fastres built before they existed (one parameter group, PyTorch's BatchNorm momentum, no
+average, flip-only or no TTA).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from .config import TrainConfig
+
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+
+
+def set_bn_momentum(model: nn.Module, momentum: float) -> None:
+    """PyTorch's BatchNorm ``momentum`` (the weight of each batch in the running statistics;
+    0.1 by default, airbench uses 0.4 for short runs) on every BatchNorm layer."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = momentum
+
+
+def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups. The first holds the filters (and everything, when no
+    option asks for more groups), so its ``lr`` is the run's learning rate."""
+    filters, norm_weights, norm_biases, other_biases = [], [], [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if isinstance(module, _NORMS):
+                (norm_biases if name == "bias" else norm_weights).append(p)
+            elif name == "bias":
+                other_biases.append(p)
+            else:
+                filters.append(p)
+    no_decay = not config.decay_norm_bias
+    if not no_decay and config.bn_bias_lr == 1.0:
+        return [{"params": list(model.parameters())}]
+    groups = [{"params": filters},
+              {"params": norm_weights + other_biases, "weight_decay": 0.0 if no_decay else config.weight_decay},
+              {"params": norm_biases, "lr": config.lr * config.bn_bias_lr,
+               "weight_decay": 0.0 if no_decay else config.weight_decay}]
+    return [g for g in groups if g["params"]]
+
+
+def build_ema(model: nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s parameters and buffers (BatchNorm running
+    statistics included), updated after every optimizer step; None when ``decay`` is 0."""
+    if not decay:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def tta_views(x: torch.Tensor, translate: int, flip: bool) -> list[tuple[float, torch.Tensor]]:
+    """(weight, view) pairs whose weighted logits make a test prediction: the image (and its
+    mirror with ``flip``), and with ``translate`` > 0 the image shifted by that many pixels up
+    and left and down and right (reflected at the border), each with its mirror; the
+    untranslated pair weighs as much as the two translated ones together."""
+    base = [x, x.flip(3)] if flip or translate else [x]
+    if not translate:
+        return [(1.0 / len(base), v) for v in base]
+    t = translate
+    padded = F.pad(x, (t, t, t, t), mode="reflect")
+    h, w = x.shape[-2:]
+    shifted = [padded[..., : h, : w], padded[..., 2 * t:, 2 * t:]]
+    views = [(0.25, v) for v in base]
+    views += [(0.125, v) for s in shifted for v in (s, s.flip(3))]
+    return views

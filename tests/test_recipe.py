@@ -1,0 +1,161 @@
+"""The time-to-accuracy options: each does what it says on a small case, is off by default,
+and resumes bit-identically."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from fastres import TrainConfig, recipe
+from fastres.augment import BatchAugment
+from fastres.checkpoint import load as load_checkpoint
+from fastres.models import build_model
+from fastres.rundir import RunDir
+from fastres.runtime import resolve_runtime
+from fastres.train import evaluate
+
+from .conftest import REPO, run_cli
+from .test_reliability import assert_same_weights, metrics_without_timing
+
+EVERY_OPTION = ["--ema", "0.9", "--bn-momentum", "0.4", "--no-decay-norm-bias", "--bn-bias-lr", "4",
+                "--tta-translate", "1", "--tta-final-only"]
+
+
+@pytest.fixture
+def memory_source(synthetic_source, monkeypatch):
+    monkeypatch.setenv("FASTRES_CIFAR10", str(synthetic_source))
+    return synthetic_source
+
+
+def small_model() -> nn.Module:
+    torch.manual_seed(0)
+    return build_model("resnet18", width=8)
+
+
+def test_ema_is_the_exponential_average_of_the_weights_and_batchnorm_statistics():
+    model = small_model()
+    ema = recipe.build_ema(model, 0.9)
+    history = []
+    for _ in range(4):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model.train()
+        model(torch.randn(4, 3, 32, 32))  # moves the BatchNorm running statistics
+        history.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        ema.update_parameters(model)
+    name, stat = "stem.0.weight", "stem.1.running_mean"
+    for key in (name, stat):
+        expected = history[0][key]  # the first update takes the weights as they are
+        for h in history[1:]:
+            expected = 0.9 * expected + 0.1 * h[key]
+        torch.testing.assert_close(ema.module.state_dict()[key], expected)
+    assert recipe.build_ema(model, 0.0) is None
+
+
+def test_defaults_build_what_fastres_built_before():
+    model = small_model()
+    groups = recipe.param_groups(model, TrainConfig())
+    assert len(groups) == 1 and len(groups[0]["params"]) == len(list(model.parameters()))
+    recipe.set_bn_momentum(model, TrainConfig().bn_momentum)
+    assert {m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm2d)} == {0.1}
+
+
+def test_excluded_parameters_get_no_weight_decay_and_batchnorm_biases_their_own_lr():
+    model = small_model()
+    config = TrainConfig(lr=0.1, weight_decay=0.5, decay_norm_bias=False, bn_bias_lr=8.0)
+    optimizer = torch.optim.SGD(recipe.param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
+    bn = model.stem[1]
+    assert [g["lr"] for g in optimizer.param_groups] == [0.1, 0.1, 0.8]
+    assert any(p is bn.bias for p in optimizer.param_groups[2]["params"])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # only weight decay moves anything
+    optimizer.step()
+    for n, p in model.named_parameters():
+        moved = not torch.equal(p, before[n])
+        filters = p.dim() > 1
+        assert moved == (filters and bool(before[n].abs().sum())), n
+    torch.testing.assert_close(model.stem[0].weight, before["stem.0.weight"] * (1 - 0.1 * 0.5))
+
+
+def test_bn_momentum_is_set_on_every_batchnorm_layer():
+    model = small_model()
+    recipe.set_bn_momentum(model, 0.4)
+    layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert layers and all(m.momentum == 0.4 for m in layers)
+
+
+def test_tta_views_are_the_flip_pair_and_one_pixel_shifts_with_mirrors():
+    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).reshape(2, 3, 6, 6)
+    views = recipe.tta_views(x, 1, flip=True)
+    assert len(views) == 6 and sum(w for w, _ in views) == pytest.approx(1.0)
+    (w0, v0), (w1, v1), (w2, v2), (w3, v3), (w4, v4), (w5, v5) = views
+    assert torch.equal(v0, x) and torch.equal(v1, x.flip(3)) and w0 == w1 == 0.25
+    assert torch.equal(v2[..., 1:, 1:], x[..., :-1, :-1]), "content moved down and right by one pixel"
+    assert torch.equal(v4[..., :-1, :-1], x[..., 1:, 1:]), "content moved up and left by one pixel"
+    assert torch.equal(v3, v2.flip(3)) and torch.equal(v5, v4.flip(3)) and w2 == w5 == 0.125
+    assert [w for w, _ in recipe.tta_views(x, 0, flip=True)] == [0.5, 0.5]
+    assert len(recipe.tta_views(x, 0, flip=False)) == 1
+
+
+class _Recorder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().clone())
+        return torch.zeros(x.shape[0], 10)
+
+
+class _Data:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.test = [(images, labels)]
+
+
+def test_evaluation_with_translations_shows_the_model_each_view_once():
+    runtime = resolve_runtime(TrainConfig(device="cpu", precision="fp32", channels_last=False))
+    augment = BatchAugment(runtime.device, runtime.amp_dtype, channels_last=False)
+    images = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)
+    model = _Recorder()
+    result = evaluate(model, _Data(images, torch.zeros(3, dtype=torch.long)), augment, runtime, translate=2)
+    x = augment.test(images)
+    assert result["images"] == 3 and len(model.seen) == 6
+    for seen, (_, view) in zip(model.seen, recipe.tta_views(x, 2, flip=True), strict=True):
+        assert torch.equal(seen, view)
+
+
+def test_resume_with_every_option_on_is_bit_identical(synthetic_data, memory_source, tmp_path):
+    args = ["train", "--preset", "quick", "--width", "8", "--batch-size", "50", "--epochs", "3", "--train-subset",
+            "1000", "--test-subset", "100", "--loader", "memory", "--deterministic", "--no-progress", *EVERY_OPTION]
+    reference = tmp_path / "reference"
+    res = run_cli(*args, "--run-dir", str(reference))
+    assert res.returncode == 0, res.stderr
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "fastres", *args, "--run-dir", str(run_dir)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not RunDir(run_dir).read_metrics():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGUSR2)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 140
+    res = run_cli("train", "--resume", str(run_dir))
+    assert res.returncode == 0 and "resuming" in res.stdout, res.stderr
+    assert metrics_without_timing(run_dir) == metrics_without_timing(reference)
+    assert_same_weights(run_dir, reference)
+    ours, theirs = (load_checkpoint(RunDir(d).last_checkpoint)["ema"] for d in (run_dir, reference))
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs), "the weight average resumes exactly too"
+    # fastres eval reproduces the run's own number: averaged weights, the final views.
+    res = run_cli("eval", str(run_dir), "--json")
+    assert res.returncode == 0, res.stderr
+    assert f'"acc": {RunDir(run_dir).read_summary()["final_val_acc"]}' in res.stdout
+    assert '"weights": "averaged"' in res.stdout and '"translate": 1' in res.stdout
