@@ -17,9 +17,11 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
 def random_crop_flip(
-    images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator | None
+    images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator | None,
+    mirror: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-image random crop (zero padding) and horizontal flip of a uint8 NHWC batch."""
+    """Per-image random crop (zero padding) and horizontal flip of a uint8 NHWC batch; with
+    ``mirror`` (one bool per image) the flips are those, not random ones."""
     n, h, w, _ = images.shape
     device = images.device
     if padding > 0:
@@ -30,8 +32,9 @@ def random_crop_flip(
     rows = dy + torch.arange(h, device=device)
     cols = torch.arange(w, device=device).expand(n, w)
     if flip:
-        mirror = torch.rand((n, 1), device=device, generator=generator) < 0.5
-        cols = torch.where(mirror, w - 1 - cols, cols)
+        if mirror is None:
+            mirror = torch.rand((n, 1), device=device, generator=generator) < 0.5
+        cols = torch.where(mirror.reshape(n, 1), w - 1 - cols, cols)
     cols = dx + cols
     batch = torch.arange(n, device=device)[:, None, None]
     return images[batch, rows[:, :, None], cols[:, None, :]]
@@ -73,7 +76,7 @@ class BatchAugment:
 
     def __init__(self, device: torch.device | str, dtype: torch.dtype = torch.float32, *,
                  channels_last: bool = True, augment: bool = True, padding: int = 4,
-                 flip: bool = True, seed: int = 0) -> None:
+                 flip: bool = True, seed: int = 0, alternate_flip: bool = False, dataset_size: int = 0) -> None:
         self.device = torch.device(device)
         self.normalize = Normalizer(self.device, dtype, channels_last)
         self.augment = augment
@@ -81,12 +84,27 @@ class BatchAugment:
         self.flip = flip
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
+        self.epoch = 0
+        self.first_mirror: torch.Tensor | None = None  # alternating flips: image i's flip in epoch 0
+        if alternate_flip:
+            coins = torch.Generator().manual_seed(seed)
+            self.first_mirror = (torch.rand(dataset_size, generator=coins) < 0.5).to(self.device)
 
-    def train(self, images: torch.Tensor, size: int | None = None) -> torch.Tensor:
+    def mirrors(self, indices: torch.Tensor) -> torch.Tensor:
+        """Alternating flips: whether each image (by data-set index) is mirrored this epoch. A
+        fair coin decides for epoch 0, and every later epoch flips the previous one, so each
+        image is seen both ways every two epochs."""
+        assert self.first_mirror is not None, "built without alternate_flip"
+        return self.first_mirror[indices] ^ bool(self.epoch % 2)
+
+    def train(self, images: torch.Tensor, size: int | None = None,
+              indices: torch.Tensor | None = None) -> torch.Tensor:
         """Crop and flip (when on), normalise, and resize to ``size`` x ``size`` (progressive
-        resizing) after the crop, so the padding is the same fraction of the image at every size."""
+        resizing) after the crop, so the padding is the same fraction of the image at every size.
+        With alternating flips, ``indices`` are the batch's data-set indices."""
         if self.augment:
-            images = random_crop_flip(images, self.padding, self.flip, self.generator)
+            mirror = self.mirrors(indices) if self.first_mirror is not None and indices is not None else None
+            images = random_crop_flip(images, self.padding, self.flip, self.generator, mirror)
         return self.normalize(images, size)
 
     def test(self, images: torch.Tensor) -> torch.Tensor:
@@ -95,5 +113,6 @@ class BatchAugment:
     def set_epoch(self, seed: int, epoch: int, rank: int = 0) -> None:
         """Reseed from (seed, epoch, rank): each epoch's crops are fixed by those three numbers,
         so a resumed run redraws them exactly and data-parallel ranks draw different ones."""
+        self.epoch = epoch
         mixed = np.random.SeedSequence([seed, epoch, rank]).generate_state(1, dtype=np.uint64)[0]
         self.generator.manual_seed(int(mixed) & 0x7FFF_FFFF_FFFF_FFFF)

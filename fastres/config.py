@@ -53,12 +53,14 @@ class TrainConfig:
     weight_decay: float = field(default=5e-4, metadata={"help": "L2 weight decay"})
     label_smoothing: float = field(default=0.0, metadata={"help": "cross-entropy label smoothing in [0, 1)"})
     augment: bool = field(default=True, metadata={"help": "random crop (zero padding --crop-padding) and horizontal flip on training batches"})
+    alternate_flip: bool = field(default=False, metadata={"help": "mirror each image on alternate epochs (a fair coin decides its first), instead of a coin flip every time it is seen"})
     crop_padding: int = field(default=4, metadata={"help": "pixels of zero padding for the random crop: it shifts images by up to this much"})
     min_res: int = field(default=32, metadata={"help": "progressive resizing: train the first epochs at this input size, growing to 32 (32 = off)"})
     res_ramp: tuple[float, float] = field(default=(0.0, 0.0), metadata={"help": "progressive resizing: the input size grows linearly from --min-res to 32 between these points of the run, as fractions (START,END), so an --epochs override keeps the shape", "metavar": "START,END"})
     eval_tta: bool = field(default=False, metadata={"help": "evaluate with flip test-time augmentation (the mean of each image's and its mirror's logits)"})
     tta_translate: int = field(default=0, metadata={"help": "multi-view test-time augmentation: the flip pair plus the image shifted by this many pixels up-left and down-right, each with its mirror (0 = off; airbench uses 1)"})
     tta_final_only: bool = field(default=False, metadata={"help": "apply --tta-translate only at the last epoch's evaluation (each view costs a test pass; earlier epochs use --eval-tta)"})
+    whiten_stem: bool = field(default=False, metadata={"help": "initialise the stem convolution by patch whitening of the first training batch (airbench): filters are the top eigenvectors of the 3x3 patch covariance, scaled to unit variance, and their negatives"})
     ema: float = field(default=0.0, metadata={"help": "exponential moving average of the weights and BatchNorm statistics, this decay per step (0 = off; e.g. 0.99): evaluated, checkpointed and what fastres eval tests"})
     bn_momentum: float = field(default=0.1, metadata={"help": "BatchNorm running-statistics momentum (PyTorch's default 0.1; airbench uses 0.4 for short runs)"})
     decay_norm_bias: bool = field(default=True, metadata={"help": "weight decay on BatchNorm parameters and biases too (--no-decay-norm-bias: on filters only)"})
@@ -183,6 +185,8 @@ def _validate_recipe_options(c: TrainConfig) -> None:
     _positive("bn_bias_lr", c.bn_bias_lr, "--bn-bias-lr")
     if not isinstance(c.tta_translate, int) or isinstance(c.tta_translate, bool) or not 0 <= c.tta_translate <= 4:
         raise ConfigError(f"tta_translate must be 0 to 4 pixels, got {c.tta_translate!r}: pass e.g. --tta-translate 1")
+    if c.alternate_flip and not c.augment:
+        raise ConfigError("alternate_flip says how images are mirrored, and --no-augment turns flips off: drop one")
     if c.tta_final_only and not c.tta_translate:
         raise ConfigError("tta_final_only needs --tta-translate N: it says when the multi-view TTA applies")
 

@@ -66,6 +66,16 @@ class FFCVBatches:
         """Make the next iteration use the order of ``epoch`` (0-based), e.g. after a resume."""
         self.loader.next_epoch = epoch
 
+    @property
+    def dataset_size(self) -> int:
+        return len(self.loader.indices)
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The data-set indices of ``epoch``'s images (this rank's), in the order its batches
+        yield them: FFCV's own traversal order, which it derives from (seed, epoch)."""
+        order = np.asarray(self.loader.traversal_order.sample_order(epoch))
+        return torch.from_numpy(order[: len(self) * self.loader.batch_size].astype(np.int64))
+
     def __len__(self) -> int:
         return len(self.loader)
 
@@ -99,22 +109,35 @@ class MemoryBatches:
     def set_epoch(self, epoch: int) -> None:
         self.next_epoch = epoch
 
+    @property
+    def dataset_size(self) -> int:
+        return self.images.shape[0]
+
     def __len__(self) -> int:
         full, rest = divmod(self.num_images, self.batch_size)
         return full if self.drop_last or rest == 0 else full + 1
 
+    def _order(self, epoch: int) -> torch.Tensor | None:
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+            return torch.tensor(list(self.sampler), device=self.images.device)
+        if self.shuffle:
+            # Same recipe as FFCV's RANDOM order: a permutation from default_rng(seed + epoch).
+            order = torch.from_numpy(np.random.default_rng(self.seed + epoch).permutation(self.num_images))
+            return order.to(self.images.device)
+        return None
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The data-set indices of ``epoch``'s images (this rank's), in the order its batches yield them."""
+        order = self._order(epoch)
+        if order is None:
+            order = torch.arange(self.num_images, device=self.images.device)
+        return order[: len(self) * self.batch_size].cpu() if self.drop_last else order.cpu()
+
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.next_epoch
         self.next_epoch += 1
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
-            order = torch.tensor(list(self.sampler), device=self.images.device)
-        elif self.shuffle:
-            # Same recipe as FFCV's RANDOM order: a permutation from default_rng(seed + epoch).
-            order = torch.from_numpy(np.random.default_rng(self.seed + epoch).permutation(self.num_images))
-            order = order.to(self.images.device)
-        else:
-            order = None
+        order = self._order(epoch)
         for b in range(len(self)):
             lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, self.num_images)
             if order is None:

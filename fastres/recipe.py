@@ -1,7 +1,8 @@
 """What the time-to-accuracy options build around the model: BatchNorm momentum, the
 optimizer's parameter groups (no weight decay on BatchNorm parameters and biases, a
-learning-rate multiplier for BatchNorm biases), the exponential moving average of the
-weights that training evaluates, and the views of multi-view test-time augmentation.
+learning-rate multiplier for BatchNorm biases), patch-whitening of the stem, the exponential
+moving average of the weights that training evaluates, and the views of multi-view
+test-time augmentation.
 
 Every option is off by default: with the defaults these functions build exactly what
 fastres built before they existed (one parameter group, PyTorch's BatchNorm momentum, no
@@ -50,6 +51,34 @@ def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
               {"params": norm_biases, "lr": config.lr * config.bn_bias_lr,
                "weight_decay": 0.0 if no_decay else config.weight_decay}]
     return [g for g in groups if g["params"]]
+
+
+@torch.no_grad()
+def whitening_filters(x: torch.Tensor, kernel: int, count: int, eps: float = 5e-4) -> torch.Tensor:
+    """Patch-whitening filters for a stem convolution, from a batch ``x`` of normalised NCHW
+    training images: the eigenvectors of the covariance of its ``kernel`` x ``kernel`` patches,
+    largest eigenvalues first, each scaled by 1/sqrt(eigenvalue + eps) so its output has unit
+    variance, followed by their negatives (the ReLU after the stem would otherwise drop half of
+    each direction); ``count`` filters in all, shaped like the convolution's weight."""
+    channels = x.shape[1]
+    patches = F.unfold(x.float(), kernel).transpose(1, 2).reshape(-1, channels * kernel * kernel).double()
+    patches = patches - patches.mean(0)
+    covariance = patches.T @ patches / patches.shape[0]
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
+    k = min(count // 2, eigenvalues.numel())
+    top = (eigenvectors[:, -k:] / torch.sqrt(eigenvalues[-k:] + eps)).T.flip(0)
+    filters = torch.cat([top, -top]).float()
+    return filters.reshape(2 * k, channels, kernel, kernel)
+
+
+def whiten_stem(conv: nn.Conv2d, x: torch.Tensor) -> None:
+    """Initialise ``conv`` (the stem) with patch-whitening filters from images ``x``, as airbench
+    does; filters beyond twice the patch dimension keep their random initialisation."""
+    filters = whitening_filters(x, conv.kernel_size[0], conv.out_channels)
+    with torch.no_grad():
+        conv.weight[: filters.shape[0]] = filters.to(conv.weight.dtype)
+        if conv.bias is not None:
+            conv.bias.zero_()
 
 
 def build_ema(model: nn.Module, decay: float) -> AveragedModel | None:

@@ -243,7 +243,11 @@ def record_study(out: str | Path, plan: dict[str, Any], launch: dict[str, Any]) 
         # The same launch recorded again (now with its job ids) replaces its first entry.
         key = (launch.get("host"), launch.get("pid"), launch.get("started"))
         earlier = [e for e in old.get("launches", []) if (e.get("host"), e.get("pid"), e.get("started")) != key]
+        # Variants of earlier launches stay named: a later study may add variants to the folder.
+        variants = {**old.get("variants", {}), **plan.get("variants", {})}
         doc = {**plan, "runs": list(runs.values()), "launches": [*earlier, launch]}
+        if variants:
+            doc["variants"] = variants
         atomic_write_text(out / STUDY, json.dumps(doc, indent=2) + "\n")
 
 

@@ -106,7 +106,8 @@ class Trainer:
         input_dtype = runtime.amp_dtype
         self.augment = BatchAugment(device, input_dtype, channels_last=runtime.channels_last,
                                     augment=config.augment, padding=config.crop_padding,
-                                    seed=config.seed)
+                                    seed=config.seed, alternate_flip=config.alternate_flip,
+                                    dataset_size=data.train.dataset_size)
         self.writer = checkpoint.BackgroundWriter()
         self.rows: list[dict[str, Any]] = []  # metrics of the finished epochs
         self.epoch = 0  # completed epochs
@@ -167,9 +168,14 @@ class Trainer:
         self.data.train.set_epoch(self.epoch)
         self.augment.set_epoch(self.config.seed, self.epoch, self.dist.rank)
         size = self.config.resolution(self.epoch)
+        # Alternating flips need each image's data-set index: the epoch's order, batch by batch.
+        order = self.data.train.epoch_order(self.epoch).to(device) if self.config.alternate_flip else None
         t0 = time.perf_counter()
         for i, (images, labels) in enumerate(self.data.train):
-            x = self.augment.train(images, size)
+            if self.epoch == 0 and i == 0 and self.config.whiten_stem:
+                self._whiten_stem(images)
+            indices = order[seen:seen + labels.shape[0]] if order is not None else None
+            x = self.augment.train(images, size, indices)
             loss, out = train_step(self.forward, self.criterion, self.optimizer, self.scaler, self.runtime, x, labels)
             self.scheduler.step()
             if self.ema is not None:
@@ -193,6 +199,15 @@ class Trainer:
         elapsed = time.perf_counter() - t0
         return {"train_loss": loss_total / seen_total, "train_acc": correct_total / seen_total,
                 "images_per_s": seen_total / elapsed, "train_time_s": elapsed, "train_res": size}
+
+    def _whiten_stem(self, images: torch.Tensor) -> None:
+        """Patch-whitening of the stem from rank 0's first (unaugmented) batch, before the
+        first step; a resumed run has it in its checkpoint."""
+        stem = self.model.stem[0]
+        recipe.whiten_stem(stem, self.augment.test(images))
+        weight = distributed.broadcast(stem.weight.detach().cpu(), self.dist)
+        with torch.no_grad():
+            stem.weight.copy_(weight)
 
     def _check_finite(self, bad_step: torch.Tensor) -> None:
         step = int(bad_step.item())

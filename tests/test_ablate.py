@@ -283,9 +283,9 @@ def test_list_shows_every_preset_and_its_differences(capsys):
 NON_DEFAULT = {
     "model": "resnet34", "width": 16, "norm": "none", "epochs": 7, "batch_size": 64, "lr": 1e-05,
     "lr_schedule": "cosine", "milestones": (0.3, 0.6, 0.9), "lr_gamma": 0.2, "warmup_epochs": 1.5,
-    "momentum": 0.8, "nesterov": True, "weight_decay": 0.0, "label_smoothing": 0.1, "augment": False,
+    "momentum": 0.8, "nesterov": True, "weight_decay": 0.0, "label_smoothing": 0.1, "augment": False, "alternate_flip": True,
     "crop_padding": 2, "min_res": 16, "res_ramp": (0.2, 0.8), "eval_tta": True, "tta_translate": 1,
-    "tta_final_only": True, "ema": 0.99, "bn_momentum": 0.4, "decay_norm_bias": False, "bn_bias_lr": 64.0,
+    "tta_final_only": True, "whiten_stem": True, "ema": 0.99, "bn_momentum": 0.4, "decay_norm_bias": False, "bn_bias_lr": 64.0,
     "shuffle": False,
     "sync_bn": True, "seed": 7, "train_subset": 1000, "test_subset": 100, "precision": "fp32",
     "channels_last": False, "compile": "off", "loader": "memory", "num_workers": 3, "threads": 3, "device": "cpu",

@@ -12,9 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from fastres import TrainConfig, recipe
+from fastres import TrainConfig, cifar, recipe
 from fastres.augment import BatchAugment
 from fastres.checkpoint import load as load_checkpoint
+from fastres.data import open_data
 from fastres.models import build_model
 from fastres.rundir import RunDir
 from fastres.runtime import resolve_runtime
@@ -24,7 +25,7 @@ from .conftest import REPO, run_cli
 from .test_reliability import assert_same_weights, metrics_without_timing
 
 EVERY_OPTION = ["--ema", "0.9", "--bn-momentum", "0.4", "--no-decay-norm-bias", "--bn-bias-lr", "4",
-                "--tta-translate", "1", "--tta-final-only"]
+                "--tta-translate", "1", "--tta-final-only", "--alternate-flip", "--whiten-stem"]
 
 
 @pytest.fixture
@@ -159,3 +160,61 @@ def test_resume_with_every_option_on_is_bit_identical(synthetic_data, memory_sou
     assert res.returncode == 0, res.stderr
     assert f'"acc": {RunDir(run_dir).read_summary()["final_val_acc"]}' in res.stdout
     assert '"weights": "averaged"' in res.stdout and '"translate": 1' in res.stdout
+
+
+def test_alternating_flips_mirror_half_of_each_batch_and_each_image_on_alternate_epochs():
+    augment = BatchAugment("cpu", torch.float32, channels_last=False, padding=0, seed=5, alternate_flip=True,
+                           dataset_size=2000)
+    everyone = torch.arange(2000)
+    seen = []
+    for epoch in range(3):
+        augment.set_epoch(5, epoch)
+        seen.append(augment.mirrors(everyone))
+    assert 0.45 < seen[0].float().mean() < 0.55
+    assert torch.equal(seen[1], ~seen[0]) and torch.equal(seen[2], seen[0]), "each image alternates"
+    # In a batch: images whose mirror is due come out mirrored, the others as they were.
+    images = torch.randint(0, 256, (256, 32, 32, 3), dtype=torch.uint8)
+    indices = torch.randperm(2000)[:256]
+    augment.set_epoch(5, 1)
+    out = augment.train(images, indices=indices)
+    plain = augment.test(images)
+    mirrored = torch.tensor([torch.equal(o, p.flip(2)) for o, p in zip(out, plain, strict=True)])
+    assert torch.equal(mirrored, augment.mirrors(indices)) and 0.35 < mirrored.float().mean() < 0.65
+
+
+@pytest.mark.parametrize("loader", ["ffcv", "memory"])
+def test_epoch_order_names_the_images_each_batch_yields(loader, synthetic_data, synthetic_source):
+    data = open_data(loader=loader, data_dir=synthetic_data, source=synthetic_source, batch_size=128,
+                     device=torch.device("cpu"), seed=3, train_subset=1000, log=lambda m: None)
+    split = cifar.load_source(synthetic_source, expect_full=False).train
+    order = data.train.epoch_order(2)
+    assert len(order) == len(data.train) * 128 and len(set(order.tolist())) == len(order)
+    data.train.set_epoch(2)
+    start = 0
+    for images, labels in data.train:
+        idx = order[start:start + len(labels)].numpy()
+        assert torch.equal(images.cpu(), torch.from_numpy(split.images[idx]))
+        assert torch.equal(labels.cpu(), torch.from_numpy(split.labels[idx]).long())
+        start += len(labels)
+
+
+def test_whitening_init_decorrelates_the_stems_outputs_on_training_patches():
+    torch.manual_seed(0)
+    # Smooth images: neighbouring pixels and channels strongly correlated, as in photos.
+    x = nn.functional.interpolate(torch.randn(64, 3, 8, 8), size=(32, 32), mode="bilinear")
+    x = x + 0.5 * x.mean(1, keepdim=True)
+    conv = nn.Conv2d(3, 16, 3, bias=False)
+
+    def output_covariance() -> torch.Tensor:
+        out = conv(x).detach().transpose(0, 1).reshape(16, -1)[:8]
+        out = out - out.mean(1, keepdim=True)
+        return out @ out.T / out.shape[1]
+
+    before = output_covariance()
+    off = ~torch.eye(8, dtype=torch.bool)
+    corr = before / torch.sqrt(torch.outer(before.diag(), before.diag()))
+    assert corr[off].abs().max() > 0.3, "random filters on smooth images give correlated outputs"
+    recipe.whiten_stem(conv, x)
+    after = output_covariance()
+    assert after[off].abs().max() < 0.02 and torch.allclose(after.diag(), torch.ones(8), atol=0.05)
+    torch.testing.assert_close(conv.weight[8:16], -conv.weight[:8])  # each direction and its negative
