@@ -572,9 +572,10 @@ def _explain(exc: BaseException, trainer: Trainer, run: RunDir) -> BaseException
 
 
 def parameter_hash(model: nn.Module) -> str:
-    """Of the parameters and buffers (BatchNorm statistics), so ranks that agree agree on both."""
+    """Of the parameters only: under DDP the BatchNorm statistics are rank 0's at the start of
+    each forward and then each rank's own batch moves them, so after the last step they differ."""
     digest = hashlib.sha256()
-    for name, p in [*model.named_parameters(), *model.named_buffers()]:
+    for name, p in model.named_parameters():
         digest.update(name.encode())
         digest.update(p.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]

@@ -145,9 +145,9 @@ def test_divergence_keeps_the_last_good_checkpoint(synthetic_data, tmp_path, mon
     original = train_module.BatchAugment.train
     calls = {"n": 0}
 
-    def poisoned(self, images, size=None):
+    def poisoned(self, images, size=None, indices=None):
         calls["n"] += 1
-        x = original(self, images, size)
+        x = original(self, images, size, indices)
         return x * float("nan") if calls["n"] > 20 + 3 else x  # 20 steps per epoch: NaN in epoch 2, step 4
 
     monkeypatch.setattr(train_module.BatchAugment, "train", poisoned)
