@@ -74,19 +74,23 @@ def stats(values: list[float]) -> dict[str, Any]:
             "min": min(values), "max": max(values), "values": values}
 
 
-def load_runs(root: str | Path) -> list[Run]:
+def load_runs(root: str | Path, skipped: list[dict[str, str]] | None = None) -> list[Run]:
+    """The runs below ``root``; a folder whose config.json this fastres cannot read (a stray
+    file, or a run written by a newer fastres) is left out, and named in ``skipped``."""
     root = Path(root)
     if not root.is_dir():
         raise FastresError(f"{root} is not a folder: pass the --out folder of an ablation (default {STUDY_ROOT})")
     runs = []
     for rd in find_runs(root):
+        rel = str(rd.path.relative_to(root)) if rd.path != root else "."
         try:
             config = TrainConfig.from_dict(rd.read_config())
             state = rd.state()
             summary = rd.read_summary() if rd.summary.exists() else None
-        except FastresError:
-            continue  # not a readable fastres run (a stray config.json): nothing to report
-        rel = str(rd.path.relative_to(root)) if rd.path != root else "."
+        except FastresError as exc:
+            if skipped is not None:
+                skipped.append({"run": rel, "reason": str(exc)})
+            continue
         runs.append(Run(rd.path, rel, config, state, summary, rd.read_metrics()))
     if not runs:
         raise FastresError(f"{root} holds no fastres runs (no run directories with a config.json below it): "
@@ -169,11 +173,14 @@ def difference(group: Group, reference: Group) -> dict[str, Any] | None:
             "mean": a["mean"] - b["mean"], "stderr": se, "values": []}
 
 
-def aggregate(root: str | Path, runs: list[Run] | None = None, reference: str | None = None) -> dict[str, Any]:
+def aggregate(root: str | Path, runs: list[Run] | None = None, reference: str | None = None,
+              skipped: list[dict[str, str]] | None = None) -> dict[str, Any]:
     """Everything the report shows, as plain data (accuracies as fractions, like summary.json).
-    Every setting is compared with ``reference`` (see ``find_reference``)."""
+    Every setting is compared with ``reference`` (see ``find_reference``); ``skipped`` are the
+    folders ``load_runs`` could not read."""
     root = Path(root)
-    runs = load_runs(root) if runs is None else runs
+    skipped = [] if skipped is None else skipped
+    runs = load_runs(root, skipped) if runs is None else runs
     groups = group_runs(runs, study_variants(root))
     ref = find_reference(groups, reference)
     out_groups = []
@@ -209,6 +216,7 @@ def aggregate(root: str | Path, runs: list[Run] | None = None, reference: str | 
         "settings": out_groups,
         "runs": [_run_entry(r) for r in runs],
         "unfinished": [_unfinished(r) for r in runs if not r.complete],
+        "skipped": skipped,
         "common_changes": _common_changes(runs),
         "provenance": _provenance(runs),
         "files": {"markdown": REPORT_MD, "json": REPORT_JSON, "val_plot": VAL_PLOT, "lr_plot": LR_PLOT},
@@ -367,6 +375,9 @@ def render_markdown(data: dict[str, Any]) -> str:
             lines.append(f"| `{u['run']}` | {u['state']} | {u['epochs']}/{u['epochs_planned']} |")
         lines.append("")
         lines.append("Re-run the ablation command to resume them (`fastres train --resume RUN_DIR` for one).")
+    if data["skipped"]:
+        lines += ["", "## Folders not read (not counted above)", "", "| folder | why |", "|---|---|"]
+        lines += [f"| `{k['run']}` | {k['reason'].replace('|', '/')} |" for k in data["skipped"]]
     lines += ["", "## Curves", "",
               f"![validation accuracy per epoch: mean over seeds, band = min-max]({VAL_PLOT})", "",
               f"![learning-rate schedules]({LR_PLOT})", "",
@@ -451,8 +462,9 @@ def write_report(root: str | Path, reference: str | None = None) -> dict[str, An
     """Write report.md, report.json and the plots into ``root``, every setting compared with
     ``reference`` (default ``baseline``); return the report's data."""
     root = Path(root)
-    runs = load_runs(root)
-    data = aggregate(root, runs, reference)
+    skipped: list[dict[str, str]] = []
+    runs = load_runs(root, skipped)
+    data = aggregate(root, runs, reference, skipped)
     try:
         plot_val_acc(runs, root / VAL_PLOT, study_variants(root))
         plot_lr(runs, root / LR_PLOT, study_variants(root))
@@ -473,5 +485,8 @@ def summary_table(data: dict[str, Any]) -> str:
                      _diff_text(g["diff_vs_reference"]).replace("**", ""), _mean_std(g["best_val_acc"]),
                      "/".join(str(e) for e in g["epochs"]) or "-", str(len(g["unfinished"])) if g["unfinished"] else ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    for k in data.get("skipped", []):
+        text += f"\nnot read (not counted): {k['run']}: {k['reason']}"
+    return text
 

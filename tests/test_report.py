@@ -196,3 +196,16 @@ def test_a_studys_variants_are_named_and_a_clear_gain_is_marked(tmp_path, capsys
     cells = row(text, "ema")
     assert cells[3] == "**+2.50 ± 0.29** (paired, n=3)", cells  # diffs 3, 2, 2.5 points
     assert [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| `")][:2] == ["`quick`", "`ema`"]
+
+
+def test_a_folder_that_cannot_be_read_as_a_run_is_named_not_dropped_silently(runs, capsys):
+    stray = runs / "newer" / "seed0"
+    stray.mkdir(parents=True)
+    (stray / "config.json").write_text(json.dumps({"model": "resnet18", "a_field_from_the_future": 1}))
+    res = run_main(capsys, "report", str(runs))
+    assert res.returncode == 0, res.stderr
+    assert "not read (not counted): newer/seed0: unknown config field(s): a_field_from_the_future" in res.stdout
+    text = (runs / "report.md").read_text()
+    assert "## Folders not read" in text and "`newer/seed0`" in text
+    data = json.loads((runs / "report.json").read_text())
+    assert [k["run"] for k in data["skipped"]] == ["newer/seed0"] and len(data["runs"]) == 10
