@@ -188,9 +188,9 @@ def _slurm_parameters(options: JobOptions, out: Path) -> dict[str, Any]:
 
 def sbatch_script(runs: Sequence[PlannedRun], out: str | Path, options: JobOptions) -> str:
     """The sbatch script ``submit`` would hand to Slurm for these runs (for ``--dry-run``)."""
+    _submitit()  # a missing submitit is one line, before its import below fails
     from submitit.slurm.slurm import _make_sbatch_string  # what SlurmExecutor itself writes
 
-    _submitit()
     folder = jobs_folder(out)
     command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(folder))}"
     params = _slurm_parameters(options, Path(out))

@@ -205,9 +205,10 @@ class Trainer:
         first step; a resumed run has it in its checkpoint."""
         stem = self.model.stem[0]
         recipe.whiten_stem(stem, self.augment.test(images))
-        weight = distributed.broadcast(stem.weight.detach().cpu(), self.dist)
-        with torch.no_grad():
-            stem.weight.copy_(weight)
+        if self.dist.enabled:  # each rank's first batch differs: all take rank 0's filters
+            weight = distributed.broadcast(stem.weight.detach().cpu(), self.dist)
+            with torch.no_grad():
+                stem.weight.copy_(weight)
 
     def _check_finite(self, bad_step: torch.Tensor) -> None:
         step = int(bad_step.item())
@@ -623,7 +624,6 @@ def evaluate_run(run_dir: str | Path, *, tta: bool | None = None, translate: int
         raise FastresError(f"{path} holds no weight average (the run trained without --ema): drop --weights averaged")
     averaged = weights != "raw" and "ema" in state
     model = runtime.place(build_model(config.model, norm=config.norm, width=config.width))
-    recipe.set_bn_momentum(model, config.bn_momentum)
     if averaged:  # AveragedModel's keys: the module's under "module.", and its update count
         model.load_state_dict({k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")})
     else:
