@@ -20,6 +20,7 @@ from .models import MODELS, NORMS
 
 SCHEDULES = ("cosine", "linear", "multistep", "none")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+OPTIMIZERS = ("sgd", "muon")
 COMPILE_MODES = ("auto", "on", "off")
 LOADERS = ("ffcv", "memory")
 DEVICES = ("auto", "cuda", "cpu")
@@ -65,6 +66,9 @@ class TrainConfig:
     bn_momentum: float = field(default=0.1, metadata={"help": "BatchNorm running-statistics momentum (PyTorch's default 0.1; airbench uses 0.4 for short runs)"})
     decay_norm_bias: bool = field(default=True, metadata={"help": "weight decay on BatchNorm parameters and biases too (--no-decay-norm-bias: on filters only)"})
     bn_bias_lr: float = field(default=1.0, metadata={"help": "learning-rate multiplier for BatchNorm biases (1 = the same lr as everything else)"})
+    optimizer: str = field(default="sgd", metadata={"help": "sgd, or muon: Muon (torch.optim.Muon, orthogonalised momentum) for the convolution and linear filters at --muon-lr, SGD for BatchNorm parameters and biases"})
+    muon_lr: float = field(default=0.05, metadata={"help": "Muon's peak learning rate for the filters (with --optimizer muon; the schedule scales it like --lr)"})
+    muon_momentum: float = field(default=0.95, metadata={"help": "Muon's Nesterov momentum (with --optimizer muon)"})
     shuffle: bool = field(default=True, metadata={"help": "shuffle the training set every epoch (off: sequential order)"})
     sync_bn: bool = field(default=False, metadata={"help": "SyncBatchNorm across data-parallel processes (torchrun)"})
     seed: int = field(default=42, metadata={"help": "seed for initialisation, data order and augmentation"})
@@ -183,6 +187,10 @@ def _validate_recipe_options(c: TrainConfig) -> None:
         raise ConfigError(f"bn_momentum must be in (0, 1], got {c.bn_momentum!r}: pass e.g. --bn-momentum 0.4 "
                           "(PyTorch's default is 0.1)")
     _positive("bn_bias_lr", c.bn_bias_lr, "--bn-bias-lr")
+    _choice("optimizer", c.optimizer, OPTIMIZERS)
+    _positive("muon_lr", c.muon_lr, "--muon-lr")
+    if not (isinstance(c.muon_momentum, int | float) and 0 <= c.muon_momentum < 1):
+        raise ConfigError(f"muon_momentum must be in [0, 1), got {c.muon_momentum!r}: pass e.g. --muon-momentum 0.95")
     if not isinstance(c.tta_translate, int) or isinstance(c.tta_translate, bool) or not 0 <= c.tta_translate <= 4:
         raise ConfigError(f"tta_translate must be 0 to 4 pixels, got {c.tta_translate!r}: pass e.g. --tta-translate 1")
     if c.alternate_flip and not c.augment:

@@ -1,8 +1,8 @@
 """What the time-to-accuracy options build around the model: BatchNorm momentum, the
 optimizer's parameter groups (no weight decay on BatchNorm parameters and biases, a
 learning-rate multiplier for BatchNorm biases), patch-whitening of the stem, the exponential
-moving average of the weights that training evaluates, and the views of multi-view
-test-time augmentation.
+moving average of the weights that training evaluates, the views of multi-view
+test-time augmentation, and the optimizer (SGD, or Muon for the filters and SGD for the rest).
 
 Every option is off by default: with the defaults these functions build exactly what
 fastres built before they existed (one parameter group, PyTorch's BatchNorm momentum, no
@@ -79,6 +79,85 @@ def whiten_stem(conv: nn.Conv2d, x: torch.Tensor) -> None:
         conv.weight[: filters.shape[0]] = filters.to(conv.weight.dtype)
         if conv.bias is not None:
             conv.bias.zero_()
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD over :func:`param_groups`; with ``optimizer="muon"``, Muon for the filters (every
+    parameter of two or more dimensions: convolutions and the classifier) at ``muon_lr`` and SGD
+    for the rest, as one optimizer whose first group is SGD's (the run's ``lr``)."""
+    groups = param_groups(model, config)
+    sgd_options = {"lr": config.lr, "momentum": config.momentum, "nesterov": config.nesterov,
+                   "weight_decay": config.weight_decay}
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, **sgd_options)
+    filters = [p for p in model.parameters() if p.ndim >= 2]
+    is_filter = {id(p) for p in filters}
+    rest = [{**g, "params": [p for p in g["params"] if id(p) not in is_filter]} for g in groups]
+    rest = [g for g in rest if g["params"]]
+    muon = FilterMuon(filters, lr=config.muon_lr, momentum=config.muon_momentum,
+                      weight_decay=config.weight_decay)
+    return Combined(torch.optim.SGD(rest, **sgd_options), muon)
+
+
+class FilterMuon(torch.optim.Muon):
+    """``torch.optim.Muon`` for filters of any shape: each convolution filter bank is seen as an
+    (out, in * k * k) matrix, the shape Muon orthogonalises. Muon takes 2-D parameters only and a
+    channels_last filter has no 2-D view, so the optimizer keeps a flat copy of each filter,
+    refreshed from the model before every step and written back after it."""
+
+    def __init__(self, filters: list[nn.Parameter], **options: Any) -> None:
+        self.filters = list(filters)
+        flat = [p.detach().reshape(p.shape[0], -1).clone() for p in self.filters]
+        super().__init__(flat, **options)
+        self.flat = flat
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for p, flat in zip(self.filters, self.flat, strict=True):
+            flat.copy_(p.reshape(flat.shape))
+            flat.grad = None if p.grad is None else p.grad.reshape(flat.shape)
+        super().step()
+        for p, flat in zip(self.filters, self.flat, strict=True):
+            p.copy_(flat.view(p.shape))
+            flat.grad = None
+
+
+class Combined(torch.optim.Optimizer):
+    """Two optimizers stepped as one, so the learning-rate scheduler, the checkpoint and the
+    training step keep dealing with a single optimizer: ``param_groups`` are both optimizers'
+    own group dicts (a scheduler's lr changes reach them), ``state_dict`` holds both."""
+
+    def __init__(self, first: torch.optim.Optimizer, second: torch.optim.Optimizer) -> None:
+        # Deliberately not Optimizer.__init__: the parts own their parameters and state.
+        self.parts = (first, second)
+        self.defaults = dict(first.defaults)
+        self.param_groups = first.param_groups + second.param_groups
+        self.state = {}
+        self._optimizer_step_pre_hooks = {}
+        self._optimizer_step_post_hooks = {}
+        self._optimizer_state_dict_pre_hooks = {}
+        self._optimizer_state_dict_post_hooks = {}
+        self._optimizer_load_state_dict_pre_hooks = {}
+        self._optimizer_load_state_dict_post_hooks = {}
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for part in self.parts:
+            part.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for part in self.parts:
+            part.zero_grad(set_to_none)
+        for part in self.parts:
+            for p in getattr(part, "filters", ()):
+                p.grad = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"parts": [part.state_dict() for part in self.parts]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for part, state in zip(self.parts, state_dict["parts"], strict=True):
+            part.load_state_dict(state)
 
 
 def build_ema(model: nn.Module, decay: float) -> AveragedModel | None:

@@ -24,7 +24,7 @@ from . import checkpoint, distributed, recipe
 from .augment import BatchAugment
 from .config import MACHINE_FIELDS, TrainConfig, describe_differences, recipe_differences
 from .data import DataSource, choose_loader, open_data
-from .errors import FastresError
+from .errors import ConfigError, FastresError
 from .files import WriteError, write_failure, writing
 from .models import build_model, count_parameters
 from .provenance import git_commit, versions
@@ -95,9 +95,10 @@ class Trainer:
             self.eval_forward = compiled  # no gradient sync needed: evaluation is per process
         else:
             self.eval_forward = torch.compile(averaged) if runtime.compile else averaged
-        self.optimizer = torch.optim.SGD(recipe.param_groups(self.model, config), lr=config.lr,
-                                         momentum=config.momentum, nesterov=config.nesterov,
-                                         weight_decay=config.weight_decay)
+        if config.optimizer == "muon" and runtime.grad_scaler:
+            raise ConfigError("--optimizer muon does not work with fp16 autocast (its gradient scaler does not see "
+                              "Muon's flattened filters): pass --precision bf16 or --precision fp32")
+        self.optimizer = recipe.build_optimizer(self.model, config)
         self.steps_per_epoch = len(data.train)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(config, step, self.steps_per_epoch))
