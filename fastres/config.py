@@ -61,6 +61,7 @@ class TrainConfig:
     eval_tta: bool = field(default=False, metadata={"help": "evaluate with flip test-time augmentation (the mean of each image's and its mirror's logits)"})
     tta_translate: int = field(default=0, metadata={"help": "multi-view test-time augmentation: the flip pair plus the image shifted by this many pixels up-left and down-right, each with its mirror (0 = off; airbench uses 1)"})
     tta_final_only: bool = field(default=False, metadata={"help": "apply --tta-translate only at the last epoch's evaluation (each view costs a test pass; earlier epochs use --eval-tta)"})
+    eval_every: int = field(default=1, metadata={"help": "evaluate on the test set every N epochs and always after the last (0 = after the last only: each evaluation costs a test pass, ~15%% of a short CPU run's time)", "metavar": "N"})
     whiten_stem: bool = field(default=False, metadata={"help": "initialise the stem convolution by patch whitening of the first training batch (airbench): filters are the top eigenvectors of the 3x3 patch covariance, scaled to unit variance, and their negatives"})
     ema: float = field(default=0.0, metadata={"help": "exponential moving average of the weights and BatchNorm statistics, this decay per step (0 = off; e.g. 0.99): evaluated, checkpointed and what fastres eval tests"})
     bn_momentum: float = field(default=0.1, metadata={"help": "BatchNorm running-statistics momentum (PyTorch's default 0.1; airbench uses 0.4 for short runs)"})
@@ -172,7 +173,7 @@ def _validate(c: TrainConfig) -> None:
         raise ConfigError(f"label_smoothing must be in [0, 1), got {c.label_smoothing}")
     if c.warmup_epochs >= c.epochs:
         raise ConfigError(f"warmup_epochs ({c.warmup_epochs}) must be shorter than the run ({c.epochs} epochs)")
-    for name in ("train_subset", "test_subset", "num_workers", "threads", "crop_padding"):
+    for name in ("train_subset", "test_subset", "num_workers", "threads", "crop_padding", "eval_every"):
         if getattr(c, name) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(c, name)}")
     _validate_milestones(c)

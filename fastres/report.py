@@ -406,9 +406,12 @@ def plot_val_acc(runs: list[Run], path: Path, variants: frozenset[str] = frozens
         if not curves:
             continue
         length = min(len(c) for c in curves)
-        curves = [c[:length] for c in curves]
-        epochs = list(range(1, length + 1))
-        per_epoch = list(zip(*curves, strict=True))
+        # Epochs some seed did not evaluate (--eval-every) are left out of the curve.
+        evaluated = [(e, v) for e, v in enumerate(zip(*(c[:length] for c in curves), strict=True), 1)
+                     if None not in v]
+        epochs = [e for e, _ in evaluated]
+        per_epoch = [v for _, v in evaluated]
+        length = len(epochs)
         mean = [100 * statistics.fmean(v) for v in per_epoch]
         color = f"C{i % 10}"
         ax.plot(epochs, mean, color=color, marker="o" if length < 20 else None, markersize=3,

@@ -6,6 +6,7 @@ import os
 import platform
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -127,3 +128,16 @@ def is_out_of_memory(exc: BaseException | None) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def compile_stats() -> dict[str, Any]:
+    """What torch.compile did in this process so far: seconds spent compiling (dynamo's own
+    accounting: graph capture and the backend, forward and backward), how many frames it
+    compiled (every new input shape or mode past the first compile is one more: each
+    progressive-resizing size, a last partial test batch, train -> eval), and whether it hit
+    its recompile limit, past which it silently runs the function eagerly."""
+    from torch._dynamo.utils import calculate_time_spent, counters
+
+    limit_hit = any("recompile limit" in str(reason) for reason in counters["unimplemented"])
+    return {"compile_time_s": round(calculate_time_spent().get("total_wall_time", 0.0), 3),
+            "compiles": int(counters["frames"]["ok"]), "recompile_limit_hit": limit_hit}

@@ -29,7 +29,14 @@ from .files import WriteError, write_failure, writing
 from .models import build_model, count_parameters
 from .provenance import git_commit, versions
 from .rundir import TB_TAGS, RunDir, default_run_dir
-from .runtime import Runtime, is_out_of_memory, resolve_runtime, seed_everything, set_deterministic
+from .runtime import (
+    Runtime,
+    compile_stats,
+    is_out_of_memory,
+    resolve_runtime,
+    seed_everything,
+    set_deterministic,
+)
 from .schedule import lr_factor
 
 LOG_EVERY = 50  # steps between host reads of the running loss (progress, divergence check)
@@ -237,7 +244,10 @@ class Trainer:
         with _progress_bar(show_progress, self.steps_per_epoch, f"epoch {self.epoch + 1}/{cfg.epochs}") as bar:
             stats = self.train_epoch(bar)
         last = self.epoch + 1 == cfg.epochs
-        val = self.evaluate(tta=cfg.eval_tta, translate=cfg.tta_translate if last or not cfg.tta_final_only else 0)
+        if last or (cfg.eval_every and (self.epoch + 1) % cfg.eval_every == 0):
+            val = self.evaluate(tta=cfg.eval_tta, translate=cfg.tta_translate if last or not cfg.tta_final_only else 0)
+        else:
+            val = {"loss": None, "acc": None, "images": 0}
         self.epoch += 1
         row = {
             "epoch": self.epoch, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
@@ -246,7 +256,7 @@ class Trainer:
             "images_per_s": stats["images_per_s"], "epoch_time_s": time.perf_counter() - epoch_start,
             "train_res": stats["train_res"],
         }
-        improved = row["val_acc"] > self.best_val_acc
+        improved = row["val_acc"] is not None and row["val_acc"] > self.best_val_acc
         if improved:
             self.best_val_acc, self.best_epoch = row["val_acc"], self.epoch
         row["checkpoint_time_s"] = self.snapshot_checkpoint(improved) if self.dist.is_main else 0.0
@@ -307,7 +317,7 @@ class Trainer:
             "model": self.config.model,
             "epochs": self.epoch,
             "epochs_planned": self.config.epochs,
-            "best_val_acc": max((r["val_acc"] for r in rows), default=None),
+            "best_val_acc": max((r["val_acc"] for r in rows if r["val_acc"] is not None), default=None),
             "best_epoch": self.best_epoch or None,
             "final_val_acc": last.get("val_acc"),
             "final_val_loss": last.get("val_loss"),
@@ -322,6 +332,7 @@ class Trainer:
             "precision": rt.precision,
             "channels_last": rt.channels_last,
             "compile": rt.compile,
+            **(compile_stats() if rt.compile else {"compile_time_s": None, "compiles": None, "recompile_limit_hit": None}),
             "loader": self.data.loader,
             "data_hash": self.data.data_hash,
             "seed": self.config.seed,
@@ -354,13 +365,16 @@ class EpochLog:
             self.run.append_metrics(row)
             try:
                 for key, tag in TB_TAGS.items():
-                    self.tb.add_scalar(tag, row[key], row["epoch"])
+                    if row[key] is not None:  # val_* of an epoch without evaluation (--eval-every)
+                        self.tb.add_scalar(tag, row[key], row["epoch"])
                 self.tb.flush()
             except OSError as exc:
                 raise write_failure(f"the TensorBoard events in {self.run.tensorboard}", exc) from None
         self.log(
             f"epoch {row['epoch']}/{self.epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%  "
-            f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%  lr {row['lr']:.4g}  "
+            + (f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%  " if row["val_acc"] is not None
+               else "not evaluated  ")
+            + f"lr {row['lr']:.4g}  "
             f"{row['images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s"
         )
 

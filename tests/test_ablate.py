@@ -286,7 +286,7 @@ NON_DEFAULT = {
     "momentum": 0.8, "nesterov": True, "weight_decay": 0.0, "label_smoothing": 0.1, "augment": False, "alternate_flip": True,
     "crop_padding": 2, "min_res": 16, "res_ramp": (0.2, 0.8), "eval_tta": True, "tta_translate": 1,
     "tta_final_only": True, "whiten_stem": True, "ema": 0.99, "bn_momentum": 0.4, "decay_norm_bias": False, "bn_bias_lr": 64.0,
-    "shuffle": False,
+    "optimizer": "muon", "muon_lr": 0.125, "muon_momentum": 0.6, "eval_every": 3, "shuffle": False,
     "sync_bn": True, "seed": 7, "train_subset": 1000, "test_subset": 100, "precision": "fp32",
     "channels_last": False, "compile": "off", "loader": "memory", "num_workers": 3, "threads": 3, "device": "cpu",
     "deterministic": True, "data_dir": "my data/cifar 10", "run_dir": "study with spaces",

@@ -25,7 +25,8 @@ from .conftest import REPO, run_cli
 from .test_reliability import assert_same_weights, metrics_without_timing
 
 EVERY_OPTION = ["--ema", "0.9", "--bn-momentum", "0.4", "--no-decay-norm-bias", "--bn-bias-lr", "4",
-                "--tta-translate", "1", "--tta-final-only", "--alternate-flip", "--whiten-stem"]
+                "--tta-translate", "1", "--tta-final-only", "--alternate-flip", "--whiten-stem",
+                "--optimizer", "muon", "--muon-lr", "0.03", "--eval-every", "2"]
 
 
 @pytest.fixture
@@ -84,6 +85,44 @@ def test_excluded_parameters_get_no_weight_decay_and_batchnorm_biases_their_own_
         filters = p.dim() > 1
         assert moved == (filters and bool(before[n].abs().sum())), n
     torch.testing.assert_close(model.stem[0].weight, before["stem.0.weight"] * (1 - 0.1 * 0.5))
+
+
+def test_muon_steps_the_flattened_filters_and_sgd_the_rest():
+    model = small_model().to(memory_format=torch.channels_last)
+    config = TrainConfig(lr=0.1, momentum=0.9, weight_decay=5e-4, optimizer="muon", muon_lr=0.02)
+    optimizer = recipe.build_optimizer(model, config)
+    # The reference: torch's own Muon on 2-D copies of the filters, SGD on everything else.
+    named = dict(model.named_parameters())
+    filters = {n for n, p in named.items() if p.dim() > 1}
+    assert {"stem.0.weight", "fc.weight"} <= filters and len(filters) < len(named)
+    flat = {n: named[n].detach().reshape(named[n].shape[0], -1).clone() for n in filters}
+    rest = {n: p.detach().clone() for n, p in named.items() if n not in filters}
+    ref_muon = torch.optim.Muon(list(flat.values()), lr=0.02, momentum=0.95, weight_decay=5e-4)
+    ref_sgd = torch.optim.SGD(list(rest.values()), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    for _ in range(2):
+        torch.manual_seed(1)
+        optimizer.zero_grad()
+        model(torch.randn(4, 3, 32, 32).to(memory_format=torch.channels_last)).square().mean().backward()
+        for n, p in named.items():
+            if n in filters:
+                flat[n].grad = p.grad.reshape(flat[n].shape)
+            else:
+                rest[n].grad = p.grad.clone()
+        optimizer.step()
+        ref_muon.step()
+        ref_sgd.step()
+    for n, p in named.items():
+        expected = flat[n].view(p.shape) if n in filters else rest[n]
+        torch.testing.assert_close(p.detach(), expected, msg=n)
+    assert model.stem[0].weight.is_contiguous(memory_format=torch.channels_last), "the model keeps its layout"
+    # The scheduler sees one optimizer: SGD's groups first (the run's lr), then Muon's.
+    assert [g["lr"] for g in optimizer.param_groups] == [0.1, 0.02]
+    state = optimizer.state_dict()
+    assert len(state["parts"][1]["state"]) == len(filters), "Muon holds momentum for the filters only"
+    fresh = recipe.build_optimizer(model, config)
+    fresh.load_state_dict(state)
+    assert all(torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+               for a, b in zip(fresh.parts[1].state.values(), optimizer.parts[1].state.values(), strict=True))
 
 
 def test_bn_momentum_is_set_on_every_batchnorm_layer():
@@ -218,3 +257,32 @@ def test_whitening_init_decorrelates_the_stems_outputs_on_training_patches():
     after = output_covariance()
     assert after[off].abs().max() < 0.02 and torch.allclose(after.diag(), torch.ones(8), atol=0.05)
     torch.testing.assert_close(conv.weight[8:16], -conv.weight[:8])  # each direction and its negative
+
+
+def test_eval_every_skips_the_test_pass_between_evaluations_and_always_tests_the_last_epoch(
+        synthetic_data, memory_source, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from fastres.report import write_report
+
+    run_dir = tmp_path / "study" / "quick" / "seed0"
+    res = run_cli("train", "--preset", "quick", "--width", "8", "--batch-size", "100", "--epochs", "5",
+                  "--train-subset", "1000", "--test-subset", "200", "--loader", "memory", "--no-progress",
+                  "--eval-every", "2", "--run-dir", str(run_dir))
+    assert res.returncode == 0, res.stderr
+    run = RunDir(run_dir)
+    rows = run.read_metrics()
+    evaluated = [r["epoch"] for r in rows if r["val_acc"] is not None]
+    assert evaluated == [2, 4, 5] and all(r["val_images"] == 0 for r in rows if r["epoch"] not in evaluated)
+    assert res.stdout.count("not evaluated") == 2
+    summary = run.read_summary()
+    assert summary["final_val_acc"] == rows[-1]["val_acc"]
+    assert summary["best_val_acc"] == max(rows[e - 1]["val_acc"] for e in evaluated)
+    tb = EventAccumulator(str(run.tensorboard))
+    tb.Reload()
+    assert [e.step for e in tb.Scalars("acc/val")] == evaluated
+    assert [e.step for e in tb.Scalars("acc/train")] == [1, 2, 3, 4, 5]
+    # The report and its curves read such a run like any other.
+    write_report(tmp_path / "study")
+    assert (tmp_path / "study" / "val_acc.png").stat().st_size > 0
+    assert f"{100 * summary['final_val_acc']:.2f}" in (tmp_path / "study" / "report.md").read_text()
