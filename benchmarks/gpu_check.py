@@ -18,9 +18,18 @@ Full mode (a CUDA GPU), in priority order so the most wanted numbers come first:
 Compilation happens once per model, at one batch size, so the whole check fits in five
 minutes; what the budget leaves out is recorded as skipped.
 
+5. End to end, with its own time budget (``--e2e-budget-s``, default 240 s): one seed of the
+   GPU preset ``fast`` through ``fastres train --loader memory`` (no ffcv needed), reading the
+   CIFAR-10 source named by ``--cifar`` (a ``cifar-10-batches-py`` folder, its parent, or a
+   ``.tar.gz`` of it; README "GPU check" says how to get it there in pieces). Recorded under
+   ``end_to_end``: final accuracy, epochs, ``train_time_s``, compile time and compiles, and the
+   run's own summary. A run the budget stops is stopped cleanly (SIGTERM: it keeps its
+   summary) and recorded with the epochs it reached. ``--e2e-only`` skips sections 1-4.
+
 ``--tiny`` (or FASTRES_GPU_CHECK_TINY=1) runs every code path above on the CPU in seconds:
 width-8 models, batch sizes 2 and 4, one step per repeat, torch.compile with the "eager"
-backend (dynamo's graph capture without inductor's C++ build, which takes minutes on CPU).
+backend (dynamo's graph capture without inductor's C++ build, which takes minutes on CPU);
+the end-to-end run is ``fast`` at width 8 for 2 epochs of 500 images, without compile.
 """
 
 from __future__ import annotations
@@ -29,7 +38,10 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
+import subprocess
 import sys
+import tarfile
 import time
 import traceback
 from pathlib import Path
@@ -48,7 +60,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run every code path on the CPU in seconds (width 8, tiny batches)")
     p.add_argument("--budget-s", type=float, default=float(os.environ.get("FASTRES_GPU_CHECK_BUDGET_S", 270)),
                    help="stop starting new measurements after this many seconds (default 270)")
+    p.add_argument("--cifar", default=os.environ.get("FASTRES_GPU_CHECK_CIFAR", ""),
+                   help="CIFAR-10 source for the end-to-end run: cifar-10-batches-py, its parent folder, or a "
+                        ".tar.gz of it (default $FASTRES_GPU_CHECK_CIFAR; none: the section is skipped)")
+    p.add_argument("--e2e-budget-s", type=float, default=float(os.environ.get("FASTRES_GPU_CHECK_E2E_BUDGET_S", 240)),
+                   help="time limit of the end-to-end run (default 240)")
+    p.add_argument("--e2e-only", action="store_true", help="run only the end-to-end section")
     return p.parse_args(argv)
+
+
+E2E_PRESET = "fast"
+E2E_TINY = ["--width", "8", "--epochs", "2", "--warmup-epochs", "0.5", "--batch-size", "50", "--train-subset", "500", "--test-subset", "100",
+            "--device", "cpu", "--compile", "off", "--threads", "1"]
+E2E_FIELDS = ("status", "epochs", "epochs_planned", "final_val_acc", "best_val_acc", "train_time_s", "images_per_s",
+              "compile", "compile_time_s", "compiles", "recompile_limit_hit", "precision", "device", "loader")
+
+
+def cifar_source(path: str, outdir: Path) -> Path:
+    """The folder holding CIFAR-10's python batches, unpacking a .tar.gz into ``outdir`` first."""
+    source = Path(path)
+    if source.is_file():
+        with tarfile.open(source) as archive:
+            archive.extractall(outdir / "cifar", filter="data")
+        source = outdir / "cifar"
+    if (source / "cifar-10-batches-py").is_dir():
+        source = source / "cifar-10-batches-py"
+    if not (source / "data_batch_1").is_file():
+        raise FileNotFoundError(f"no CIFAR-10 python batches (data_batch_1) in {source}")
+    return source
 
 
 class Check:
@@ -170,6 +209,54 @@ class Check:
         self.doc["complete"] = True
         self.write()
 
+    def end_to_end(self, outdir: Path, cifar: str, budget_s: float) -> None:
+        """One seed of the GPU preset from the CIFAR-10 source to its final accuracy."""
+        run_dir = outdir / "e2e"
+        command = [sys.executable, "-m", "fastres", "train", "--preset", E2E_PRESET, "--loader", "memory",
+                   "--seed", "0", "--no-progress", "--run-dir", str(run_dir), *(E2E_TINY if self.tiny else [])]
+        entry: dict[str, Any] = {"preset": E2E_PRESET, "command": command[1:], "budget_s": budget_s,
+                                 "status": "skipped", "wall_s": None}
+        self.doc["end_to_end"] = entry
+        if not cifar:
+            entry["reason"] = "no CIFAR-10 source: pass --cifar PATH (or FASTRES_GPU_CHECK_CIFAR)"
+            print(f"[{self.elapsed():6.1f}s] end to end: skipped ({entry['reason']})", flush=True)
+            self.write()
+            return
+        try:
+            source = cifar_source(cifar, outdir)
+        except (OSError, tarfile.TarError) as exc:
+            entry.update(status="error", reason=f"{type(exc).__name__}: {exc}"[:300])
+            self.doc["errors"].append({"what": "end to end: CIFAR-10 source", "traceback": entry["reason"]})
+            self.write()
+            return
+        started = time.perf_counter()
+        with open(outdir / "e2e.log", "w") as log:
+            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "FASTRES_CIFAR10": str(source)})
+            try:
+                proc.wait(timeout=budget_s)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGTERM)  # fastres stops cleanly: checkpoint and summary kept
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        entry["wall_s"] = round(time.perf_counter() - started, 1)
+        entry["returncode"] = proc.returncode
+        summary_path = run_dir / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        entry.update({k: summary.get(k) for k in E2E_FIELDS})
+        entry["status"] = summary.get("status") or "failed"
+        if entry["status"] != "completed":
+            tail = (outdir / "e2e.log").read_text()[-2000:]
+            self.doc["errors"].append({"what": f"end to end: {entry['status']}", "traceback": tail})
+        print(f"[{self.elapsed():6.1f}s] end to end: {E2E_PRESET} {entry['status']} after "
+              f"{entry['epochs']}/{entry['epochs_planned']} epochs, final accuracy "
+              f"{100 * (entry['final_val_acc'] or 0):.2f}%, train_time_s {entry['train_time_s']}, "
+              f"compile {entry['compile_time_s']}s, compiles {entry['compiles']}", flush=True)
+        self.write()
+
     def summary(self) -> str:
         records = self.doc["records"]
         lines = [self.bench.format_table(records, ("baseline", "fastres_eager", "fastres"))]
@@ -193,7 +280,12 @@ def main(argv: list[str] | None = None) -> int:
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     check = Check(outdir, args.tiny, args.budget_s)
-    check.run()
+    check.doc["sections"] = ["end_to_end"] if args.e2e_only else ["sweep", "data_path", "end_to_end"]
+    if not args.e2e_only:
+        check.run()
+    check.end_to_end(outdir, args.cifar, args.e2e_budget_s)
+    check.doc["complete"] = True  # every section asked for ran (each records what it skipped)
+    check.write()
     print(check.summary(), flush=True)
     print(f"wrote {check.path} ({check.elapsed():.0f}s)", flush=True)
     return 1 if check.doc["errors"] else 0

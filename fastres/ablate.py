@@ -89,8 +89,10 @@ class PlannedRun:
 def plan_ablation(presets: Sequence[str], *, seeds: int = 1, seed: int | None = None,
                   overrides: Mapping[str, Any] | None = None, out: str | Path = STUDY_ROOT,
                   devices: Sequence[str] | None = None,
-                  variants: Mapping[str, Mapping[str, Any]] | None = None) -> list[PlannedRun]:
-    """The runs of a study, in order (preset by preset, seeds ascending), each with its command.
+                  variants: Mapping[str, Mapping[str, Any]] | None = None,
+                  interleave: bool = False) -> list[PlannedRun]:
+    """The runs of a study, in order (preset by preset, seeds ascending; with ``interleave``
+    seed by seed, every setting's run of one seed before the next seed's), each with its command.
 
     ``presets`` are preset names or aliases; ``seed`` is the first seed (default: each
     preset's own); ``overrides`` are TrainConfig fields applied to every run. ``variants``
@@ -121,6 +123,8 @@ def plan_ablation(presets: Sequence[str], *, seeds: int = 1, seed: int | None = 
             f"{len(conflicts)} run folder(s) hold a different recipe than this study: {conflicts[0]}"
             f"{' and others' if len(conflicts) > 1 else ''}; pass another --out, or the options those runs used"
         )
+    if interleave:  # a machine whose speed drifts then slows every setting alike
+        runs.sort(key=lambda r: r.seed)
     if devices:
         todo = [r for r in runs if r.runs_here]
         for i, r in enumerate(todo):

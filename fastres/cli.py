@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='a named variant of the (one) preset: its training options, run over the same seeds into '
                         'OUT/NAME/seed<S> next to the preset\'s own runs, which the report compares it with, '
                         'paired by seed (repeatable), e.g. --variant ema:"--ema 0.99" --variant bn:"--bn-momentum 0.4"')
+    p.add_argument("--interleave", action="store_true",
+                   help="run seed by seed (seed S of every setting, then S+1, ...) instead of setting by setting: "
+                        "a machine whose speed drifts then slows every setting alike, as comparing times needs")
     p.add_argument("--dry-run", action="store_true", help="print the fastres train commands, one per line, and run nothing")
     p.add_argument("--devices", metavar="0,1,...", help="GPU indices: runs go side by side, each pinned to one of "
                                                         "these GPUs (one per GPU at a time, see --runs-per-device)")
@@ -343,7 +346,8 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
                                        flag="--runs-per-device" if args.launcher == "local" else "--max-parallel")
     variants = _parse_variants(args.variant or [])
     runs = ablate.plan_ablation(presets, seeds=args.seeds, seed=seed, overrides=overrides, out=out,
-                                devices=slots if args.dry_run and devices else None, variants=variants)
+                                devices=slots if args.dry_run and devices else None, variants=variants,
+                                interleave=args.interleave)
     # A study of variants compares them with the preset they vary.
     reference = get_preset(presets[0]).preset if variants else None
     if args.dry_run:

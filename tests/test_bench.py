@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -277,6 +278,35 @@ def test_gpu_check_tiny_mode_runs_on_a_machine_with_only_python_torch_and_numpy(
         assert [r["augment"] for r in d["records"]] == [False, True]
         assert all(r["precision"] == d["precision"] for r in d["records"])
     assert "headline: resnet18 b4 train" in res.stdout and "data path fp16 + GradScaler" in res.stdout
+    # Without a CIFAR-10 source the end-to-end section says so instead of failing.
+    assert doc["end_to_end"]["status"] == "skipped" and "--cifar" in doc["end_to_end"]["reason"]
+
+
+def test_gpu_check_end_to_end_trains_the_gpu_preset_from_an_archive_of_the_source(synthetic_source, tmp_path):
+    # What the GPU machine lacks: ffcv (and fastres is reached through PYTHONPATH only).
+    blocker = tmp_path / "block" / "ffcv"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('ffcv is not installed on the GPU machine')\n")
+    archive = tmp_path / "cifar10.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(synthetic_source, arcname="cifar-10-batches-py")
+    out = tmp_path / "gpu"
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(tmp_path / "block")}
+    res = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(out), "--tiny", "--e2e-only",
+                          "--cifar", str(archive)], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    doc = json.loads((out / "gpu_check.json").read_text())
+    assert doc["complete"] is True and doc["sections"] == ["end_to_end"] and doc["records"] == []
+    e2e = doc["end_to_end"]
+    assert e2e["preset"] == "fast" and e2e["status"] == "completed" and e2e["returncode"] == 0
+    assert e2e["epochs"] == e2e["epochs_planned"] == 2 and e2e["loader"] == "memory"
+    summary = json.loads((out / "e2e" / "summary.json").read_text())
+    assert e2e["final_val_acc"] == summary["final_val_acc"] and 0 <= e2e["final_val_acc"] <= 1
+    assert e2e["train_time_s"] == summary["train_time_s"] > 0
+    assert e2e["compile"] is False and e2e["compiles"] is None and "compile_time_s" in e2e
+    config = json.loads((out / "e2e" / "config.json").read_text())
+    assert config["preset"] == "fast" and config["alternate_flip"] and config["tta_translate"] == 1
+    assert "end to end: fast completed after 2/2 epochs" in res.stdout
 
 
 def test_gpu_check_without_an_output_folder_shows_usage():
