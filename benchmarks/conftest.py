@@ -37,20 +37,30 @@ class Settings:
     data_batch: int
     data_subset: int  # images per data-loading epoch (0: all 50,000)
     data_repeats: int
-    e2e_batch: int
-    e2e_subset: int
+    e2e_cases: tuple[tuple[int, int, int], ...]  # (width, batch, training images per epoch)
+    e2e_repeats: int  # whole measurements per case (step rate and run), for the spread of `kept`
     e2e_epochs: int
     e2e_test_subset: int
     threads: int | None  # torch threads for every suite; None: torch's default
 
 
+# The full-width model, and quick's width 16 at its batch 256, where per-step host work and the
+# loader weigh most against a step that is ~16x cheaper.
 FULL = Settings(full=True, threads=None, width=64, timing=bench.FULL_TIMING, data_batch=128, data_subset=0, data_repeats=3,
-                e2e_batch=128, e2e_subset=128 * 40, e2e_epochs=2, e2e_test_subset=500)
+                e2e_cases=((64, 128, 128 * 40), (16, 256, 256 * 80)), e2e_repeats=3, e2e_epochs=2,
+                e2e_test_subset=500)
 # One thread in quick mode: the smoke test's tiny steps are mostly synchronisation, and with
 # the cores shared (parallel jobs, a training next door) OpenMP barriers then stall for
 # whole scheduler slices, turning milliseconds into seconds.
 QUICK = Settings(full=False, threads=1, width=bench.QUICK_WIDTH, timing=bench.QUICK_TIMING, data_batch=64, data_subset=512,
-                 data_repeats=2, e2e_batch=32, e2e_subset=256, e2e_epochs=2, e2e_test_subset=100)
+                 data_repeats=2, e2e_cases=((bench.QUICK_WIDTH, 32, 256),), e2e_repeats=1, e2e_epochs=2,
+                 e2e_test_subset=100)
+
+
+def pytest_generate_tests(metafunc) -> None:
+    if "e2e_case" in metafunc.fixturenames:  # the end-to-end cases of this mode, one test each
+        cases = (FULL if bench.full_mode() else QUICK).e2e_cases
+        metafunc.parametrize("e2e_case", cases, ids=[f"w{w}-b{b}" for w, b, _ in cases])
 
 
 @pytest.fixture(scope="session")
@@ -124,6 +134,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
                       f"torchvision DataLoader ({d['torchvision']['workers']} workers) {d['torchvision']['images_per_s']:,.0f}: "
                       f"{d['speedup']:.1f}x")
     for e in res["e2e"]:
+        kept = ", ".join(f"{100 * k:.1f}" for k in e["kept_all"])
         tr.write_line(f"end to end, {e['model']} width {e['width']} batch {e['batch_size']}: epoch "
                       f"{e['epoch_images_per_s']:,.1f} vs train step {e['step_images_per_s']:,.1f} images/s: "
-                      f"the loop keeps {100 * e['kept']:.1f}%")
+                      f"the loop keeps {100 * e['kept']:.1f}% (median of {len(e['kept_all'])}: {kept}; "
+                      f"spread {100 * e['kept_spread']:.1f} points)")

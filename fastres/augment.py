@@ -29,11 +29,15 @@ def random_crop_flip(
         images = torch.nn.functional.pad(images, (0, 0, padding, padding, padding, padding))
     dy = torch.randint(0, 2 * padding + 1, (n, 1), device=device, generator=generator)
     dx = torch.randint(0, 2 * padding + 1, (n, 1), device=device, generator=generator)
+    if flip and mirror is None:
+        mirror = torch.rand((n, 1), device=device, generator=generator) < 0.5
+    if padding == 0:
+        # Flips only: a select between the batch and its mirror is the same result as the
+        # gather below at a fraction of its cost (the draws above keep the random stream).
+        return torch.where(mirror.reshape(n, 1, 1, 1), images.flip(2), images) if flip else images
     rows = dy + torch.arange(h, device=device)
     cols = torch.arange(w, device=device).expand(n, w)
     if flip:
-        if mirror is None:
-            mirror = torch.rand((n, 1), device=device, generator=generator) < 0.5
         cols = torch.where(mirror.reshape(n, 1), w - 1 - cols, cols)
     cols = dx + cols
     batch = torch.arange(n, device=device)[:, None, None]

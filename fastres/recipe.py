@@ -148,9 +148,12 @@ class Combined(torch.optim.Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         for part in self.parts:
             part.zero_grad(set_to_none)
-        for part in self.parts:
+        for part in self.parts:  # the model's own filters: the Muon part steps flat copies of them
             for p in getattr(part, "filters", ()):
-                p.grad = None
+                if set_to_none:
+                    p.grad = None
+                elif p.grad is not None:
+                    p.grad.zero_()
 
     def state_dict(self) -> dict[str, Any]:
         return {"parts": [part.state_dict() for part in self.parts]}

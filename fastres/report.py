@@ -65,13 +65,13 @@ class Group:
 
 
 def stats(values: list[float]) -> dict[str, Any]:
-    """mean, sample std (ddof 1; None for fewer than 2 values), min, max, n, values."""
+    """mean, sample std (ddof 1; None for fewer than 2 values), median, min, max, n, values."""
     values = [float(v) for v in values if v is not None]
     if not values:
-        return {"n": 0, "mean": None, "std": None, "min": None, "max": None, "values": []}
+        return {"n": 0, "mean": None, "std": None, "median": None, "min": None, "max": None, "values": []}
     return {"n": len(values), "mean": statistics.fmean(values),
             "std": statistics.stdev(values) if len(values) > 1 else None,
-            "min": min(values), "max": max(values), "values": values}
+            "median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
 
 
 def load_runs(root: str | Path, skipped: list[dict[str, str]] | None = None) -> list[Run]:
@@ -209,6 +209,12 @@ def aggregate(root: str | Path, runs: list[Run] | None = None, reference: str | 
         if ref is not None and g is not ref:
             entry["diff_vs_reference"] = difference(g, ref)
         out_groups.append(entry)
+    # Time is compared by medians, which one disturbed run cannot drag (machines drift; see
+    # fastres ablate --interleave for runs whose times are meant to be compared).
+    ref_time = next((e["train_time_s"]["median"] for e, g in zip(out_groups, groups, strict=True) if g is ref), None)
+    for entry in out_groups:
+        median = entry["train_time_s"]["median"]
+        entry["time_ratio_vs_reference"] = median / ref_time if median and ref_time else None
     return {
         "root": str(root),
         "reference": ref.label if ref is not None else None,
@@ -290,6 +296,14 @@ def _mean_std(s: dict[str, Any]) -> str:
     return f"{_pct(s['mean'])} ± {_pct(s['std']) if s['std'] is not None else 'n/a'}"
 
 
+def _time_range(t: dict[str, Any]) -> str:
+    if t["median"] is None:
+        return "-"
+    if t["n"] < 2:
+        return duration(t["median"])
+    return f"{duration(t['median'])} ({duration(t['min'])}-{duration(t['max'])})"
+
+
 def _diff_text(diff: dict[str, Any] | None) -> str:
     if diff is None:
         return "-"
@@ -336,7 +350,8 @@ def render_markdown(data: dict[str, Any]) -> str:
     reference = data["reference"] or "baseline"
     lines += ["", "## Results", ""]
     header = ["setting", "n", "final val acc", f"Δ final vs {reference}", "best-epoch val acc (optimistic)",
-              "final train acc", "epochs", "wall time / run", "images/s", "original study (1 run, best)"]
+              "final train acc", "epochs", "wall time / run, median (range)", f"time vs {reference}", "images/s",
+              "original study (1 run, best)"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---"] + ["--:"] * (len(header) - 1)) + "|")
     notes = False
@@ -356,7 +371,8 @@ def render_markdown(data: dict[str, Any]) -> str:
         ips = g["images_per_s"]["mean"]
         lines.append("| " + " | ".join([
             f"`{g['label']}`", n, _mean_std(g["final_val_acc"]), diff_text, _mean_std(g["best_val_acc"]),
-            _mean_std(g["final_train_acc"]), epochs, duration(g["train_time_s"]["mean"]),
+            _mean_std(g["final_train_acc"]), epochs, _time_range(g["train_time_s"]),
+            "-" if g["time_ratio_vs_reference"] is None else f"{g['time_ratio_vs_reference']:.2f}x",
             "-" if ips is None else f"{ips:,.0f}", original]) + " |")
     lines.append("")
     lines.append(f"Δ: final accuracy minus `{reference}`'s, in points, ± its standard error. *Paired* (the "
@@ -482,11 +498,14 @@ def write_report(root: str | Path, reference: str | None = None) -> dict[str, An
 def summary_table(data: dict[str, Any]) -> str:
     """The results table for the terminal (the markdown table's main columns)."""
     rows = [("setting", "n", "final val acc %", f"Δ vs {data['reference'] or 'baseline'}", "best-epoch %", "epochs",
-             "unfinished")]
+             "time (median)", "unfinished")]
     for g in data["settings"]:
+        ratio = g.get("time_ratio_vs_reference")
+        time_text = _time_range(g["train_time_s"]).split(" ")[0] + (f" ({ratio:.2f}x)" if ratio else "")
         rows.append((g["label"], str(g["n"]), _mean_std(g["final_val_acc"]),
                      _diff_text(g["diff_vs_reference"]).replace("**", ""), _mean_std(g["best_val_acc"]),
-                     "/".join(str(e) for e in g["epochs"]) or "-", str(len(g["unfinished"])) if g["unfinished"] else ""))
+                     "/".join(str(e) for e in g["epochs"]) or "-", time_text,
+                     str(len(g["unfinished"])) if g["unfinished"] else ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
     for k in data.get("skipped", []):

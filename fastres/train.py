@@ -102,9 +102,6 @@ class Trainer:
             self.eval_forward = compiled  # no gradient sync needed: evaluation is per process
         else:
             self.eval_forward = torch.compile(averaged) if runtime.compile else averaged
-        if config.optimizer == "muon" and runtime.grad_scaler:
-            raise ConfigError("--optimizer muon does not work with fp16 autocast (its gradient scaler does not see "
-                              "Muon's flattened filters): pass --precision bf16 or --precision fp32")
         self.optimizer = recipe.build_optimizer(self.model, config)
         self.steps_per_epoch = len(data.train)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -480,6 +477,9 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print, progress: 
         torch.set_num_threads(config.threads)
     set_deterministic(config.deterministic)
     runtime = resolve_runtime(config, local_rank=d.local_rank if d.enabled else None)
+    if config.optimizer == "muon" and runtime.grad_scaler:
+        raise ConfigError("--optimizer muon does not work with fp16 autocast (its gradient scaler does not see "
+                          "Muon's flattened filters): pass --precision bf16 or --precision fp32")
     distributed.init(d, runtime.device.type)
     try:
         config = config.replace(run_dir=distributed.broadcast(config.run_dir, d))

@@ -425,6 +425,12 @@ def test_variants_of_a_preset_run_next_to_it_over_the_same_seeds(tmp_path):
     assert "--no-decay-norm-bias" in commands[4] and commands[4][commands[4].index("--bn-momentum") + 1] == "0.4"
     runs = plan_ablation(["quick"], seeds=1, out=out, variants={"ema": {"ema": 0.99}})
     assert [(r.name, r.config.ema) for r in runs] == [("quick/seed42", 0.0), ("ema/seed42", 0.99)]
+    # --interleave: seed by seed, so a drifting machine slows every setting alike.
+    res = in_process("ablate", "--config", "quick", "--seeds", "2", "--seed", "0", "--dry-run", "--out", str(out),
+                     "--variant", "ema:--ema 0.99", "--interleave")
+    assert res.returncode == 0, res.stderr
+    assert [shlex.split(line)[-1] for line in res.stdout.splitlines()] == [
+        str(out / f) for f in ("quick/seed0", "ema/seed0", "quick/seed1", "ema/seed1")]
 
 
 @pytest.mark.parametrize("args,message", [

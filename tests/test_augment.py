@@ -97,3 +97,26 @@ def test_padding_zero_is_flip_only():
     kept = [torch.equal(o, i) for o, i in zip(out, x, strict=True)]
     assert all(m or k for m, k in zip(mirrored, kept, strict=True))
     assert 4 <= sum(mirrored) <= 28
+
+
+def test_flip_only_takes_the_same_images_and_random_draws_as_the_general_crop():
+    # Padding 0 skips the gather, but a run must mirror exactly the images it mirrored before
+    # (same seed, same numbers across fastres versions), and the random stream must not shift.
+    x = batch(64)
+
+    def gather(images, generator, mirror=None):  # the general path, written out for padding 0
+        n, h, w, _ = images.shape
+        torch.randint(0, 1, (n, 1), generator=generator)
+        torch.randint(0, 1, (n, 1), generator=generator)
+        if mirror is None:
+            mirror = torch.rand((n, 1), generator=generator) < 0.5
+        cols = torch.where(mirror.reshape(n, 1), w - 1 - torch.arange(w).expand(n, w), torch.arange(w).expand(n, w))
+        return images[torch.arange(n)[:, None, None], torch.arange(h)[None, :, None], cols[:, None, :]]
+
+    ours, theirs = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for _ in range(3):
+        assert torch.equal(random_crop_flip(x, 0, True, ours), gather(x, theirs))
+    assert torch.equal(torch.rand(4, generator=ours), torch.rand(4, generator=theirs))
+    given = torch.rand(64, generator=torch.Generator().manual_seed(1)) < 0.5
+    assert torch.equal(random_crop_flip(x, 0, True, ours, given), gather(x, theirs, given))
+    assert torch.equal(random_crop_flip(x, 0, False, ours), x)

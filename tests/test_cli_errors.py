@@ -38,11 +38,30 @@ def assert_clean_error(res, *needles):
     (["--epochs", "ten"], ["invalid int value: 'ten'"]),
     (["--res-ramp", "start,end"], ["malformed res_ramp", "--res-ramp 0,0.75"]),
     (["--min-res", "30"], ["min_res must be a multiple of 4", "--min-res 16"]),
+    (["--optimizer", "adam"], ["optimizer must be one of sgd, muon"]),
+    (["--optimizer", "muon", "--muon-lr", "0"], ["muon_lr must be positive", "--muon-lr"]),
+    (["--eval-every", "-1"], ["eval_every must be >= 0"]),
 ])
 def test_bad_training_options(args, needles, tmp_path, capsys):
     res = run_main(capsys, "train", *args, "--run-dir", str(tmp_path / "run"))
     assert_clean_error(res, *needles)
     assert not (tmp_path / "run").exists(), "nothing is written for a refused command"
+
+
+def test_muon_with_fp16_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    import importlib
+
+    import torch
+
+    from fastres.runtime import Runtime
+
+    train = importlib.import_module("fastres.train")  # the module (fastres.train is also a function)
+    # fp16 autocast exists on CUDA only: stand in a runtime that resolved to it.
+    monkeypatch.setattr(train, "resolve_runtime",
+                        lambda config, local_rank=None: Runtime(torch.device("cpu"), "GPU", "fp16", False, True))
+    res = run_main(capsys, "train", "--optimizer", "muon", "--run-dir", str(tmp_path / "run"))
+    assert_clean_error(res, "--optimizer muon does not work with fp16", "--precision bf16")
+    assert not (tmp_path / "run").exists()
 
 
 def test_batch_larger_than_the_data_set(synthetic_data, tmp_path, capsys):

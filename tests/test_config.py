@@ -33,7 +33,8 @@ def test_alias_and_quick_preset():
 
 def test_progressive_resizing_schedule_keeps_its_shape_and_ends_at_full_size():
     quick = get_preset("quick")
-    assert [quick.resolution(e) for e in range(5)] == [16, 16, 20, 24, 32]
+    assert [quick.resolution(e) for e in range(6)] == [16, 16, 16, 24, 28, 32]
+    assert [quick.replace(epochs=5).resolution(e) for e in range(5)] == [16, 16, 20, 24, 32]
     longer = quick.replace(epochs=10)
     sizes = [longer.resolution(e) for e in range(10)]
     assert sizes[:3] == [16, 16, 16] and sizes[-2:] == [32, 32] and sizes == sorted(sizes)

@@ -95,6 +95,12 @@ def test_report_rows_hold_mean_and_sample_std_over_finished_seeds(runs):
     assert row(text, "baseline")[2] != row(text, "baseline")[4]
     assert "optimistic" in text
     assert row(text, "baseline")[6] == "3" and row(text, "resnet34")[6] == "100"
+    # Time: the median and range of train_time_s, and the ratio of medians to the reference's.
+    base_times = summary_values(runs, "baseline", "train_time_s")  # 30 + seed: 72, 73, 74
+    nobn_times = summary_values(runs, "no_batchnorm", "train_time_s")
+    assert row(text, "baseline")[7] == "1m13s (1m12s-1m14s)" and row(text, "baseline")[8] == "1.00x"
+    ratio = statistics.median(nobn_times) / statistics.median(base_times)
+    assert row(text, "no_batchnorm")[8] == f"{ratio:.2f}x"
 
 
 def test_unfinished_runs_are_marked_and_not_averaged(runs, capsys):

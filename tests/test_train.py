@@ -20,7 +20,7 @@ def test_train_on_real_cifar10_learns_and_writes_the_run_directory(real_data, tm
     run_dir = tmp_path / "run"
     res = run_cli("train", "--preset", "quick", "--width", "8", "--epochs", "3", "--train-subset", "10000",
                   "--batch-size", "128", "--lr", "0.1", "--warmup-epochs", "0.5", "--data-dir", str(real_data),
-                  "--run-dir", str(run_dir), "--no-progress")
+                  "--eval-every", "1", "--run-dir", str(run_dir), "--no-progress")
     assert res.returncode == 0, res.stderr
     run = RunDir(run_dir)
     summary = run.read_summary()
@@ -125,3 +125,27 @@ def test_lr_schedules_have_the_documented_shape():
     assert lr_factor(linear, 0, spe) == pytest.approx(1 / 20) and lr_factor(linear, 19, spe) == 1
     assert lr_factor(linear, 20, spe) == 1 and lr_factor(linear, 110, spe) == pytest.approx(0.5)
     assert lr_factor(linear, 199, spe) == pytest.approx(1 / 180)
+
+
+def test_compile_stats_count_compiles_and_notice_the_recompile_limit(monkeypatch):
+    import torch
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from fastres.runtime import compile_stats
+
+    torch._dynamo.reset()
+    counters.clear()
+    # Past the limit dynamo silently runs the function eagerly: the stats must say so.
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
+    monkeypatch.setattr(torch._dynamo.config, "automatic_dynamic_shapes", False)
+    compiled = torch.compile(torch.nn.Linear(4, 2), backend="eager")
+    compiled(torch.randn(3, 4))
+    first = compile_stats()
+    assert first["compiles"] == 1 and first["compile_time_s"] > 0 and not first["recompile_limit_hit"]
+    for batch in (5, 6, 7):  # each new batch size is a recompile
+        compiled(torch.randn(batch, 4))
+    stats = compile_stats()
+    assert stats["compiles"] == 2 and stats["recompile_limit_hit"]
+    torch._dynamo.reset()
+    counters.clear()
