@@ -131,7 +131,6 @@ class Combined(torch.optim.Optimizer):
         # Deliberately not Optimizer.__init__: the parts own their parameters and state.
         self.parts = (first, second)
         self.defaults = dict(first.defaults)
-        self.param_groups = first.param_groups + second.param_groups
         self.state = {}
         self._optimizer_step_pre_hooks = {}
         self._optimizer_step_post_hooks = {}
@@ -139,6 +138,11 @@ class Combined(torch.optim.Optimizer):
         self._optimizer_state_dict_post_hooks = {}
         self._optimizer_load_state_dict_pre_hooks = {}
         self._optimizer_load_state_dict_post_hooks = {}
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        # Read through each time: loading a state dict gives the parts new group dicts.
+        return [group for part in self.parts for group in part.param_groups]
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:

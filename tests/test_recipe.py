@@ -121,6 +121,9 @@ def test_muon_steps_the_flattened_filters_and_sgd_the_rest():
     assert len(state["parts"][1]["state"]) == len(filters), "Muon holds momentum for the filters only"
     fresh = recipe.build_optimizer(model, config)
     fresh.load_state_dict(state)
+    for group in fresh.param_groups:  # what a scheduler does: after a load too, the parts see it
+        group["lr"] = 0.5
+    assert [g["lr"] for part in fresh.parts for g in part.param_groups] == [0.5, 0.5]
     assert all(torch.equal(a["momentum_buffer"], b["momentum_buffer"])
                for a, b in zip(fresh.parts[1].state.values(), optimizer.parts[1].state.values(), strict=True))
 
