@@ -141,3 +141,18 @@ def compile_stats() -> dict[str, Any]:
     limit_hit = any("recompile limit" in str(reason) for reason in counters["unimplemented"])
     return {"compile_time_s": round(calculate_time_spent().get("total_wall_time", 0.0), 3),
             "compiles": int(counters["frames"]["ok"]), "recompile_limit_hit": limit_hit}
+
+
+# A run's input sizes are few and known (progressive resizing: at most 7, plus evaluation), so
+# each gets its own static graph. Left to dynamo, the second size switches to one
+# shape-generic graph, which ran ~3.7x slower on the CPU (BENCHMARKS.md, "torch.compile and
+# progressive resizing"); the limit leaves room for every size before dynamo gives up.
+RECOMPILE_LIMIT = 16
+
+
+def compile_module(module: nn.Module, backend: str = "inductor") -> nn.Module:
+    """``torch.compile`` with one static graph per input shape (see RECOMPILE_LIMIT)."""
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    return torch.compile(module, dynamic=False, backend=backend)

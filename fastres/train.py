@@ -31,6 +31,7 @@ from .provenance import git_commit, versions
 from .rundir import TB_TAGS, RunDir, default_run_dir
 from .runtime import (
     Runtime,
+    compile_module,
     compile_stats,
     is_out_of_memory,
     resolve_runtime,
@@ -89,10 +90,10 @@ class Trainer:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         # torch.compile and DDP wrap the module; the plain one gives state_dicts without their
         # prefixes, so checkpoints load in any setting (one process or many, compiled or not).
-        compiled = torch.compile(self.model) if runtime.compile else self.model
+        compiled = compile_module(self.model) if runtime.compile else self.model
         if dist.enabled:
             ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
-            self.forward = torch.compile(ddp) if runtime.compile else ddp
+            self.forward = compile_module(ddp) if runtime.compile else ddp
         else:
             self.forward = compiled
         # The average of the weights, when asked for, is what the run evaluates and reports.
@@ -101,7 +102,7 @@ class Trainer:
         if averaged is None:
             self.eval_forward = compiled  # no gradient sync needed: evaluation is per process
         else:
-            self.eval_forward = torch.compile(averaged) if runtime.compile else averaged
+            self.eval_forward = compile_module(averaged) if runtime.compile else averaged
         self.optimizer = recipe.build_optimizer(self.model, config)
         self.steps_per_epoch = len(data.train)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(

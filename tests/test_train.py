@@ -127,7 +127,7 @@ def test_lr_schedules_have_the_documented_shape():
     assert lr_factor(linear, 199, spe) == pytest.approx(1 / 180)
 
 
-def test_compile_stats_count_compiles_and_notice_the_recompile_limit(monkeypatch):
+def test_compile_stats_count_compiles_and_notice_the_recompile_limit():
     import torch
     import torch._dynamo
     from torch._dynamo.utils import counters
@@ -137,15 +137,34 @@ def test_compile_stats_count_compiles_and_notice_the_recompile_limit(monkeypatch
     torch._dynamo.reset()
     counters.clear()
     # Past the limit dynamo silently runs the function eagerly: the stats must say so.
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
-    monkeypatch.setattr(torch._dynamo.config, "automatic_dynamic_shapes", False)
-    compiled = torch.compile(torch.nn.Linear(4, 2), backend="eager")
-    compiled(torch.randn(3, 4))
-    first = compile_stats()
-    assert first["compiles"] == 1 and first["compile_time_s"] > 0 and not first["recompile_limit_hit"]
-    for batch in (5, 6, 7):  # each new batch size is a recompile
-        compiled(torch.randn(batch, 4))
-    stats = compile_stats()
+    with torch._dynamo.config.patch(recompile_limit=2, automatic_dynamic_shapes=False):
+        compiled = torch.compile(torch.nn.Linear(4, 2), backend="eager")
+        compiled(torch.randn(3, 4))
+        first = compile_stats()
+        assert first["compiles"] == 1 and first["compile_time_s"] > 0 and not first["recompile_limit_hit"]
+        for batch in (5, 6, 7):  # each new batch size is a recompile
+            compiled(torch.randn(batch, 4))
+        stats = compile_stats()
     assert stats["compiles"] == 2 and stats["recompile_limit_hit"]
+    torch._dynamo.reset()
+    counters.clear()
+
+
+def test_compiled_training_gets_one_static_graph_per_input_size():
+    import torch
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from fastres.models import build_model
+    from fastres.runtime import compile_module, compile_stats
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = compile_module(build_model("resnet18", width=8), backend="eager")
+    for size in (16, 20, 24, 28, 32, 16):  # progressive resizing's sizes, and one seen before
+        model(torch.randn(2, 3, size, size))
+    stats = compile_stats()
+    # Dynamo left alone would compile twice (16, then one shape-generic graph for the rest).
+    assert stats["compiles"] == 5 and not stats["recompile_limit_hit"]
     torch._dynamo.reset()
     counters.clear()

@@ -35,8 +35,14 @@ def measure_end_to_end(model: str, batch_size: int, data_dir: str | Path, run_di
                          loader="ffcv", data_dir=str(data_dir), run_dir=str(run_dir),
                          device=device.type, preset="bench")
     runtime = resolve_runtime(config)
-    step = measure_step(model, batch_size, "train", "fastres", device=device, width=width, timing=timing,
-                        runtime=runtime)
+
+    def step_rate() -> dict[str, Any]:
+        return measure_step(model, batch_size, "train", "fastres", device=device, width=width, timing=timing,
+                            runtime=runtime)
+
+    # The step rate is measured before and after the run and averaged: a machine whose speed
+    # drifts (shared CPUs) would otherwise show up as a loss or gain of the loop.
+    before = step_rate()
     t0 = time.perf_counter()
 
     def training() -> dict[str, Any]:
@@ -44,6 +50,8 @@ def measure_end_to_end(model: str, batch_size: int, data_dir: str | Path, run_di
 
     summary = run_training(training) if run_training is not None else training()
     wall = time.perf_counter() - t0
+    after = step_rate()
+    step = dict(before, images_per_s=(before["images_per_s"] + after["images_per_s"]) / 2)
     rows = RunDir(run_dir).read_metrics()
     epoch_rate = rows[-1]["images_per_s"]
     return {
@@ -54,4 +62,5 @@ def measure_end_to_end(model: str, batch_size: int, data_dir: str | Path, run_di
         "run_images_per_s": summary["images_per_s"], "kept": epoch_rate / step["images_per_s"],
         "run_wall_s": wall, "precision": runtime.precision, "channels_last": runtime.channels_last,
         "compile": runtime.compile, "step": step,
+        "step_images_per_s_before_after": [before["images_per_s"], after["images_per_s"]],
     }
