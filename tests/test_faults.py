@@ -110,6 +110,15 @@ def tiny_config(tmp_path: Path, **changes) -> TrainConfig:
 # --- one process per run directory -----------------------------------------------------------
 
 
+def wait_stopped(pid: int, timeout: float = 30) -> None:
+    """Until the kernel reports ``pid`` stopped (state T in /proc/PID/stat): a syscall in flight,
+    such as a checkpoint's rename, has then returned."""
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        assert time.monotonic() < deadline, f"process {pid} did not stop"
+        time.sleep(0.01)
+
+
 def test_a_second_process_on_a_run_directory_refuses_at_once_and_writes_nothing(synthetic_data, tmp_path, capsys):
     out = tmp_path / "study"
     run_dir = out / "baseline" / "seed42"
@@ -117,6 +126,7 @@ def test_a_second_process_on_a_run_directory_refuses_at_once_and_writes_nothing(
     wait_for_epoch(first, run_dir)
     first.send_signal(signal.SIGSTOP)  # held still, so that every byte the others write would show
     try:
+        wait_stopped(first.pid)  # the signal lands asynchronously: a checkpoint write may finish first
         before = hashes(run_dir)
         for args in (["--resume", str(run_dir)],
                      ["--preset", "baseline", *TINY, "--data-dir", str(synthetic_data), "--run-dir", str(run_dir)]):
