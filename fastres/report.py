@@ -501,7 +501,8 @@ def summary_table(data: dict[str, Any]) -> str:
              "time (median)", "unfinished")]
     for g in data["settings"]:
         ratio = g.get("time_ratio_vs_reference")
-        time_text = _time_range(g["train_time_s"]).split(" ")[0] + (f" ({ratio:.2f}x)" if ratio else "")
+        median = g["train_time_s"]["median"]
+        time_text = ("-" if median is None else duration(median)) + (f" ({ratio:.2f}x)" if ratio else "")
         rows.append((g["label"], str(g["n"]), _mean_std(g["final_val_acc"]),
                      _diff_text(g["diff_vs_reference"]).replace("**", ""), _mean_std(g["best_val_acc"]),
                      "/".join(str(e) for e in g["epochs"]) or "-", time_text,
