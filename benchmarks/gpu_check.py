@@ -23,8 +23,8 @@ minutes; what the budget leaves out is recorded as skipped.
    CIFAR-10 source named by ``--cifar`` (a ``cifar-10-batches-py`` folder, its parent, or a
    ``.tar.gz`` of it, read by fastres as any source; README "Benchmarks" says how to get it
    there in pieces). Recorded under
-   ``end_to_end``: final accuracy, epochs, ``train_time_s``, compile time and compiles, and the
-   run's own summary. A run the budget stops is stopped cleanly (SIGTERM: it keeps its
+   ``end_to_end``: final accuracy, epochs, ``train_time_s``, compile time and compiles, each
+   epoch's time and the time outside the epochs (``time``: start-up included). A run the budget stops is stopped cleanly (SIGTERM: it keeps its
    summary) and recorded with the epochs it reached. ``--e2e-only`` skips sections 1-4.
 
 ``--tiny`` (or FASTRES_GPU_CHECK_TINY=1) runs every code path above on the CPU in seconds:
@@ -228,6 +228,7 @@ class Check:
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         entry.update({k: summary.get(k) for k in E2E_FIELDS})
         entry["status"] = summary.get("status") or "failed"
+        entry["time"] = time_breakdown(run_dir, summary.get("train_time_s"))
         if entry["status"] != "completed":
             tail = (outdir / "e2e.log").read_text()[-2000:]
             self.doc["errors"].append({"what": f"end to end: {entry['status']}", "traceback": tail})
@@ -253,6 +254,17 @@ class Check:
                              f"augment+step {d['augment_step_images_per_s']:,.0f} vs step {d['step_images_per_s']:,.0f}"
                              f" images/s ({100 * d['kept']:.1f}% kept)")
         return "\n".join(lines)
+
+
+def time_breakdown(run_dir: Path, train_time_s: float | None) -> dict[str, Any]:
+    """Where the run's time went: each epoch (training and its test pass) and what lies outside
+    the epochs (start-up: reading the source, the device's start; the last writes)."""
+    from fastres.rundir import RunDir
+
+    rows = RunDir(run_dir).read_metrics()
+    epochs = [round(r["epoch_time_s"], 3) for r in rows]
+    return {"epoch_time_s": epochs, "train_images_per_s": [round(r["images_per_s"]) for r in rows],
+            "outside_epochs_s": round(train_time_s - sum(epochs), 3) if train_time_s is not None and rows else None}
 
 
 def main(argv: list[str] | None = None) -> int:

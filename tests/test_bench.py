@@ -304,8 +304,13 @@ def test_gpu_check_end_to_end_trains_the_gpu_preset_from_an_archive_of_the_sourc
     assert e2e["final_val_acc"] == summary["final_val_acc"] and 0 <= e2e["final_val_acc"] <= 1
     assert e2e["train_time_s"] == summary["train_time_s"] > 0
     assert e2e["compile"] is False and e2e["compiles"] is None and "compile_time_s" in e2e
+    time_spent = e2e["time"]
+    assert len(time_spent["epoch_time_s"]) == len(time_spent["train_images_per_s"]) == 2
+    assert 0 <= time_spent["outside_epochs_s"] < e2e["train_time_s"]
+    assert sum(time_spent["epoch_time_s"]) + time_spent["outside_epochs_s"] == pytest.approx(e2e["train_time_s"], abs=0.01)
     config = json.loads((out / "e2e" / "config.json").read_text())
     assert config["preset"] == "fast" and config["alternate_flip"] and config["tta_translate"] == 1
+    assert config["optimizer"] == "muon"
     assert "end to end: fast completed after 2/2 epochs" in res.stdout
 
 
