@@ -4,7 +4,9 @@ the pure train-step rate of the same model and batch, measured in the same sessi
 ``kept`` = epoch images/s / step images/s shows how much of the step rate the whole loop
 keeps; the last epoch counts (the first includes FFCV's pipeline compilation). Full mode
 measures the full-width model and quick's width 16 at batch 256, each 3 times (the median
-counts; the spread says how far one measurement can be trusted). The round
+counts; the spread says how far one measurement can be trusted). On a CPU the epoch also
+accounts for its own time (load, augment, step, other, measured inside the same epoch), so
+the step's share of the loop has no drift between two measurements in it. The round
 pytest-benchmark times is the whole ``fastres.train.train`` call, evaluation included.
 """
 
@@ -33,8 +35,14 @@ def test_epoch_vs_step(e2e_case, benchmark, settings, device, data, results, tmp
     kept = sorted(x["kept"] for x in repeats)
     result = dict(min(repeats, key=lambda x: abs(x["kept"] - statistics.median(kept))),
                   kept=statistics.median(kept), kept_all=[x["kept"] for x in repeats], kept_spread=kept[-1] - kept[0])
+    if all(x["loop_shares"] for x in repeats):  # the CPU's in-epoch account, per part: median of the repeats
+        result["loop_shares_median"] = {part: statistics.median(x["loop_shares"][part] for x in repeats)
+                                        for part in repeats[0]["loop_shares"]}
+        result["step_share_all"] = [x["loop_shares"]["step"] for x in repeats]
     results["e2e"].append(result)
     benchmark.extra_info.update({k: result[k] for k in (
         "epoch_images_per_s", "step_images_per_s", "kept", "kept_all", "kept_spread", "model", "width", "batch_size",
-        "train_images", "precision", "channels_last", "compile")})
+        "train_images", "precision", "channels_last", "compile", "loop_shares_median", "step_share_all") if k in result})
     assert all(len(x["epoch_images_per_s_all"]) == settings.e2e_epochs for x in repeats)
+    if device.type == "cpu":  # the epoch's parts account for its training time
+        assert all(x["loop_shares"] and 0.9 <= sum(x["loop_shares"].values()) <= 1.0001 for x in repeats), repeats

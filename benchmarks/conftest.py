@@ -139,3 +139,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
                       f"{e['epoch_images_per_s']:,.1f} vs train step {e['step_images_per_s']:,.1f} images/s: "
                       f"the loop keeps {100 * e['kept']:.1f}% (median of {len(e['kept_all'])}: {kept}; "
                       f"spread {100 * e['kept_spread']:.1f} points)")
+        if "loop_shares_median" in e:
+            shares = ", ".join(f"{part} {100 * v:.1f}%" for part, v in e["loop_shares_median"].items())
+            steps = ", ".join(f"{100 * v:.1f}" for v in e["step_share_all"])
+            tr.write_line(f"  inside the epoch (median of {len(e['step_share_all'])}): {shares}; step share per repeat: {steps}")

@@ -57,6 +57,10 @@ STUDY_JOBS = "jobs"  # in a study's folder: submitit's job scripts, pickles and 
 
 # Keys every metrics.jsonl row carries; TensorBoard gets the same scalars.
 METRIC_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "epoch_time_s")
+# metrics.jsonl keys that are wall times, so differ between two runs of one recipe (the rest of
+# a row is the same for the same seed). loop_time_s: seconds per part of the training loop
+# (load, augment, step, other), measured on a CPU only (None elsewhere: see train.LoopClock).
+TIMING_KEYS = ("images_per_s", "epoch_time_s", "epoch_train_s", "loop_time_s", "checkpoint_time_s")
 # metrics.jsonl key -> TensorBoard tag (grouped so train and val curves share a chart section).
 TB_TAGS = {
     "train_loss": "loss/train", "val_loss": "loss/val", "train_acc": "acc/train", "val_acc": "acc/val",

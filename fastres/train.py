@@ -75,6 +75,31 @@ def train_step(forward: nn.Module, criterion: nn.Module, optimizer: torch.optim.
     return loss.detach().float(), out
 
 
+class LoopClock:
+    """Wall time of each part of the training loop, summed over an epoch: waiting for the
+    loader, augmentation (resizing included), the train step, and the rest (scheduler, EMA,
+    bookkeeping). Only on a CPU, where an operation has finished when it returns, so each part
+    is exact and measured in the same epoch as the others: drift of a shared machine's speed
+    cancels in their ratios. On a GPU the host runs ahead of the device and the parts would
+    say where the host waited, not what cost what; timing them would need a sync per part."""
+
+    PARTS = ("load", "augment", "step", "other")
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.seconds = dict.fromkeys(self.PARTS, 0.0)
+        self.last = time.perf_counter()
+
+    def lap(self, part: str) -> None:
+        if self.enabled:
+            now = time.perf_counter()
+            self.seconds[part] += now - self.last
+            self.last = now
+
+    def totals(self) -> dict[str, float] | None:
+        return dict(self.seconds) if self.enabled else None
+
+
 class Trainer:
     """One run: model, optimizer, data and run directory, built from a config."""
 
@@ -177,12 +202,16 @@ class Trainer:
         # Alternating flips need each image's data-set index: the epoch's order, batch by batch.
         order = self.data.train.epoch_order(self.epoch).to(device) if self.config.alternate_flip else None
         t0 = time.perf_counter()
+        clock = LoopClock(enabled=device.type == "cpu")
         for i, (images, labels) in enumerate(self.data.train):
+            clock.lap("load")
             if self.epoch == 0 and i == 0 and self.config.whiten_stem:
                 self._whiten_stem(images)
             indices = order[seen:seen + labels.shape[0]] if order is not None else None
             x = self.augment.train(images, size, indices)
+            clock.lap("augment")
             loss, out = train_step(self.forward, self.criterion, self.optimizer, self.scaler, self.runtime, x, labels)
+            clock.lap("step")
             self.scheduler.step()
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
@@ -197,6 +226,7 @@ class Trainer:
                     progress.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", refresh=False)
             if progress is not None:
                 progress.update(1)
+            clock.lap("other")
         self._check_finite(bad_step)
         # Sum over processes: the epoch's numbers describe every image trained on.
         totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct.to(loss_sum.dtype),
@@ -204,7 +234,8 @@ class Trainer:
         loss_total, correct_total, seen_total = totals.tolist()  # also waits for the device
         elapsed = time.perf_counter() - t0
         return {"train_loss": loss_total / seen_total, "train_acc": correct_total / seen_total,
-                "images_per_s": seen_total / elapsed, "train_time_s": elapsed, "train_res": size}
+                "images_per_s": seen_total / elapsed, "train_time_s": elapsed, "train_res": size,
+                "loop_time_s": clock.totals()}
 
     def _whiten_stem(self, images: torch.Tensor) -> None:
         """Patch-whitening of the stem from rank 0's first (unaugmented) batch, before the
@@ -252,7 +283,8 @@ class Trainer:
             "val_loss": val["loss"], "val_acc": val["acc"], "val_images": val["images"],
             "lr": self.optimizer.param_groups[0]["lr"],
             "images_per_s": stats["images_per_s"], "epoch_time_s": time.perf_counter() - epoch_start,
-            "train_res": stats["train_res"],
+            "train_res": stats["train_res"], "epoch_train_s": stats["train_time_s"],
+            "loop_time_s": stats["loop_time_s"],
         }
         improved = row["val_acc"] is not None and row["val_acc"] > self.best_val_acc
         if improved:

@@ -15,19 +15,18 @@ from fastres import TrainConfig, train
 from fastres.checkpoint import load as load_checkpoint
 from fastres.errors import FastresError
 from fastres.prepare import BETONS, MANIFEST
-from fastres.rundir import RunDir
+from fastres.rundir import TIMING_KEYS, RunDir
 from fastres.train import TrainingDiverged
 
 from .conftest import REPO, run_cli, run_main
 
-TIMING = {"images_per_s", "epoch_time_s", "checkpoint_time_s"}
 # Long enough epochs (40 steps) that a signal sent after epoch 1 lands inside epoch 2.
 RECIPE = ["--width", "8", "--batch-size", "50", "--epochs", "3", "--lr", "0.05", "--lr-schedule", "cosine",
           "--deterministic", "--no-progress"]
 
 
 def metrics_without_timing(run_dir):
-    return [{k: v for k, v in row.items() if k not in TIMING} for row in RunDir(run_dir).read_metrics()]
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in RunDir(run_dir).read_metrics()]
 
 
 def weights(run_dir):

@@ -37,6 +37,13 @@ def test_train_on_real_cifar10_learns_and_writes_the_run_directory(real_data, tm
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert [r["train_res"] for r in rows] == [16, 16, 32], "quick's progressive resizing, ending at 32"
     assert all(set(METRIC_KEYS) <= set(r) for r in rows)
+    # Where each epoch's training time went (a CPU measures each part exactly): the parts
+    # add up to the training part of the epoch, which is inside the whole epoch.
+    for r in rows:
+        parts = r["loop_time_s"]
+        assert set(parts) == {"load", "augment", "step", "other"} and min(parts.values()) >= 0, parts
+        assert parts["step"] > 0 and parts["load"] > 0
+        assert 0.9 * r["epoch_train_s"] <= sum(parts.values()) <= r["epoch_train_s"] <= r["epoch_time_s"], r
     assert run.last_checkpoint.exists() and run.best_checkpoint.exists()
     assert f"logs in {run_dir}" in res.stdout
 

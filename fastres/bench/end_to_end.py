@@ -28,6 +28,9 @@ def measure_end_to_end(model: str, batch_size: int, data_dir: str | Path, run_di
     The run is ``fastres.train.train`` with the FFCV loader; its last epoch is compared
     (the first one includes FFCV's pipeline compilation and, on CUDA, torch.compile).
     ``kept`` = epoch images/s / step images/s: how much of the step rate the whole loop keeps.
+    On a CPU the epoch also says where its time went (``loop_shares``: load, augment, step,
+    other, as fractions of the epoch's training time; ``loop_shares["step"]`` is the share of
+    the step inside the loop, measured without drift between two measurements).
     ``run_training(fn)`` calls ``fn`` (pytest-benchmark's pedantic times it in the suite).
     """
     config = TrainConfig(model=model, width=width, batch_size=batch_size, epochs=epochs,
@@ -54,7 +57,14 @@ def measure_end_to_end(model: str, batch_size: int, data_dir: str | Path, run_di
     step = dict(before, images_per_s=(before["images_per_s"] + after["images_per_s"]) / 2)
     rows = RunDir(run_dir).read_metrics()
     epoch_rate = rows[-1]["images_per_s"]
+    # The last epoch's own account of its time (CPU only): each part of the loop measured in the
+    # same epoch, so the machine's drift cancels in the shares, unlike in `kept`.
+    parts = rows[-1].get("loop_time_s")
+    train_s = rows[-1].get("epoch_train_s")
+    shares = {k: v / train_s for k, v in parts.items()} if parts and train_s else None
     return {
+        "loop_time_s": parts, "loop_shares": shares,
+        "step_in_loop_images_per_s": epoch_rate * train_s / parts["step"] if shares else None,
         "model": model, "batch_size": batch_size, "width": width, "epochs": epochs,
         "train_images": (train_subset or 50_000) // batch_size * batch_size,
         "step_images_per_s": step["images_per_s"], "epoch_images_per_s": epoch_rate,
