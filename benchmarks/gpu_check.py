@@ -13,19 +13,21 @@ Full mode (a CUDA GPU), in priority order so the most wanted numbers come first:
    ``fastres_eager`` (fastres' precision and channels_last, no compile).
 3. The data path: synthetic uint8 batches already on the GPU -> BatchAugment -> train step,
    bf16 and fp16 with GradScaler, next to the same step without augmentation.
-4. ResNet-34 and ResNet-50 compiled at batch 512, while the time budget allows.
+4. CUDA graphs: ResNet-18 compiled with ``mode="reduce-overhead"`` at batch 512 and 128 (on a
+   GPU whose kernel launches are slow the step waits on the host; a graph is one launch).
+5. ResNet-34 and ResNet-50 compiled at batch 512, while the time budget allows.
 
 Compilation happens once per model, at one batch size, so the whole check fits in five
 minutes; what the budget leaves out is recorded as skipped.
 
-5. End to end, with its own time budget (``--e2e-budget-s``, default 240 s): one seed of the
+6. End to end, with its own time budget (``--e2e-budget-s``, default 240 s): one seed of the
    GPU preset ``fast`` through ``fastres train --loader memory`` (no ffcv needed), reading the
    CIFAR-10 source named by ``--cifar`` (a ``cifar-10-batches-py`` folder, its parent, or a
    ``.tar.gz`` of it, read by fastres as any source; README "Benchmarks" says how to get it
    there in pieces). Recorded under
    ``end_to_end``: final accuracy, epochs, ``train_time_s``, compile time and compiles, each
    epoch's time and the time outside the epochs (``time``: start-up included). A run the budget stops is stopped cleanly (SIGTERM: it keeps its
-   summary) and recorded with the epochs it reached. ``--e2e-only`` skips sections 1-4.
+   summary) and recorded with the epochs it reached. ``--e2e-only`` skips sections 1-5.
 
 ``--tiny`` (or FASTRES_GPU_CHECK_TINY=1) runs every code path above on the CPU in seconds:
 width-8 models, batch sizes 2 and 4, one step per repeat, torch.compile with the "eager"
@@ -51,6 +53,7 @@ SCHEMA = "fastres-gpu-check/1"
 TARGET_IMAGES_PER_S = 30_000  # ResNet-18, batch 512, bf16 + channels_last + compile, H100
 COMPILE_BATCH = 512
 COMPILE_RESERVE_S = 75.0  # do not start a compile with less budget left than this
+CUDAGRAPHS = "fastres_cudagraphs"  # the compiled fastres path with mode="reduce-overhead"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -95,6 +98,7 @@ class Check:
             self.models, self.batch_sizes, self.width = list(bench.MODEL_NAMES), [2, 4], 8
             self.timing = bench.QUICK_TIMING
             self.compile_backend, self.compile_batch, self.data_batch = "eager", 4, 4
+            self.cudagraph_batches = (4, 2)
         else:
             if not torch.cuda.is_available():
                 raise SystemExit("gpu_check: no CUDA GPU is visible; run with --tiny for the CPU mode")
@@ -103,6 +107,7 @@ class Check:
             # GPU steps take milliseconds: short repeats give a stable median and keep the sweep short.
             self.timing = bench.Timing(warmup=3, repeats=5, min_repeat_s=0.15, max_steps=100)
             self.compile_backend, self.compile_batch, self.data_batch = "inductor", COMPILE_BATCH, COMPILE_BATCH
+            self.cudagraph_batches = (COMPILE_BATCH, 128)
         fast = bench.fastres_runtime(self.device)
         if tiny:
             fast = dataclasses.replace(fast, precision="bf16")  # the GPU's precision, whatever this CPU has
@@ -141,7 +146,7 @@ class Check:
         return record
 
     def measure(self, model: str, batch: int, config: str, runtime: Any, *, augment: bool = False,
-                needs_s: float = 0.0) -> dict:
+                needs_s: float = 0.0, compile_mode: str | None = None) -> dict:
         label = f"{model} b{batch} {config}{' +augment' if augment else ''}"
         if self.left() < needs_s:
             record = self.skipped(model, batch, config, runtime, f"skipped: time budget ({self.budget_s:.0f}s) spent",
@@ -150,7 +155,8 @@ class Check:
             try:
                 record = self.bench.measure_step(
                     model, batch, "train", config, device=self.device, width=self.width, timing=self.timing,
-                    runtime=runtime, compile_backend=self.compile_backend, augment=augment)
+                    runtime=runtime, compile_backend=self.compile_backend, augment=augment,
+                    compile_mode=compile_mode)
             except Exception as exc:  # noqa: BLE001 - one failure must not lose the rest of the check
                 record = self.skipped(model, batch, config, runtime, f"error: {type(exc).__name__}: {exc}"[:300],
                                       augment=augment)
@@ -188,7 +194,13 @@ class Check:
                      "records": [step, full]}
             self.doc["data_path"].append(entry)
             self.write()
-        # 4. The other models compiled, as long as a compile still fits in the budget.
+        # 4. CUDA graphs (inductor's "reduce-overhead"): on a GPU machine whose kernel launches
+        # are slow (an H200 VM, BENCHMARKS.md) the step waits on the host; graphs replay it in
+        # one launch. At the compile batch and at 128, where launches weigh most.
+        for batch in self.cudagraph_batches:
+            self.add(self.measure(first, batch, CUDAGRAPHS, self.fast_compiled, compile_mode="reduce-overhead",
+                                  needs_s=0 if self.tiny else COMPILE_RESERVE_S))
+        # 5. The other models compiled, as long as a compile still fits in the budget.
         for model in others:
             self.add(self.measure(model, self.compile_batch, "fastres", self.fast_compiled,
                                   needs_s=0 if self.tiny else COMPILE_RESERVE_S))
@@ -248,6 +260,10 @@ class Check:
             lines.append(f"\nheadline: {head['model']} b{head['batch_size']} train, {head['precision']} + channels_last"
                          f" + compile: {head['images_per_s']:,.0f} images/s (aim >= {TARGET_IMAGES_PER_S:,}), "
                          f"compile {head['compile_s']:.1f}s")
+        for r in records:
+            if r["config"] == CUDAGRAPHS and r["status"] == "ok":
+                lines.append(f"CUDA graphs: {r['model']} b{r['batch_size']} train {r['images_per_s']:,.0f} images/s, "
+                             f"compile {r['compile_s']:.1f}s")
         for d in self.doc["data_path"]:
             if d["status"] == "ok":
                 lines.append(f"data path {d['precision']}{' + GradScaler' if d['grad_scaler'] else ''}: "

@@ -150,9 +150,10 @@ def compile_stats() -> dict[str, Any]:
 RECOMPILE_LIMIT = 16
 
 
-def compile_module(module: nn.Module, backend: str = "inductor") -> nn.Module:
-    """``torch.compile`` with one static graph per input shape (see RECOMPILE_LIMIT)."""
+def compile_module(module: nn.Module, backend: str = "inductor", mode: str | None = None) -> nn.Module:
+    """``torch.compile`` with one static graph per input shape (see RECOMPILE_LIMIT). ``mode``
+    is inductor's (e.g. "reduce-overhead": CUDA graphs); other backends ignore it."""
     import torch._dynamo
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-    return torch.compile(module, dynamic=False, backend=backend)
+    return torch.compile(module, dynamic=False, backend=backend, mode=mode if backend == "inductor" else None)

@@ -265,10 +265,15 @@ def test_gpu_check_tiny_mode_runs_on_a_machine_with_only_python_torch_and_numpy(
         else:
             assert (r["precision"], r["channels_last"]) == ("bf16", True)
     # Compiled once per model, at one batch size, with the compile time apart from the rate.
-    compiled = [r for r in records if r["compile"]]
+    compiled = [r for r in records if r["compile"] and r["config"] == "fastres"]
     assert sorted(r["model"] for r in compiled) == sorted(bench.MODEL_NAMES)
-    assert all(r["config"] == "fastres" and r["batch_size"] == settings["compile_batch_size"] == 4
+    assert all(r["batch_size"] == settings["compile_batch_size"] == 4
                and r["compile_s"] is not None and r["compile_s"] >= 0 for r in compiled)
+    # CUDA graphs: ResNet-18 compiled in inductor's reduce-overhead mode, at two batch sizes.
+    graphs = [r for r in records if r["config"] == "fastres_cudagraphs"]
+    assert sorted((r["model"], r["batch_size"]) for r in graphs) == [("resnet18", 2), ("resnet18", 4)]
+    assert all(r["compile"] and r["compile_s"] is not None for r in graphs)
+    assert {r["config"] for r in records} == {"baseline", "fastres_eager", "fastres", "fastres_cudagraphs"}
     # The data path: augmentation -> step, bf16 and fp16 with GradScaler, next to the bare step.
     paths = {d["precision"]: d for d in doc["data_path"]}
     assert set(paths) == {"bf16", "fp16"}
@@ -278,6 +283,7 @@ def test_gpu_check_tiny_mode_runs_on_a_machine_with_only_python_torch_and_numpy(
         assert [r["augment"] for r in d["records"]] == [False, True]
         assert all(r["precision"] == d["precision"] for r in d["records"])
     assert "headline: resnet18 b4 train" in res.stdout and "data path fp16 + GradScaler" in res.stdout
+    assert "CUDA graphs: resnet18 b4 train" in res.stdout
     # Without a CIFAR-10 source the end-to-end section says so instead of failing.
     assert doc["end_to_end"]["status"] == "skipped" and "--cifar" in doc["end_to_end"]["reason"]
 

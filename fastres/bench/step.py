@@ -23,7 +23,7 @@ from ..augment import BatchAugment
 from ..config import TrainConfig
 from ..errors import FastresError
 from ..models import build_model, model_names
-from ..runtime import Runtime, cpu_name, is_out_of_memory, resolve_runtime
+from ..runtime import Runtime, compile_module, cpu_name, is_out_of_memory, resolve_runtime
 from ..train import train_step
 from .memory import (
     PeakMemory,
@@ -82,8 +82,8 @@ class StepBench:
     """
 
     def __init__(self, model: str, batch_size: int, mode: str, runtime: Runtime, *, width: int = 64,
-                 seed: int = 0, compile_backend: str = "inductor", autotune: bool = True,
-                 augment: bool = False) -> None:
+                 seed: int = 0, compile_backend: str = "inductor", compile_mode: str | None = None,
+                 autotune: bool = True, augment: bool = False) -> None:
         if mode not in MODES:
             raise FastresError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
         self.model_name, self.batch_size, self.mode, self.runtime = model, batch_size, mode, runtime
@@ -94,10 +94,9 @@ class StepBench:
         net.train(mode == "train")
         if runtime.compile:
             # A fresh compile per configuration: dynamo's per-code-object recompile limit would
-            # otherwise fall back to eager after a few batch sizes, and automatic dynamic shapes
-            # would compile a slower shape-generic graph.
+            # otherwise fall back to eager after a few batch sizes.
             torch._dynamo.reset()
-            self.forward: nn.Module = torch.compile(net, backend=compile_backend)
+            self.forward: nn.Module = compile_module(net, compile_backend, mode=compile_mode)
         else:
             self.forward = net
         if device.type == "cuda":
@@ -189,7 +188,7 @@ def measure_step(model: str, batch_size: int, mode: str, config: str, *, device:
                  width: int = 64, timing: Timing = FULL_TIMING, mem_limit_bytes: int | None = None,
                  compile_backend: str = "inductor", runtime: Runtime | None = None, augment: bool = False,
                  repeat: Callable[[Callable[[int], float], int, int], object] | None = None,
-                 ) -> dict[str, Any]:
+                 compile_mode: str | None = None) -> dict[str, Any]:
     """Measure one configuration; a record with status ok, skipped (would not fit) or oom.
 
     On CPU, a configuration whose estimated memory exceeds ``mem_limit_bytes`` (default: what
@@ -212,7 +211,7 @@ def measure_step(model: str, batch_size: int, mode: str, config: str, *, device:
     try:
         with PeakMemory(device) as peak:
             bench = StepBench(model, batch_size, mode, runtime, width=width, compile_backend=compile_backend,
-                              autotune=config != "baseline", augment=augment)
+                              compile_mode=compile_mode, autotune=config != "baseline", augment=augment)
             record.update(bench.measure(timing, repeat=repeat))
         record["peak_memory_mb"] = round(peak.peak_bytes / 2**20, 1) if peak.peak_bytes is not None else None
         record["status"] = "ok"
