@@ -17,8 +17,9 @@ Full mode (a CUDA GPU), in priority order so the most wanted numbers come first:
    GPU whose kernel launches are slow the step waits on the host; a graph is one launch).
 5. ResNet-34 and ResNet-50 compiled at batch 512, while the time budget allows.
 
-Compilation happens once per model, at one batch size, so the whole check fits in five
-minutes; what the budget leaves out is recorded as skipped.
+Compilation happens once per model (ResNet-18: also twice for CUDA graphs), at one batch
+size, so the whole check fits in five minutes; what the budget leaves out is recorded as
+skipped.
 
 6. End to end, with its own time budget (``--e2e-budget-s``, default 240 s): one seed of the
    GPU preset ``fast`` through ``fastres train --loader memory`` (no ffcv needed), reading the
@@ -26,8 +27,9 @@ minutes; what the budget leaves out is recorded as skipped.
    ``.tar.gz`` of it, read by fastres as any source; README "Benchmarks" says how to get it
    there in pieces). Recorded under
    ``end_to_end``: final accuracy, epochs, ``train_time_s``, compile time and compiles, each
-   epoch's time and the time outside the epochs (``time``: start-up included). A run the budget stops is stopped cleanly (SIGTERM: it keeps its
-   summary) and recorded with the epochs it reached. ``--e2e-only`` skips sections 1-5.
+   epoch's time and the time outside the epochs (``time``: start-up included). A run the
+   budget stops is stopped cleanly (SIGTERM: it keeps its summary) and recorded with the
+   epochs it reached. ``--e2e-only`` skips sections 1-5.
 
 ``--tiny`` (or FASTRES_GPU_CHECK_TINY=1) runs every code path above on the CPU in seconds:
 width-8 models, batch sizes 2 and 4, one step per repeat, torch.compile with the "eager"

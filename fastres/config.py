@@ -325,14 +325,15 @@ QUICK = BASELINE.replace(
     eval_tta=True, eval_every=0, preset="quick",
 )
 
-# Time to accuracy on a GPU (BENCHMARKS.md "GPU: time to accuracy"): the full-width ResNet-18 in
-# 20 epochs instead of 200, aimed at >= 94% (public records: 94% in 26 epochs with batch 500,
+# Time to accuracy on a GPU (BENCHMARKS.md "NVIDIA H200"): the full-width ResNet-18 in 20
+# epochs instead of 200, aimed at >= 94% (public records: 94% in 26 epochs with batch 500,
 # label smoothing and flip TTA). What the quick-scale ablations kept (alternating flips,
 # multi-view TTA at the end) on top of that record's recipe; a 2-pixel crop because 20 epochs
 # want some augmentation where 6 want none. Muon for the filters: on an H200 the same recipe
-# with SGD reached 93.71% in 20 epochs and Muon 94.69% (3 paired seeds, +0.98 +- 0.11), at
-# about twice the time per epoch (its optimizer step is launch-bound there). No progressive resizing: under torch.compile every new input size
-# is a recompile, which costs more than the smaller epochs save on a GPU.
+# with SGD reached 93.71% in 20 epochs and with Muon 94.69% (3 paired seeds, +0.98 +- 0.11),
+# at about twice the time per epoch (its optimizer step is launch-bound there). No
+# progressive resizing: under torch.compile every new input size is a recompile, which costs
+# more than the smaller epochs save on a GPU.
 FAST = BASELINE.replace(
     epochs=20, batch_size=512, lr=0.4, lr_schedule="linear", warmup_epochs=2.0, nesterov=True,
     label_smoothing=0.2, crop_padding=2, alternate_flip=True, eval_tta=True, tta_translate=1,
