@@ -130,6 +130,26 @@ def is_out_of_memory(exc: BaseException | None) -> bool:
     return False
 
 
+# What CUDA's runtime and libraries say when a kernel or the device itself failed (not out of
+# memory, which is told apart first): the process's CUDA context is unusable afterwards.
+_DEVICE_FAULT_MARKS = ("CUDA error", "CUBLAS_STATUS_", "CUDNN_STATUS_", "cuDNN error")
+
+
+def device_fault(exc: BaseException | None) -> str | None:
+    """The first line of a GPU fault's message (a failed kernel launch, an illegal address, a
+    library's execution failure), also when wrapped by another exception; None otherwise."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        accelerator_error = getattr(torch, "AcceleratorError", ())
+        text = str(exc).strip()
+        if isinstance(exc, accelerator_error) or (isinstance(exc, RuntimeError)
+                                                  and any(m in text for m in _DEVICE_FAULT_MARKS)):
+            return text.splitlines()[0][:300] if text else type(exc).__name__
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def compile_stats() -> dict[str, Any]:
     """What torch.compile did in this process so far: seconds spent compiling (dynamo's own
     accounting: graph capture and the backend, forward and backward), how many frames it

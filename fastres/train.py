@@ -33,6 +33,7 @@ from .runtime import (
     Runtime,
     compile_module,
     compile_stats,
+    device_fault,
     is_out_of_memory,
     resolve_runtime,
     seed_everything,
@@ -611,6 +612,14 @@ def _explain(exc: BaseException, trainer: Trainer, run: RunDir) -> BaseException
             f"(e.g. {max(1, config.batch_size // 2)})"
             + (f", or continue this one with: {resume} --precision {lower}" if rt.precision == "fp32" else "")
             + f"; the last good checkpoint is {run.last_checkpoint}")
+    elif (fault := device_fault(exc)) is not None:
+        # The CUDA context is lost with it, but the checkpoints are on the host: a new process resumes.
+        kept = (f"the last good checkpoint is {run.last_checkpoint}" if run.last_checkpoint.exists()
+                else "no epoch had finished")
+        error = TrainingFailed(
+            f"the GPU failed during epoch {trainer.epoch + 1}/{config.epochs} on {trainer.runtime.device_name} "
+            f"({fault}); {kept}: continue with: {resume} "
+            f"(if it fails again at the same point, CUDA_LAUNCH_BLOCKING=1 names the failing operation)")
     elif isinstance(exc, FastresError):
         error = exc
     else:

@@ -397,3 +397,37 @@ def test_a_study_leaves_a_run_taken_by_another_process_to_it(tmp_path):
     result = run_ablation([taken], log=lines.append, poll_s=0.05)
     assert [r.status for r in result.results] == ["elsewhere"] and not result.failed
     assert any("left baseline/seed42 to the process that holds it: held by pid 1" in line for line in lines), lines
+
+
+# --- a GPU fault ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["launch failure", "cublas"])
+def test_a_gpu_fault_in_training_is_one_line_and_the_run_resumes(memory_loader, tmp_path, monkeypatch, kind):
+    # As seen on an H200: a kernel inside Muon's step failed after some epochs (BENCHMARKS.md).
+    train_module = importlib.import_module("fastres.train")
+    real_step, calls = train_module.train_step, {"n": 0}
+    text = {"launch failure": "CUDA error: unspecified launch failure\nSearch for `cudaErrorLaunchFailure' in ...",
+            "cublas": "CUDA error: CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasGemmEx( handle, ...)`"}[kind]
+
+    def step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 20 + 3:  # 20 steps per epoch: epoch 2, step 3
+            raise getattr(torch, "AcceleratorError", RuntimeError)(text) if kind == "launch failure" else RuntimeError(text)
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", step)
+    cfg = tiny_config(tmp_path)
+    run = RunDir(cfg.run_dir)
+    with pytest.raises(TrainingFailed) as caught:
+        train(cfg, log=lambda m: None, progress=False)
+    message = str(caught.value)
+    assert "\n" not in message and caught.value.exit_code == 1
+    assert message.startswith(f"the GPU failed during epoch 2/3 on {train_module.resolve_runtime(cfg).device_name} "
+                              f"({text.splitlines()[0]}); the last good checkpoint is {run.last_checkpoint}: "
+                              f"continue with: fastres train --resume {run.path}")
+    assert run.read_summary()["status"] == "failed" and load_checkpoint(run.last_checkpoint)["epoch"] == 1
+
+    monkeypatch.setattr(train_module, "train_step", real_step)  # a fresh process, a working GPU
+    summary = train(cfg, log=lambda m: None, progress=False, resume=True)
+    assert summary["status"] == "completed" and [r["epoch"] for r in run.read_metrics()] == [1, 2, 3]
