@@ -38,7 +38,7 @@ from .config import (
     preset_names,
     recipe_differences,
 )
-from .errors import FastresError
+from .errors import DeviceFault, FastresError
 from .formatting import compact, duration
 from .rundir import STUDY_JOBS, STUDY_ROOT, RunDir, RunDirBusy, read_study, record_study
 
@@ -362,14 +362,15 @@ class _Child:
 
 
 def run_ablation(runs: Sequence[PlannedRun], *, devices: Sequence[str] | None = None, runs_per_device: int = 1,
-                 log: Callable[[str], None] = print, poll_s: float = 0.2) -> AblationResult:
+                 log: Callable[[str], None] = print, poll_s: float = 0.2, retries: int = 1) -> AblationResult:
     """Run the planned runs: skip finished ones, resume interrupted ones, train the rest.
 
     With ``devices`` (CUDA_VISIBLE_DEVICES values), up to ``runs_per_device`` runs per device
     go at a time, each pinned to its device; otherwise ``runs_per_device`` runs at a time on
     the default device (on the CPU, give them their share of the cores with ``share_cores``).
-    A failed run is reported
-    with its last error line and the others go on. Each run's directory is read again just
+    A run the GPU failed under (exit status ``DeviceFault.exit_code``) is resumed from its last
+    checkpoint, at the back of the queue, up to ``retries`` times; any other failed run is
+    reported with its last error line and the others go on. Each run's directory is read again just
     before it starts, so several studies on one folder share out the runs (a run held by
     another process is left to it). Ctrl-C, SIGTERM, SIGUSR1 or SIGUSR2 stops the running
     children cleanly (they can be resumed by running the same study again) and sets
@@ -392,6 +393,7 @@ def run_ablation(runs: Sequence[PlannedRun], *, devices: Sequence[str] | None = 
     slots = expand_slots(devices, runs_per_device)
     eta = _Eta(runs, len(slots))
     queue = list(todo)
+    retried: dict[Path, int] = {}  # by run directory: resumes after a device fault so far
     running: dict[int, _Child] = {}  # by slot index: a GPU may hold several runs
     # Reader threads only raise this flag; the main loop (which owns `running`) prints.
     epoch_seen = threading.Event()
@@ -440,6 +442,12 @@ def run_ablation(runs: Sequence[PlannedRun], *, devices: Sequence[str] | None = 
                 code = child.finish()
                 del running[index]
                 seconds = time.monotonic() - child.started
+                if code == DeviceFault.exit_code and retried.get(child.run.run_dir, 0) < retries:
+                    retried[child.run.run_dir] = retried.get(child.run.run_dir, 0) + 1
+                    queue.append(child.run)  # refreshed when it starts again: a resume
+                    say(f"retrying {child.run.name} (resume {retried[child.run.run_dir]} of {retries}) after a GPU "
+                        f"fault: {child.last_error or f'exit status {code}'}")
+                    continue
                 _record(result, child, code, seconds, eta)
                 say(_result_line(result.results[-1]) + f" ({progress()})")
     except KeyboardInterrupt as exc:

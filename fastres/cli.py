@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-per-device", type=int, default=1, metavar="K",
                    help="runs at a time on each device (default 1): on a GPU, K runs share it (a CIFAR ResNet leaves "
                         "a large GPU mostly idle); on the CPU, K runs share the cores (--threads cores/K each)")
+    p.add_argument("--retries", type=int, default=1, metavar="N",
+                   help="resume a run the GPU failed under (a CUDA error: exit status 71) up to N times from its "
+                        "last checkpoint (default 1; 0: report it as failed; the local launcher)")
     p.add_argument("--launcher", choices=LAUNCHERS, default="local",
                    help="local (default): runs go from this process; slurm: one task of a Slurm job array per run, "
                         "submitted through submitit (pip install 'fastres[slurm]'); submitit-local: the same jobs, "
@@ -324,6 +327,8 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     if args.status:
         print("\n".join(ablate.status_lines(args.status)))
         return 0
+    if args.retries < 0:
+        raise FastresError(f"--retries must be a whole number >= 0, got {args.retries}")
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in names and k != "preset"}
     seed = overrides.pop("seed", None)
@@ -373,7 +378,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     ablate.record(out, runs, **study)
     _log(f"ablation in {out}: {ablate.describe_plan(runs)}; {why}")
     _stop_cleanly_on_signals()
-    result = ablate.run_ablation(runs, devices=gpus, runs_per_device=k, log=_log)
+    result = ablate.run_ablation(runs, devices=gpus, runs_per_device=k, log=_log, retries=args.retries)
     _write_study_report(out, reference)
     failed = result.failed
     for r in failed:

@@ -17,3 +17,10 @@ class FastresError(Exception):
 
 class ConfigError(FastresError, ValueError):
     """An invalid training configuration."""
+
+
+class DeviceFault(FastresError):
+    """The GPU failed under a run (a failed kernel, a lost context), not the recipe: a new
+    process can resume it from its last checkpoint, so `fastres ablate` retries such runs."""
+
+    exit_code = 71  # EX_OSERR (sysexits.h): the system failed, not the request

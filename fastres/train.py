@@ -24,7 +24,7 @@ from . import checkpoint, distributed, recipe
 from .augment import BatchAugment
 from .config import MACHINE_FIELDS, TrainConfig, describe_differences, recipe_differences
 from .data import DataSource, choose_loader, open_data
-from .errors import ConfigError, FastresError
+from .errors import ConfigError, DeviceFault, FastresError
 from .files import WriteError, write_failure, writing
 from .models import build_model, count_parameters
 from .provenance import git_commit, versions
@@ -616,7 +616,7 @@ def _explain(exc: BaseException, trainer: Trainer, run: RunDir) -> BaseException
         # The CUDA context is lost with it, but the checkpoints are on the host: a new process resumes.
         kept = (f"the last good checkpoint is {run.last_checkpoint}" if run.last_checkpoint.exists()
                 else "no epoch had finished")
-        error = TrainingFailed(
+        error = DeviceFault(
             f"the GPU failed during epoch {trainer.epoch + 1}/{config.epochs} on {trainer.runtime.device_name} "
             f"({fault}); {kept}: continue with: {resume} "
             f"(if it fails again at the same point, CUDA_LAUNCH_BLOCKING=1 names the failing operation)")

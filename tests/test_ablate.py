@@ -201,6 +201,51 @@ def test_a_failed_run_is_reported_and_the_others_go_on(synthetic_data, memory_so
         ["baseline/seed42", "not", "started"], ["small_batch/seed42", "done", "1/1"]], "the failed one never began"
 
 
+# Started in every process of the study (PYTHONPATH): the first FAULTS runs of fastres.train
+# hit a GPU fault at epoch 2, step 3, as a Muon run on an H200 did (BENCHMARKS.md).
+FAULT_INJECTION = """
+import os, pathlib
+count = pathlib.Path(os.environ["FASTRES_TEST_FAULT_COUNT"])
+faults = len(count.read_text()) if count.exists() else 0
+if faults < int(os.environ["FASTRES_TEST_FAULTS"]):
+    import importlib
+    train_module = importlib.import_module("fastres.train")
+    real_step, calls = train_module.train_step, {"n": 0}
+
+    def step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 20 + 3:
+            count.write_text("x" * (faults + 1))
+            raise RuntimeError("CUDA error: unspecified launch failure")
+        return real_step(*args, **kwargs)
+
+    train_module.train_step = step
+"""
+
+
+@pytest.mark.parametrize("faults", [1, 2], ids=["once-resumed", "twice-reported"])
+def test_a_run_the_gpu_failed_under_is_resumed_once(synthetic_data, memory_source, tmp_path, faults):
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(FAULT_INJECTION)
+    env = {"PYTHONPATH": os.pathsep.join([str(inject), str(REPO)]), "FASTRES_TEST_FAULTS": str(faults),
+           "FASTRES_TEST_FAULT_COUNT": str(tmp_path / "faults")}
+    out = tmp_path / "abl"
+    res = run_cli("ablate", "--config", "baseline", *TINY, "--data-dir", str(synthetic_data), "--out", str(out), env=env)
+    run = RunDir(out / "baseline" / "seed42")
+    assert "Traceback" not in res.stdout + res.stderr
+    assert ("retrying baseline/seed42 (resume 1 of 1) after a GPU fault: fastres: error: the GPU failed during "
+            "epoch 2/3") in res.stdout, res.stdout
+    if faults == 1:
+        assert res.returncode == 0, res.stderr
+        assert run.state() == "completed" and [r["epoch"] for r in run.read_metrics()] == [1, 2, 3]
+    else:  # the resumed run failed again: reported, not retried a second time
+        assert res.returncode == 1 and "1 of 1 runs failed" in res.stderr
+        assert "FAILED baseline/seed42" in res.stdout and "the GPU failed during epoch 3/3" in res.stdout
+        assert res.stdout.count("retrying baseline/seed42") == 1
+        assert run.read_summary()["status"] == "failed" and [r["epoch"] for r in run.read_metrics()] == [1, 2]
+
+
 def test_commands_reproduce_the_planned_configs(tmp_path):
     overrides = {"width": 16, "lr": 1e-05, "nesterov": True, "augment": False, "milestones": (0.3, 0.6, 0.9),
                  "norm": "none", "precision": "fp32", "label_smoothing": 0.1, "epochs": 7}

@@ -23,7 +23,7 @@ import torch
 
 from fastres import TrainConfig, train
 from fastres.checkpoint import load as load_checkpoint
-from fastres.errors import FastresError
+from fastres.errors import DeviceFault, FastresError
 from fastres.files import FileLock, WriteError
 from fastres.prepare import BETONS, MANIFEST, verify_betons
 from fastres.rundir import RunDir, RunDirBusy
@@ -419,10 +419,10 @@ def test_a_gpu_fault_in_training_is_one_line_and_the_run_resumes(memory_loader, 
     monkeypatch.setattr(train_module, "train_step", step)
     cfg = tiny_config(tmp_path)
     run = RunDir(cfg.run_dir)
-    with pytest.raises(TrainingFailed) as caught:
+    with pytest.raises(DeviceFault) as caught:
         train(cfg, log=lambda m: None, progress=False)
     message = str(caught.value)
-    assert "\n" not in message and caught.value.exit_code == 1
+    assert "\n" not in message and caught.value.exit_code == 71
     assert message.startswith(f"the GPU failed during epoch 2/3 on {train_module.resolve_runtime(cfg).device_name} "
                               f"({text.splitlines()[0]}); the last good checkpoint is {run.last_checkpoint}: "
                               f"continue with: fastres train --resume {run.path}")
