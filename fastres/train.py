@@ -589,7 +589,19 @@ def _train(config: TrainConfig, runtime: Runtime, d: distributed.Dist, started: 
     log(f"finished: final val acc {100 * summary['final_val_acc']:.2f}% (best {100 * best:.2f}% at epoch "
         f"{summary['best_epoch']}), {summary['train_time_s']:.0f}s; logs in {run.path} "
         f"(tensorboard --logdir {run.tensorboard})")
+    if (account := loop_account(trainer.rows)) is not None:
+        log(account)
     return summary
+
+
+def loop_account(rows: list[dict[str, Any]]) -> str | None:
+    """Where the training epochs' time went, over the whole run (CPU runs only: see LoopClock)."""
+    parts = [r["loop_time_s"] for r in rows if r.get("loop_time_s")]
+    total = sum(sum(p.values()) for p in parts)
+    if not parts or total <= 0:
+        return None
+    shares = ", ".join(f"{name} {100 * sum(p[name] for p in parts) / total:.1f}%" for name in LoopClock.PARTS)
+    return f"training time by part of the loop: {shares}"
 
 
 def _explain(exc: BaseException, trainer: Trainer, run: RunDir) -> BaseException:

@@ -1,6 +1,7 @@
 """End to end: `fastres train` / `fastres eval` as a user runs them, and the run directory."""
 
 import json
+import re
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -46,6 +47,9 @@ def test_train_on_real_cifar10_learns_and_writes_the_run_directory(real_data, tm
         assert 0.9 * r["epoch_train_s"] <= sum(parts.values()) <= r["epoch_train_s"] <= r["epoch_time_s"], r
     assert run.last_checkpoint.exists() and run.best_checkpoint.exists()
     assert f"logs in {run_dir}" in res.stdout
+    shares = re.search(r"training time by part of the loop: load ([\d.]+)%, augment ([\d.]+)%, step ([\d.]+)%, "
+                       r"other ([\d.]+)%", res.stdout)
+    assert shares and sum(map(float, shares.groups())) == pytest.approx(100, abs=0.3) and float(shares[3]) > 50
 
     # TensorBoard's own reader finds the same scalars as metrics.jsonl.
     acc = EventAccumulator(str(run.tensorboard))
