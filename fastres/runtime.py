@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,19 +116,21 @@ def set_deterministic(enabled: bool) -> None:
     torch.backends.cudnn.benchmark = not enabled
 
 
-def is_out_of_memory(exc: BaseException | None) -> bool:
-    """CUDA's OutOfMemoryError or the CPU allocator refusing, also when it arrives wrapped by
-    another exception (torch.compile re-raises errors from inside its graphs as its own)."""
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """The exception and those it wraps (torch.compile re-raises errors from inside its graphs
+    as its own), each once."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            return True
-        text = str(exc)
-        if isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text):
-            return True
+        yield exc
         exc = exc.__cause__ or exc.__context__
-    return False
+
+
+def is_out_of_memory(exc: BaseException | None) -> bool:
+    """CUDA's OutOfMemoryError or the CPU allocator refusing, also when wrapped."""
+    return any(isinstance(e, torch.cuda.OutOfMemoryError)
+               or (isinstance(e, RuntimeError) and ("out of memory" in str(e) or "can't allocate memory" in str(e)))
+               for e in _chain(exc))
 
 
 # What CUDA's runtime and libraries say when a kernel or the device itself failed (not out of
@@ -137,16 +140,13 @@ _DEVICE_FAULT_MARKS = ("CUDA error", "CUBLAS_STATUS_", "CUDNN_STATUS_", "cuDNN e
 
 def device_fault(exc: BaseException | None) -> str | None:
     """The first line of a GPU fault's message (a failed kernel launch, an illegal address, a
-    library's execution failure), also when wrapped by another exception; None otherwise."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        accelerator_error = getattr(torch, "AcceleratorError", ())
-        text = str(exc).strip()
-        if isinstance(exc, accelerator_error) or (isinstance(exc, RuntimeError)
-                                                  and any(m in text for m in _DEVICE_FAULT_MARKS)):
-            return text.splitlines()[0][:300] if text else type(exc).__name__
-        exc = exc.__cause__ or exc.__context__
+    library's execution failure), also when wrapped; None otherwise."""
+    accelerator_error = getattr(torch, "AcceleratorError", ())  # torch >= 2.8
+    for e in _chain(exc):
+        text = str(e).strip()
+        if isinstance(e, accelerator_error) or (isinstance(e, RuntimeError)
+                                                and any(m in text for m in _DEVICE_FAULT_MARKS)):
+            return text.splitlines()[0][:300] if text else type(e).__name__
     return None
 
 
