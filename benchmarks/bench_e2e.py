@@ -6,7 +6,9 @@ keeps; the last epoch counts (the first includes FFCV's pipeline compilation). F
 measures the full-width model and quick's width 16 at batch 256, each 3 times (the median
 counts; the spread says how far one measurement can be trusted). On a CPU the epoch also
 accounts for its own time (load, augment, step, other, measured inside the same epoch), so
-the step's share of the loop has no drift between two measurements in it. The round
+the step's share of the loop has no drift between two measurements in it; and the step inside
+the loop is timed against the same step on a held batch, the two alternating in blocks within
+one epoch (``step_kept``: 1.0 = the loop does not slow the step). The round
 pytest-benchmark times is the whole ``fastres.train.train`` call, evaluation included.
 """
 
@@ -39,10 +41,21 @@ def test_epoch_vs_step(e2e_case, benchmark, settings, device, data, results, tmp
         result["loop_shares_median"] = {part: statistics.median(x["loop_shares"][part] for x in repeats)
                                         for part in repeats[0]["loop_shares"]}
         result["step_share_all"] = [x["loop_shares"]["step"] for x in repeats]
+    if device.type == "cpu":  # the step inside the loop against the step alone, alternating in blocks
+        result["step_kept_all"] = {}
+        for size in settings.e2e_sizes:
+            inside = [bench.measure_step_in_loop("resnet18", batch, data.betons, tmp_path / f"inloop{size}-{r}",
+                                                 device=device, width=width, train_subset=subset, size=size,
+                                                 block=settings.e2e_block)
+                      for r in range(settings.e2e_repeats)]
+            assert all(x["loop_steps"] and x["alone_steps"] for x in inside), inside
+            result["step_kept_all"][size] = [x["step_kept"] for x in inside]
+        result["step_kept"] = {size: statistics.median(v) for size, v in result["step_kept_all"].items()}
     results["e2e"].append(result)
     benchmark.extra_info.update({k: result[k] for k in (
         "epoch_images_per_s", "step_images_per_s", "kept", "kept_all", "kept_spread", "model", "width", "batch_size",
-        "train_images", "precision", "channels_last", "compile", "loop_shares_median", "step_share_all") if k in result})
+        "train_images", "precision", "channels_last", "compile", "loop_shares_median", "step_share_all", "step_kept",
+        "step_kept_all") if k in result})
     assert all(len(x["epoch_images_per_s_all"]) == settings.e2e_epochs for x in repeats)
     if device.type == "cpu":  # the epoch's parts account for its training time
         assert all(x["loop_shares"] and 0.9 <= sum(x["loop_shares"].values()) <= 1.0001 for x in repeats), repeats

@@ -41,6 +41,8 @@ class Settings:
     e2e_repeats: int  # whole measurements per case (step rate and run), for the spread of `kept`
     e2e_epochs: int
     e2e_test_subset: int
+    e2e_block: int  # steps per block when the step inside the loop alternates with the step alone
+    e2e_sizes: tuple[int, ...]  # input sizes at which the step inside the loop is measured (16: resizing's small epochs)
     threads: int | None  # torch threads for every suite; None: torch's default
 
 
@@ -48,13 +50,13 @@ class Settings:
 # loader weigh most against a step that is ~16x cheaper.
 FULL = Settings(full=True, threads=None, width=64, timing=bench.FULL_TIMING, data_batch=128, data_subset=0, data_repeats=3,
                 e2e_cases=((64, 128, 128 * 40), (16, 256, 256 * 80)), e2e_repeats=3, e2e_epochs=2,
-                e2e_test_subset=500)
+                e2e_test_subset=500, e2e_block=10, e2e_sizes=(32, 16))
 # One thread in quick mode: the smoke test's tiny steps are mostly synchronisation, and with
 # the cores shared (parallel jobs, a training next door) OpenMP barriers then stall for
 # whole scheduler slices, turning milliseconds into seconds.
 QUICK = Settings(full=False, threads=1, width=bench.QUICK_WIDTH, timing=bench.QUICK_TIMING, data_batch=64, data_subset=512,
                  data_repeats=2, e2e_cases=((bench.QUICK_WIDTH, 32, 256),), e2e_repeats=1, e2e_epochs=2,
-                 e2e_test_subset=100)
+                 e2e_test_subset=100, e2e_block=4, e2e_sizes=(32,))
 
 
 def pytest_generate_tests(metafunc) -> None:
@@ -143,3 +145,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
             shares = ", ".join(f"{part} {100 * v:.1f}%" for part, v in e["loop_shares_median"].items())
             steps = ", ".join(f"{100 * v:.1f}" for v in e["step_share_all"])
             tr.write_line(f"  inside the epoch (median of {len(e['step_share_all'])}): {shares}; step share per repeat: {steps}")
+        for size, kept_at in e.get("step_kept", {}).items():
+            each = ", ".join(f"{100 * v:.1f}" for v in e["step_kept_all"][size])
+            tr.write_line(f"  at {size} px the step inside the loop runs at {100 * kept_at:.1f}% of its speed alone "
+                          f"(alternating blocks in one epoch; median of {len(e['step_kept_all'][size])}: {each})")

@@ -16,7 +16,7 @@ One module per job, read top-down:
 """
 
 from ..runtime import is_out_of_memory
-from .end_to_end import measure_end_to_end
+from .end_to_end import measure_end_to_end, measure_step_in_loop
 from .loading import measure_ffcv_loader, measure_torchvision_loader, time_epochs
 from .memory import PeakMemory, available_memory_bytes, estimate_memory_bytes
 from .output import (
@@ -52,6 +52,6 @@ __all__ = [
     "QUICK_BATCH_SIZES", "QUICK_TIMING", "QUICK_WIDTH", "RECORD_KEYS", "PeakMemory", "StepBench", "Timing",
     "available_memory_bytes", "base_record", "baseline_runtime", "estimate_memory_bytes", "fastres_runtime",
     "format_table", "full_mode", "is_out_of_memory", "machine_info", "measure_end_to_end", "measure_ffcv_loader",
-    "measure_step", "measure_torchvision_loader", "pair_rows", "runtime_for", "short_result", "sweep",
+    "measure_step", "measure_step_in_loop", "measure_torchvision_loader", "pair_rows", "runtime_for", "short_result", "sweep",
     "synchronize", "time_epochs", "write_csv", "write_json", "write_plot",
 ]

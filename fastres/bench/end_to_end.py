@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,9 +12,10 @@ from typing import Any
 import torch
 
 from ..config import TrainConfig
+from ..data import open_data
 from ..rundir import RunDir
 from ..runtime import resolve_runtime
-from ..train import train
+from ..train import Trainer, train, train_step
 from .step import measure_step
 from .timing import FULL_TIMING, Timing
 
@@ -74,3 +76,60 @@ def measure_end_to_end(model: str, batch_size: int, data_dir: str | Path, run_di
         "compile": runtime.compile, "step": step,
         "step_images_per_s_before_after": [before["images_per_s"], after["images_per_s"]],
     }
+
+
+def measure_step_in_loop(model: str, batch_size: int, data_dir: str | Path, run_dir: str | Path, *,
+                         device: torch.device, width: int = 64, train_subset: int = 0, size: int = 32,
+                         block: int = 10, settle: int = 3) -> dict[str, Any]:
+    """Does the train step itself run slower inside the training loop than alone?
+
+    One epoch of a real ``Trainer`` (FFCV loader, augmentation, the trained step) in which
+    every ``block`` loop steps are followed by ``block`` steps on a batch held from the
+    loader, with nothing else running: the two kinds alternate every few seconds, so a shared
+    machine's drift cancels in their ratio, which two separate measurements (``kept``) cannot
+    promise. The first ``settle`` held steps of each block are not counted: the loader's
+    thread is still filling its queue then. ``step_kept`` = median held step time / median
+    loop step time (1.0: the loop costs the step nothing; below: the loader's threads, or the
+    data arriving in fresh memory, slow it). CPU only (a GPU step returns before it ran).
+    """
+    if device.type != "cpu":
+        raise ValueError("measure_step_in_loop times steps on the host: CPU only")
+    if not 0 <= settle < block:
+        raise ValueError(f"settle ({settle}) must be smaller than block ({block}): it skips held steps of each block")
+    config = TrainConfig(model=model, width=width, batch_size=batch_size, epochs=1, lr=0.01,
+                         lr_schedule="none", train_subset=train_subset, loader="ffcv",
+                         data_dir=str(data_dir), run_dir=str(run_dir), device="cpu", preset="bench")
+    runtime = resolve_runtime(config)
+    data = open_data(loader="ffcv", data_dir=data_dir, batch_size=batch_size, device=device, seed=config.seed,
+                     train_subset=train_subset, test_subset=batch_size, log=lambda m: None)
+    trainer = Trainer(config, runtime, data, RunDir(run_dir), log=lambda m: None)
+    trainer.model.train()
+
+    def step(x: torch.Tensor, labels: torch.Tensor) -> float:
+        t0 = time.perf_counter()
+        train_step(trainer.forward, trainer.criterion, trainer.optimizer, trainer.scaler, runtime, x, labels)
+        return time.perf_counter() - t0
+
+    data.train.set_epoch(0)
+    in_loop: list[float] = []
+    alone: list[float] = []
+    held = None
+    for i, (images, labels) in enumerate(data.train):
+        x = trainer.augment.train(images, size, None)
+        if held is None:  # the loader reuses its buffers: keep copies
+            held = (x.clone(), labels.clone())
+        seconds = step(x, labels)
+        if i >= block:  # the first block warms up the loader's pipeline (FFCV compiles it)
+            in_loop.append(seconds)
+        if (i + 1) % block == 0:
+            times = [step(*held) for _ in range(block)]
+            if i >= block:
+                alone.extend(times[settle:])
+    if not in_loop or not alone:
+        raise ValueError(f"{train_subset or 50_000} training images make fewer than two blocks of {block} "
+                         f"batches of {batch_size}: use more images or a smaller block")
+    loop_s, alone_s = statistics.median(in_loop), statistics.median(alone)
+    return {"model": model, "width": width, "batch_size": batch_size, "size": size, "block": block,
+            "loop_steps": len(in_loop), "alone_steps": len(alone),
+            "loop_step_s": loop_s, "alone_step_s": alone_s, "step_kept": alone_s / loop_s,
+            "precision": runtime.precision, "channels_last": runtime.channels_last}
