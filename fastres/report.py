@@ -20,7 +20,7 @@ from .config import PRESETS, TrainConfig
 from .errors import FastresError
 from .files import atomic_path, atomic_write_text
 from .formatting import compact, duration
-from .rundir import STUDY, STUDY_ROOT, find_runs, read_study
+from .rundir import STUDY, STUDY_ROOT, find_runs, read_study, training_interval
 from .schedule import lr_factor
 
 # The original study: one run per setting, 100 epochs, best-epoch test accuracy (percent).
@@ -28,6 +28,10 @@ ORIGINAL_STUDY = {"cosine": 94.1, "baseline": 93.9, "no_schedule": 90.9, "resnet
                   "resnet50": 88.3, "no_batchnorm": 87.0, "small_batch": 88.4}
 ORIGINAL_EPOCHS = 100
 REPORT_MD, REPORT_JSON, VAL_PLOT, LR_PLOT = "report.md", "report.json", "val_acc.png", "lr_schedule.png"
+# Two runs "ran next to each other" when their starts are at most this many times the longer
+# run's training time apart: side by side (0), one after the other (~1), or with one run of
+# a third setting between them (~2, as `fastres ablate --interleave` orders three settings).
+NEIGHBOURS = 2.5
 # Recipe fields that do not make two runs different settings.
 _NOT_SETTING = {"seed"}
 
@@ -173,6 +177,33 @@ def difference(group: Group, reference: Group) -> dict[str, Any] | None:
             "mean": a["mean"] - b["mean"], "stderr": se, "values": []}
 
 
+def time_comparison(group: Group, reference: Group) -> dict[str, Any] | None:
+    """``train_time_s`` of ``group`` against ``reference``'s. When every seed that ran in both
+    ran next to each other (see NEIGHBOURS; what ``fastres ablate --interleave`` does), the
+    median of the per-seed ratios: a machine's drift between the two is then small. Else the
+    ratio of the two medians, with how far apart the runs ran (``apart_s``, the largest
+    start-to-start distance of a seed's pair; None when the summaries do not say when)."""
+    mine = {r.config.seed: r.summary for r in group.done}
+    theirs = {r.config.seed: r.summary for r in reference.done}
+    if not mine or not theirs:
+        return None
+    pairs = []
+    for seed in sorted(set(mine) & set(theirs)):
+        a, b = training_interval(mine[seed]), training_interval(theirs[seed])
+        if a is not None and b is not None:
+            longest = max(a[1] - a[0], b[1] - b[0])
+            pairs.append({"seed": seed, "ratio": mine[seed]["train_time_s"] / theirs[seed]["train_time_s"],
+                          "apart_s": abs(a[0] - b[0]), "neighbours": abs(a[0] - b[0]) <= NEIGHBOURS * longest})
+    if pairs and all(p["neighbours"] for p in pairs):
+        ratios = [p["ratio"] for p in pairs]
+        return {"paired": True, "n": len(ratios), "seeds": [p["seed"] for p in pairs], "values": ratios,
+                "ratio": statistics.median(ratios), "apart_s": max(p["apart_s"] for p in pairs)}
+    a, b = (statistics.median(s["train_time_s"] for s in d.values()) for d in (mine, theirs))
+    return {"paired": False, "n": min(len(mine), len(theirs)), "seeds": [], "values": [],
+            "ratio": a / b if a and b else None,
+            "apart_s": max(p["apart_s"] for p in pairs) if pairs else None}
+
+
 def aggregate(root: str | Path, runs: list[Run] | None = None, reference: str | None = None,
               skipped: list[dict[str, str]] | None = None) -> dict[str, Any]:
     """Everything the report shows, as plain data (accuracies as fractions, like summary.json).
@@ -208,13 +239,14 @@ def aggregate(root: str | Path, runs: list[Run] | None = None, reference: str | 
             entry["original_best_acc"] = ORIGINAL_STUDY[g.preset] / 100
         if ref is not None and g is not ref:
             entry["diff_vs_reference"] = difference(g, ref)
+            entry["time_vs_reference"] = time_comparison(g, ref)
+        elif g is ref and done:
+            entry["time_vs_reference"] = {"paired": True, "n": len(done), "seeds": [], "values": [], "ratio": 1.0,
+                                          "apart_s": 0.0}
+        else:
+            entry["time_vs_reference"] = None
+        entry["time_ratio_vs_reference"] = (entry["time_vs_reference"] or {}).get("ratio")
         out_groups.append(entry)
-    # Time is compared by medians, which one disturbed run cannot drag (machines drift; see
-    # fastres ablate --interleave for runs whose times are meant to be compared).
-    ref_time = next((e["train_time_s"]["median"] for e, g in zip(out_groups, groups, strict=True) if g is ref), None)
-    for entry in out_groups:
-        median = entry["train_time_s"]["median"]
-        entry["time_ratio_vs_reference"] = median / ref_time if median and ref_time else None
     return {
         "root": str(root),
         "reference": ref.label if ref is not None else None,
@@ -315,6 +347,19 @@ def _diff_text(diff: dict[str, Any] | None) -> str:
     return text + (f" (paired, n={diff['n']})" if diff["paired"] else "")
 
 
+def _time_ratio_text(time: dict[str, Any] | None, is_reference: bool) -> str:
+    if time is None or time["ratio"] is None:
+        return "-"
+    text = f"{time['ratio']:.2f}x"
+    if is_reference:
+        return text
+    if time["paired"]:
+        return f"{text} (paired, n={time['n']})"
+    if time["apart_s"] is not None:
+        return f"{text} (medians; runs up to {duration(time['apart_s'])} apart)"
+    return f"{text} (medians)"
+
+
 def render_markdown(data: dict[str, Any]) -> str:
     settings = data["settings"]
     n_runs = len(data["runs"])
@@ -372,13 +417,20 @@ def render_markdown(data: dict[str, Any]) -> str:
         lines.append("| " + " | ".join([
             f"`{g['label']}`", n, _mean_std(g["final_val_acc"]), diff_text, _mean_std(g["best_val_acc"]),
             _mean_std(g["final_train_acc"]), epochs, _time_range(g["train_time_s"]),
-            "-" if g["time_ratio_vs_reference"] is None else f"{g['time_ratio_vs_reference']:.2f}x",
+            _time_ratio_text(g.get("time_vs_reference"), g["label"] == data["reference"]),
             "-" if ips is None else f"{ips:,.0f}", original]) + " |")
     lines.append("")
     lines.append(f"Δ: final accuracy minus `{reference}`'s, in points, ± its standard error. *Paired* (the "
                  "same seeds ran in both): the mean of the per-seed differences, standard error sd/√n; else the "
                  "difference of the means, standard error sqrt(s1²/n1 + s2²/n2). **Bold**: beyond two standard "
                  "errors; an effect inside about two is not distinguishable from seed noise.")
+    lines.append("")
+    lines.append(f"Time vs `{reference}`: `train_time_s` against `{reference}`'s. *Paired*: the median of the "
+                 "per-seed ratios of runs that ran next to each other (side by side, one after the other, or one "
+                 "run between: `fastres ablate --interleave`), so the machine's drift between them is small. "
+                 "*Medians*: the ratio of the two settings' median times, from runs that ran further apart; a "
+                 "shared machine's speed can drift by tens of percent over that time, so it is not a measurement "
+                 "of the setting's cost.")
     if notes:
         lines.append("")
         lines.append(f"\\* The original study's single-run best accuracies come from {ORIGINAL_EPOCHS}-epoch, "
@@ -500,9 +552,9 @@ def summary_table(data: dict[str, Any]) -> str:
     rows = [("setting", "n", "final val acc %", f"Δ vs {data['reference'] or 'baseline'}", "best-epoch %", "epochs",
              "time (median)", "unfinished")]
     for g in data["settings"]:
-        ratio = g.get("time_ratio_vs_reference")
         median = g["train_time_s"]["median"]
-        time_text = ("-" if median is None else duration(median)) + (f" ({ratio:.2f}x)" if ratio else "")
+        ratio = _time_ratio_text(g.get("time_vs_reference"), g["label"] == data["reference"])
+        time_text = ("-" if median is None else duration(median)) + (f", {ratio}" if ratio != "-" else "")
         rows.append((g["label"], str(g["n"]), _mean_std(g["final_val_acc"]),
                      _diff_text(g["diff_vs_reference"]).replace("**", ""), _mean_std(g["best_val_acc"]),
                      "/".join(str(e) for e in g["epochs"]) or "-", time_text,

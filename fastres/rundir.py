@@ -21,6 +21,7 @@ the scheduler's logs.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import shutil
@@ -60,6 +61,8 @@ METRIC_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", 
 # metrics.jsonl keys that are wall times, so differ between two runs of one recipe (the rest of
 # a row is the same for the same seed). loop_time_s: seconds per part of the training loop
 # (load, augment, step, other), measured on a CPU only (None elsewhere: see train.LoopClock).
+# summary.json's "finished": when the run ended, local time with its UTC offset.
+FINISHED_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
 TIMING_KEYS = ("images_per_s", "epoch_time_s", "epoch_train_s", "loop_time_s", "checkpoint_time_s")
 # metrics.jsonl key -> TensorBoard tag (grouped so train and val curves share a chart section).
 TB_TAGS = {
@@ -72,6 +75,24 @@ class RunDirBusy(FastresError):
     """Another process is training the run: this one refused, having written nothing."""
 
     exit_code = 75  # EX_TEMPFAIL (sysexits.h): not an error in the request; try again later
+
+
+def finished_stamp() -> str:
+    """Now, as summary.json's "finished" records it."""
+    return time.strftime(FINISHED_FORMAT)
+
+
+def training_interval(summary: dict[str, Any]) -> tuple[float, float] | None:
+    """When a finished run trained, as (start, end) in seconds since the epoch: its
+    "finished" stamp (to the second) minus ``train_time_s``; None when either is missing."""
+    stamp, seconds = summary.get("finished"), summary.get("train_time_s")
+    if not stamp or seconds is None:
+        return None
+    try:
+        end = datetime.datetime.strptime(stamp, FINISHED_FORMAT).timestamp()
+    except ValueError:
+        return None
+    return end - float(seconds), end
 
 
 def default_run_dir(preset: str, root: str | Path = RUNS_ROOT) -> Path:

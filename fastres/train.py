@@ -28,7 +28,7 @@ from .errors import ConfigError, DeviceFault, FastresError
 from .files import WriteError, write_failure, writing
 from .models import build_model, count_parameters
 from .provenance import git_commit, versions
-from .rundir import TB_TAGS, RunDir, default_run_dir
+from .rundir import TB_TAGS, RunDir, default_run_dir, finished_stamp
 from .runtime import (
     Runtime,
     compile_module,
@@ -369,7 +369,7 @@ class Trainer:
             "seed": self.config.seed,
             "versions": versions() | {"threads": str(torch.get_num_threads())},
             "git_commit": git_commit(),
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "finished": finished_stamp(),
             "run_dir": str(self.run.path),
             "world_size": self.dist.world_size,
         }

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 from pathlib import Path
 
 import pytest
 
 from fastres.config import get_preset
-from fastres.rundir import RunDir
+from fastres.rundir import RunDir, record_study
 
 from .conftest import run_cli, run_main
 
@@ -21,8 +22,10 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def make_run(root: Path, preset: str, seed: int, finals: list[float], *, epochs: int | None = None,
-             status: str | None = "completed", folder: str | None = None, **changes) -> Path:
-    """A run dir whose val accuracy per epoch is ``finals`` (its length = epochs done)."""
+             status: str | None = "completed", folder: str | None = None, train_time_s: float | None = None,
+             finished: str | None = None, **changes) -> Path:
+    """A run dir whose val accuracy per epoch is ``finals`` (its length = epochs done); its
+    summary says it trained ``train_time_s`` seconds and ``finished`` then (when given)."""
     planned = epochs or len(finals)
     changes = {"width": 8} | changes
     config = get_preset(preset).replace(seed=seed, epochs=planned, **changes)
@@ -39,10 +42,11 @@ def make_run(root: Path, preset: str, seed: int, finals: list[float], *, epochs:
             "status": status, "preset": config.preset, "model": config.model, "epochs": len(finals),
             "epochs_planned": planned, "best_val_acc": best, "best_epoch": finals.index(best) + 1,
             "final_val_acc": finals[-1], "final_train_acc": min(1.0, finals[-1] + 0.05),
-            "train_time_s": 10.0 * len(finals) + seed, "images_per_s": 1000.0 + seed, "seed": seed,
+            "train_time_s": 10.0 * len(finals) + seed if train_time_s is None else train_time_s,
+            "images_per_s": 1000.0 + seed, "seed": seed,
             "device": "TestCPU", "precision": "bf16", "git_commit": "abc123", "versions": {"torch": "9.9"},
             "data_hash": "d1",
-        })
+        } | ({"finished": finished} if finished else {}))
     return run.path
 
 
@@ -100,7 +104,7 @@ def test_report_rows_hold_mean_and_sample_std_over_finished_seeds(runs):
     nobn_times = summary_values(runs, "no_batchnorm", "train_time_s")
     assert row(text, "baseline")[7] == "1m13s (1m12s-1m14s)" and row(text, "baseline")[8] == "1.00x"
     ratio = statistics.median(nobn_times) / statistics.median(base_times)
-    assert row(text, "no_batchnorm")[8] == f"{ratio:.2f}x"
+    assert row(text, "no_batchnorm")[8] == f"{ratio:.2f}x (medians)", "no finish times: not known to be paired"
 
 
 def test_unfinished_runs_are_marked_and_not_averaged(runs, capsys):
@@ -188,8 +192,6 @@ def test_every_setting_is_compared_with_the_reference_paired_by_seed(runs, capsy
 
 
 def test_a_studys_variants_are_named_and_a_clear_gain_is_marked(tmp_path, capsys):
-    from fastres.rundir import record_study
-
     root = tmp_path / "study"
     for seed, (ref, ema) in enumerate([(0.80, 0.83), (0.82, 0.84), (0.81, 0.835)]):
         make_run(root, "quick", seed, [0.5, ref], folder="quick")
@@ -202,6 +204,38 @@ def test_a_studys_variants_are_named_and_a_clear_gain_is_marked(tmp_path, capsys
     cells = row(text, "ema")
     assert cells[3] == "**+2.50 ± 0.29** (paired, n=3)", cells  # diffs 3, 2, 2.5 points
     assert [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| `")][:2] == ["`quick`", "`ema`"]
+
+
+def test_time_is_compared_paired_only_for_runs_that_ran_next_to_each_other(tmp_path, capsys):
+    """Interleaved runs (quick, wide, quick, wide, ...) give the median of the per-seed time
+    ratios; a setting whose runs came long after the reference's gets the ratio of the medians,
+    marked with how far apart they ran, because a machine's speed drifts in between."""
+    def at(minute: float) -> str:  # summary.json's "finished", local time with its offset
+        return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(1_800_000_000 + 60 * minute))
+
+    root = tmp_path / "study"
+    # Interleaved, 100 s runs back to back: quick/seed0 ends at minute 2, wide/seed0 at 4, ...
+    for seed, (ref_s, wide_s) in enumerate([(100.0, 150.0), (110.0, 154.0), (105.0, 168.0)]):
+        make_run(root, "quick", seed, [0.5, 0.8], folder="quick", train_time_s=ref_s, finished=at(4 * seed + 2))
+        make_run(root, "quick", seed, [0.5, 0.8], folder="wide", width=16, train_time_s=wide_s,
+                 finished=at(4 * seed + 4))
+    # Another setting run an hour later, one seed after the other.
+    for seed, late_s in enumerate([90.0, 95.0, 99.0]):
+        make_run(root, "quick", seed, [0.5, 0.8], folder="late", width=12, train_time_s=late_s,
+                 finished=at(60 + 2 * seed))
+    record_study(root, {"variants": {"wide": {"width": 16}, "late": {"width": 12}}, "runs": []}, {"pid": 1})
+    data = json.loads(run_main(capsys, "report", str(root), "--reference", "quick", "--json").stdout)
+    by_label = {g["label"]: g for g in data["settings"]}
+    wide, late = by_label["wide"]["time_vs_reference"], by_label["late"]["time_vs_reference"]
+    assert wide["paired"] and wide["n"] == 3 and wide["ratio"] == pytest.approx(statistics.median([1.5, 1.4, 1.6]))
+    assert not late["paired"] and late["ratio"] == pytest.approx(95.0 / 105.0)
+    # The largest start-to-start distance: seed 0, late started 3600 - 90 s, quick 120 - 100 s.
+    assert late["apart_s"] == pytest.approx((3600 - 90) - (120 - 100))
+    text = (root / "report.md").read_text()
+    assert row(text, "wide")[8] == "1.50x (paired, n=3)"
+    assert row(text, "late")[8] == "0.90x (medians; runs up to 58m10s apart)"
+    assert row(text, "quick")[8] == "1.00x"
+    assert "drift" in text
 
 
 def test_a_folder_that_cannot_be_read_as_a_run_is_named_not_dropped_silently(runs, capsys):
