@@ -1,6 +1,7 @@
 """Working around ffcv: it is optional (fastres trains without it); on import and on every
-epoch it sets torch's thread count to its own worker count; its dataset writer waits forever
-for worker processes that died or whose parent did."""
+epoch it sets torch's thread count to its own worker count; its import spends seconds
+compiling numba's typed dictionary for two constants; its dataset writer waits forever for
+worker processes that died or whose parent did."""
 
 from __future__ import annotations
 
@@ -30,10 +31,31 @@ def keep_torch_threads() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def ffcv_available() -> bool:
-    """Whether ffcv imports (not merely whether it is installed: broken builds are common)."""
+@contextlib.contextmanager
+def _plain_image_modes() -> Iterator[None]:
+    """ffcv.fields.rgb_image builds ``IMAGE_MODES = numba.typed.Dict()`` at import ({'jpg': 0,
+    'raw': 1}), which JIT-compiles numba's dictionary machinery: ~2 of the ~3 seconds its
+    import costs in every process, a training run's included. The dictionary is only ever
+    read from Python (when a pipeline's code is generated, and by the writer), never inside
+    compiled code, so a plain dict serves it the same. Only ffcv's own import sees it."""
+    import numba.typed
+
+    if "ffcv.fields.rgb_image" in sys.modules:  # imported already: nothing left to save
+        yield
+        return
+    typed_dict = numba.typed.Dict
+    numba.typed.Dict = dict  # type: ignore[misc,assignment]
     try:
-        with keep_torch_threads():
+        yield
+    finally:
+        numba.typed.Dict = typed_dict  # type: ignore[misc]
+
+
+def ffcv_available() -> bool:
+    """Whether ffcv imports (not merely whether it is installed: broken builds are common).
+    Every use of ffcv in fastres asks this first, so ffcv is imported here."""
+    try:
+        with keep_torch_threads(), _plain_image_modes():
             import ffcv.loader  # noqa: F401
     except ImportError:
         return False

@@ -137,3 +137,22 @@ def test_shuffled_epochs_are_permutations_in_the_same_order_for_both_loaders(syn
 def test_batch_larger_than_dataset_is_refused(synthetic_data):
     with pytest.raises(FastresError, match="batch size 5000 is larger than the 2000 training images"):
         open_data(loader="ffcv", data_dir=synthetic_data, batch_size=5000, device=CPU, seed=0)
+
+
+def test_ffcv_imports_without_compiling_numbas_dictionary():
+    """ffcv's import built a numba typed dict for two constants, which compiled numba's dict
+    machinery: seconds at the start of every run. fastres imports ffcv with a plain dict in
+    its place, ffcv reads it the same, and numba keeps its own Dict for everyone else."""
+    import subprocess
+    import sys
+
+    code = (
+        "from fastres.ffcv_compat import ffcv_available\n"
+        "assert ffcv_available()\n"
+        "import numba.typed, numba.typed.typeddict, ffcv.fields.rgb_image as rgb\n"
+        "print(rgb.IMAGE_MODES == {'jpg': 0, 'raw': 1}, type(rgb.IMAGE_MODES).__name__,\n"
+        "      numba.typed.Dict is numba.typed.typeddict.Dict, len(numba.typed.typeddict._make_dict.signatures))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "dict", "True", "0"], out.stdout
