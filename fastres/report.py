@@ -239,13 +239,9 @@ def aggregate(root: str | Path, runs: list[Run] | None = None, reference: str | 
             entry["original_best_acc"] = ORIGINAL_STUDY[g.preset] / 100
         if ref is not None and g is not ref:
             entry["diff_vs_reference"] = difference(g, ref)
-            entry["time_vs_reference"] = time_comparison(g, ref)
-        elif g is ref and done:
-            entry["time_vs_reference"] = {"paired": True, "n": len(done), "seeds": [], "values": [], "ratio": 1.0,
-                                          "apart_s": 0.0}
-        else:
-            entry["time_vs_reference"] = None
-        entry["time_ratio_vs_reference"] = (entry["time_vs_reference"] or {}).get("ratio")
+        entry["time_vs_reference"] = time_comparison(g, ref) if ref is not None and g is not ref else None
+        entry["time_ratio_vs_reference"] = (1.0 if g is ref and done
+                                            else (entry["time_vs_reference"] or {}).get("ratio"))
         out_groups.append(entry)
     return {
         "root": str(root),
@@ -347,17 +343,18 @@ def _diff_text(diff: dict[str, Any] | None) -> str:
     return text + (f" (paired, n={diff['n']})" if diff["paired"] else "")
 
 
-def _time_ratio_text(time: dict[str, Any] | None, is_reference: bool) -> str:
-    if time is None or time["ratio"] is None:
+def _time_ratio_text(g: dict[str, Any]) -> str:
+    """A setting's time against the reference's, with what the ratio rests on."""
+    ratio, comparison = g.get("time_ratio_vs_reference"), g.get("time_vs_reference")
+    if ratio is None:
         return "-"
-    text = f"{time['ratio']:.2f}x"
-    if is_reference:
-        return text
-    if time["paired"]:
-        return f"{text} (paired, n={time['n']})"
-    if time["apart_s"] is not None:
-        return f"{text} (medians; runs up to {duration(time['apart_s'])} apart)"
-    return f"{text} (medians)"
+    if comparison is None:  # the reference itself
+        return f"{ratio:.2f}x"
+    if comparison["paired"]:
+        return f"{ratio:.2f}x (paired, n={comparison['n']})"
+    if comparison["apart_s"] is not None:
+        return f"{ratio:.2f}x (medians; runs up to {duration(comparison['apart_s'])} apart)"
+    return f"{ratio:.2f}x (medians)"
 
 
 def render_markdown(data: dict[str, Any]) -> str:
@@ -417,7 +414,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         lines.append("| " + " | ".join([
             f"`{g['label']}`", n, _mean_std(g["final_val_acc"]), diff_text, _mean_std(g["best_val_acc"]),
             _mean_std(g["final_train_acc"]), epochs, _time_range(g["train_time_s"]),
-            _time_ratio_text(g.get("time_vs_reference"), g["label"] == data["reference"]),
+            _time_ratio_text(g),
             "-" if ips is None else f"{ips:,.0f}", original]) + " |")
     lines.append("")
     lines.append(f"Δ: final accuracy minus `{reference}`'s, in points, ± its standard error. *Paired* (the "
@@ -553,7 +550,7 @@ def summary_table(data: dict[str, Any]) -> str:
              "time (median)", "unfinished")]
     for g in data["settings"]:
         median = g["train_time_s"]["median"]
-        ratio = _time_ratio_text(g.get("time_vs_reference"), g["label"] == data["reference"])
+        ratio = _time_ratio_text(g)
         time_text = ("-" if median is None else duration(median)) + (f", {ratio}" if ratio != "-" else "")
         rows.append((g["label"], str(g["n"]), _mean_std(g["final_val_acc"]),
                      _diff_text(g["diff_vs_reference"]).replace("**", ""), _mean_std(g["best_val_acc"]),
