@@ -147,6 +147,9 @@ class Trainer:
         self.best_epoch = 0
         # This process's totals, for the summary's images/s and checkpoint cost.
         self.trained_images, self.train_seconds, self.checkpoint_seconds = 0, 0.0, 0.0
+        # train_time_s spans every call that trained this run: earlier calls' time up to the
+        # checkpoint this one resumed from, plus this call's since `started` (set by fit).
+        self.earlier_seconds, self.started = 0.0, time.perf_counter()
         self.notes: list[str] = []  # what else failed while the run was stopping on an error
         self._checkpoint: tuple[dict[str, Any], bool] | None = None  # taken, not yet queued
 
@@ -159,6 +162,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "rng": checkpoint.capture_rng(),
             "config": self.config.to_dict(),
+            "train_time_s": self.train_time_s(),
         } | ({"ema": self.ema.state_dict()} if self.ema is not None else {})
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -170,6 +174,7 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         checkpoint.restore_rng(state["rng"])
         self.epoch, self.best_val_acc, self.best_epoch = state["epoch"], state["best_val_acc"], state["best_epoch"]
+        self.earlier_seconds = float(state.get("train_time_s", 0.0))
 
     def snapshot_checkpoint(self, improved: bool) -> float:
         """Take this epoch's checkpoint (written by ``write_checkpoint``); returns the seconds
@@ -297,8 +302,13 @@ class Trainer:
         self.checkpoint_seconds += row["checkpoint_time_s"]
         return row
 
+    def train_time_s(self) -> float:
+        """Wall time spent training this run so far, over every call that trained it."""
+        return self.earlier_seconds + time.perf_counter() - self.started
+
     def fit(self, started: float, show_progress: bool) -> dict[str, Any]:
         """Train the remaining epochs; the summary, also written when training stops early."""
+        self.started = started
         epoch_log = EpochLog(self.run, self.epoch, self.config.epochs, self.log, write=self.dist.is_main)
         status = "failed"
         try:
@@ -315,10 +325,10 @@ class Trainer:
             status = "diverged"
             raise
         finally:
-            self._finish(status, epoch_log, started)
+            self._finish(status, epoch_log)
         return self.summary
 
-    def _finish(self, status: str, epoch_log: EpochLog, started: float) -> None:
+    def _finish(self, status: str, epoch_log: EpochLog) -> None:
         """Close the logs, let the last checkpoint reach the disk, write the summary. When the
         run is already stopping on an error, a failure here becomes a note on that error
         (``self.notes``) instead of hiding it."""
@@ -329,7 +339,7 @@ class Trainer:
                 close()
             except FastresError as exc:
                 self.notes.append(str(exc))
-        self.summary = self._summary(status, started)
+        self.summary = self._summary(status)
         if self.dist.is_main:
             try:
                 self.run.write_summary(self.summary)
@@ -338,7 +348,7 @@ class Trainer:
                     raise
                 self.notes.append(str(exc))
 
-    def _summary(self, status: str, started: float) -> dict[str, Any]:
+    def _summary(self, status: str) -> dict[str, Any]:
         rows = self.rows
         last = rows[-1] if rows else {}
         rt = self.runtime
@@ -354,7 +364,7 @@ class Trainer:
             "final_val_loss": last.get("val_loss"),
             "final_train_acc": last.get("train_acc"),
             "final_train_loss": last.get("train_loss"),
-            "train_time_s": time.perf_counter() - started,
+            "train_time_s": self.train_time_s(),
             "images_per_s": self.trained_images / self.train_seconds if self.train_seconds else None,
             "checkpoint_time_s": self.checkpoint_seconds,
             "params": self.params,
@@ -559,6 +569,8 @@ def _train(config: TrainConfig, runtime: Runtime, d: distributed.Dist, started: 
         state = checkpoint.load(run.last_checkpoint, map_location=runtime.device, log=log)
         trainer.load_state(state)
         trainer.rows = run.read_metrics()[: trainer.epoch]
+        if "train_time_s" not in state:  # written before checkpoints kept it: the epochs' own times
+            trainer.earlier_seconds = sum(r.get("epoch_time_s") or 0.0 for r in trainer.rows)
         if d.is_main:
             run.rewrite_metrics(trainer.rows)
         log(f"resuming {run.path} after epoch {trainer.epoch}/{config.epochs}")

@@ -28,6 +28,8 @@ def test_a_run_written_before_the_layered_package_resumes_and_evaluates(tmp_path
     assert rows[0] == before[0], "the recorded epoch is kept as it was"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs"] == 3
+    # Its checkpoint predates the stored training time: the recorded epoch's own time counts.
+    assert summary["train_time_s"] >= sum(r["epoch_time_s"] for r in rows)
 
     res = run_main(capsys, "eval", str(run), "--data-dir", str(synthetic_data), "--json")
     assert res.returncode == 0, res.stderr

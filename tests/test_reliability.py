@@ -70,7 +70,11 @@ def test_signal_mid_epoch_then_resume_is_bit_identical(synthetic_data, reference
     assert "Traceback" not in err
     assert f"fastres train --resume {run_dir}" in err and "interrupted after epoch 1/3" in err
     assert RunDir(run_dir).read_summary()["status"] == "interrupted"
-    assert load_checkpoint(RunDir(run_dir).last_checkpoint)["epoch"] == 1
+    first = load_checkpoint(RunDir(run_dir).last_checkpoint)
+    assert first["epoch"] == 1
+    # The checkpoint knows how long the run had trained: epoch 1 and the start before it.
+    epoch1_s = RunDir(run_dir).read_metrics()[0]["epoch_time_s"]
+    assert epoch1_s < first["train_time_s"] < RunDir(run_dir).read_summary()["train_time_s"]
 
     res = run_cli("train", "--resume", str(run_dir))
     assert res.returncode == 0, res.stderr
@@ -79,6 +83,10 @@ def test_signal_mid_epoch_then_resume_is_bit_identical(synthetic_data, reference
     assert_same_weights(run_dir, reference_run)
     summary = RunDir(run_dir).read_summary()
     assert summary["status"] == "completed" and summary["epochs"] == 3
+    # train_time_s is the whole run's, not only the resuming call's: the time up to epoch 1's
+    # checkpoint plus epochs 2 and 3 (the part of epoch 2 lost to the signal is not counted).
+    later_epochs_s = sum(r["epoch_time_s"] for r in RunDir(run_dir).read_metrics()[1:])
+    assert summary["train_time_s"] >= first["train_time_s"] + later_epochs_s
 
 
 def test_deterministic_runs_are_identical(synthetic_data, reference_run, tmp_path):
