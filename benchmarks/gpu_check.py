@@ -29,7 +29,8 @@ skipped.
    ``end_to_end``: final accuracy, epochs, ``train_time_s``, compile time and compiles, each
    epoch's time and the time outside the epochs (``time``: start-up included). A run the
    budget stops is stopped cleanly (SIGTERM: it keeps its summary) and recorded with the
-   epochs it reached. ``--e2e-only`` skips sections 1-5.
+   epochs it reached. ``--e2e-only`` skips sections 1-5; ``--e2e-seed N`` trains seed N
+   (default 0), so a later check adds a seed to those already measured.
 
 ``--tiny`` (or FASTRES_GPU_CHECK_TINY=1) runs every code path above on the CPU in seconds:
 width-8 models, batch sizes 2 and 4, one step per repeat, torch.compile with the "eager"
@@ -71,6 +72,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--e2e-budget-s", type=float, default=float(os.environ.get("FASTRES_GPU_CHECK_E2E_BUDGET_S", 240)),
                    help="time limit of the end-to-end run (default 240)")
     p.add_argument("--e2e-only", action="store_true", help="run only the end-to-end section")
+    p.add_argument("--e2e-seed", type=int, default=0,
+                   help="the seed the end-to-end run trains (default 0; another adds a seed to those measured)")
     return p.parse_args(argv)
 
 
@@ -209,12 +212,12 @@ class Check:
         self.doc["complete"] = True
         self.write()
 
-    def end_to_end(self, outdir: Path, cifar: str, budget_s: float) -> None:
+    def end_to_end(self, outdir: Path, cifar: str, budget_s: float, seed: int = 0) -> None:
         """One seed of the GPU preset from the CIFAR-10 source to its final accuracy."""
         run_dir = outdir / "e2e"
         command = [sys.executable, "-m", "fastres", "train", "--preset", E2E_PRESET, "--loader", "memory",
-                   "--seed", "0", "--no-progress", "--run-dir", str(run_dir), *(E2E_TINY if self.tiny else [])]
-        entry: dict[str, Any] = {"preset": E2E_PRESET, "command": command[1:], "budget_s": budget_s,
+                   "--seed", str(seed), "--no-progress", "--run-dir", str(run_dir), *(E2E_TINY if self.tiny else [])]
+        entry: dict[str, Any] = {"preset": E2E_PRESET, "seed": seed, "command": command[1:], "budget_s": budget_s,
                                  "status": "skipped", "wall_s": None}
         self.doc["end_to_end"] = entry
         if not cifar:
@@ -293,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     check.doc["sections"] = ["end_to_end"] if args.e2e_only else ["sweep", "data_path", "end_to_end"]
     if not args.e2e_only:
         check.run()
-    check.end_to_end(outdir, args.cifar, args.e2e_budget_s)
+    check.end_to_end(outdir, args.cifar, args.e2e_budget_s, args.e2e_seed)
     check.doc["complete"] = True  # every section asked for ran (each records what it skipped)
     check.write()
     print(check.summary(), flush=True)

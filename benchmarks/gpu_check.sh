@@ -10,6 +10,7 @@
 #
 #   bash benchmarks/gpu_check.sh OUTDIR [--cifar PATH]   on an NVIDIA GPU (< 5 + 4 minutes)
 #   bash benchmarks/gpu_check.sh OUTDIR --cifar PATH --e2e-only           the end-to-end run alone
+#   ... --e2e-seed N                                                       that run with seed N (default 0)
 #   bash benchmarks/gpu_check.sh OUTDIR --tiny [--cifar PATH]   every code path on the CPU in seconds
 #
 # PYTHON picks the interpreter (default python3). FASTRES_GPU_CHECK_BUDGET_S (default 270)
@@ -19,7 +20,7 @@
 # keeps what was measured by then.
 set -euo pipefail
 if [ $# -lt 1 ] || [[ "$1" == -* ]]; then
-  echo "usage: bash benchmarks/gpu_check.sh OUTDIR [--tiny] [--cifar PATH] [--e2e-only]" >&2
+  echo "usage: bash benchmarks/gpu_check.sh OUTDIR [--tiny] [--cifar PATH] [--e2e-only] [--e2e-seed N]" >&2
   exit 2
 fi
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

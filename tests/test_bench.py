@@ -299,7 +299,8 @@ def test_gpu_check_end_to_end_trains_the_gpu_preset_from_an_archive_of_the_sourc
     out = tmp_path / "gpu"
     env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(tmp_path / "block")}
     res = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(out), "--tiny", "--e2e-only",
-                          "--cifar", str(archive)], env=env, capture_output=True, text=True, timeout=300)
+                          "--cifar", str(archive), "--e2e-seed", "3"], env=env, capture_output=True, text=True,
+                         timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     doc = json.loads((out / "gpu_check.json").read_text())
     assert doc["complete"] is True and doc["sections"] == ["end_to_end"] and doc["records"] == []
@@ -317,6 +318,7 @@ def test_gpu_check_end_to_end_trains_the_gpu_preset_from_an_archive_of_the_sourc
     config = json.loads((out / "e2e" / "config.json").read_text())
     assert config["preset"] == "fast" and config["alternate_flip"] and config["tta_translate"] == 1
     assert config["optimizer"] == "muon"
+    assert e2e["seed"] == config["seed"] == summary["seed"] == 3, "--e2e-seed picks the seed trained"
     assert "end to end: fast completed after 2/2 epochs" in res.stdout
 
 
