@@ -7,6 +7,7 @@ fails the run; elsewhere the tests that need it are skipped with the reason show
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,12 @@ import pytest
 
 from fastres import cifar
 from fastres.prepare import prepare_data
+
+# A suite started as a background job (`cmd &` in a script) inherits SIGINT ignored, and so
+# would every fastres process it starts: the tests that stop one with Ctrl-C's signal would
+# see it ignored. A handler here is not inherited across exec, so the children get the default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parent.parent
 
