@@ -20,6 +20,13 @@ from .step import measure_step
 from .timing import FULL_TIMING, Timing
 
 
+def _bench_config(model: str, width: int, batch_size: int, data_dir: str | Path, run_dir: str | Path,
+                  device: torch.device, **changes: Any) -> TrainConfig:
+    """The benchmarks' training config: constant learning rate, the FFCV loader."""
+    return TrainConfig(model=model, width=width, batch_size=batch_size, lr_schedule="none", loader="ffcv",
+                       data_dir=str(data_dir), run_dir=str(run_dir), device=device.type, preset="bench", **changes)
+
+
 def measure_end_to_end(model: str, batch_size: int, data_dir: str | Path, run_dir: str | Path, *,
                        device: torch.device, width: int = 64, train_subset: int = 0, epochs: int = 2,
                        test_subset: int = 500, timing: Timing = FULL_TIMING,
@@ -35,10 +42,8 @@ def measure_end_to_end(model: str, batch_size: int, data_dir: str | Path, run_di
     the step inside the loop, measured without drift between two measurements).
     ``run_training(fn)`` calls ``fn`` (pytest-benchmark's pedantic times it in the suite).
     """
-    config = TrainConfig(model=model, width=width, batch_size=batch_size, epochs=epochs,
-                         lr_schedule="none", train_subset=train_subset, test_subset=test_subset,
-                         loader="ffcv", data_dir=str(data_dir), run_dir=str(run_dir),
-                         device=device.type, preset="bench")
+    config = _bench_config(model, width, batch_size, data_dir, run_dir, device, epochs=epochs,
+                           train_subset=train_subset, test_subset=test_subset)
     runtime = resolve_runtime(config)
 
     def step_rate() -> dict[str, Any]:
@@ -96,9 +101,8 @@ def measure_step_in_loop(model: str, batch_size: int, data_dir: str | Path, run_
         raise ValueError("measure_step_in_loop times steps on the host: CPU only")
     if not 0 <= settle < block:
         raise ValueError(f"settle ({settle}) must be smaller than block ({block}): it skips held steps of each block")
-    config = TrainConfig(model=model, width=width, batch_size=batch_size, epochs=1, lr=0.01,
-                         lr_schedule="none", train_subset=train_subset, loader="ffcv",
-                         data_dir=str(data_dir), run_dir=str(run_dir), device="cpu", preset="bench")
+    config = _bench_config(model, width, batch_size, data_dir, run_dir, device, epochs=1, lr=0.01,
+                           train_subset=train_subset)
     runtime = resolve_runtime(config)
     data = open_data(loader="ffcv", data_dir=data_dir, batch_size=batch_size, device=device, seed=config.seed,
                      train_subset=train_subset, test_subset=batch_size, log=lambda m: None)
