@@ -13,15 +13,18 @@ Full mode (a CUDA GPU), in priority order so the most wanted numbers come first:
    ``fastres_eager`` (fastres' precision and channels_last, no compile).
 3. The data path: synthetic uint8 batches already on the GPU -> BatchAugment -> train step,
    bf16 and fp16 with GradScaler, next to the same step without augmentation.
-4. CUDA graphs: ResNet-18 compiled with ``mode="reduce-overhead"`` at batch 512 and 128 (on a
+4. Muon's optimizer step on full-width ResNet-18 (``benchmarks/muon_cost.py``): fastres'
+   batched ``FilterMuon`` against ``torch.optim.Muon`` stepping each filter (fastres before
+   the batching) and SGD, in ms, with the matrix products each launches per step.
+5. CUDA graphs: ResNet-18 compiled with ``mode="reduce-overhead"`` at batch 512 and 128 (on a
    GPU whose kernel launches are slow the step waits on the host; a graph is one launch).
-5. ResNet-34 and ResNet-50 compiled at batch 512, while the time budget allows.
+6. ResNet-34 and ResNet-50 compiled at batch 512, while the time budget allows.
 
 Compilation happens once per model (ResNet-18: also twice for CUDA graphs), at one batch
 size, so the whole check fits in five minutes; what the budget leaves out is recorded as
 skipped.
 
-6. End to end, with its own time budget (``--e2e-budget-s``, default 240 s): one seed of the
+7. End to end, with its own time budget (``--e2e-budget-s``, default 240 s): one seed of the
    GPU preset ``fast`` through ``fastres train --loader memory`` (no ffcv needed), reading the
    CIFAR-10 source named by ``--cifar`` (a ``cifar-10-batches-py`` folder, its parent, or a
    ``.tar.gz`` of it, read by fastres as any source; README "Benchmarks" says how to get it
@@ -29,7 +32,7 @@ skipped.
    ``end_to_end``: final accuracy, epochs, ``train_time_s``, compile time and compiles, each
    epoch's time and the time outside the epochs (``time``: start-up included). A run the
    budget stops is stopped cleanly (SIGTERM: it keeps its summary) and recorded with the
-   epochs it reached. ``--e2e-only`` skips sections 1-5; ``--e2e-seed N`` trains seed N
+   epochs it reached. ``--e2e-only`` skips sections 1-6; ``--e2e-seed N`` trains seed N
    (default 0), so a later check adds a seed to those already measured.
 
 ``--tiny`` (or FASTRES_GPU_CHECK_TINY=1) runs every code path above on the CPU in seconds:
@@ -199,18 +202,41 @@ class Check:
                      "records": [step, full]}
             self.doc["data_path"].append(entry)
             self.write()
-        # 4. CUDA graphs (inductor's "reduce-overhead"): on a GPU machine whose kernel launches
+        # 4. Muon's optimizer step: the launches fast's epochs waited on (BENCHMARKS.md, H200).
+        self.muon_step()
+        # 5. CUDA graphs (inductor's "reduce-overhead"): on a GPU machine whose kernel launches
         # are slow (an H200 VM, BENCHMARKS.md) the step waits on the host; graphs replay it in
         # one launch. At the compile batch and at 128, where launches weigh most.
         for batch in self.cudagraph_batches:
             self.add(self.measure(first, batch, CUDAGRAPHS, self.fast_compiled, compile_mode="reduce-overhead",
                                   needs_s=0 if self.tiny else COMPILE_RESERVE_S))
-        # 5. The other models compiled, as long as a compile still fits in the budget.
+        # 6. The other models compiled, as long as a compile still fits in the budget.
         for model in others:
             self.add(self.measure(model, self.compile_batch, "fastres", self.fast_compiled,
                                   needs_s=0 if self.tiny else COMPILE_RESERVE_S))
         self.doc["complete"] = True
         self.write()
+
+    def muon_step(self) -> None:
+        from muon_cost import optimizer_step
+
+        try:
+            entry = {"status": "ok", **optimizer_step(self.device, width=self.width, repeats=2 if self.tiny else 7,
+                                                      steps=1 if self.tiny else 10)}
+        except Exception as exc:  # noqa: BLE001 - one failure must not lose the rest of the check
+            entry = {"status": "error", "reason": f"{type(exc).__name__}: {exc}"[:300]}
+            self.doc["errors"].append({"what": "muon_step", "traceback": traceback.format_exc()[-4000:]})
+        self.doc["muon_step"] = entry
+        print(f"[{self.elapsed():6.1f}s] muon step: {self.muon_line()}", flush=True)
+        self.write()
+
+    def muon_line(self) -> str:
+        m = self.doc.get("muon_step") or {}
+        if m.get("status") != "ok":
+            return m.get("reason", "not measured")
+        return (f"batched {m['muon_batched_step_ms'][0]} ms ({m['muon_batched_matrix_products']} matrix products)"
+                f" vs per filter {m['muon_per_filter_step_ms'][0]} ms ({m['muon_per_filter_matrix_products']}),"
+                f" SGD {m['sgd_step_ms'][0]} ms; ResNet-18 width {m['width']}, medians of {m['repeats']}")
 
     def end_to_end(self, outdir: Path, cifar: str, budget_s: float, seed: int = 0) -> None:
         """One seed of the GPU preset from the CIFAR-10 source to its final accuracy."""
@@ -269,6 +295,8 @@ class Check:
             if r["config"] == CUDAGRAPHS and r["status"] == "ok":
                 lines.append(f"CUDA graphs: {r['model']} b{r['batch_size']} train {r['images_per_s']:,.0f} images/s, "
                              f"compile {r['compile_s']:.1f}s")
+        if "muon_step" in self.doc:
+            lines.append(f"Muon optimizer step: {self.muon_line()}")
         for d in self.doc["data_path"]:
             if d["status"] == "ok":
                 lines.append(f"data path {d['precision']}{' + GradScaler' if d['grad_scaler'] else ''}: "

@@ -1,8 +1,12 @@
-"""The train step with SGD against ``--optimizer muon`` (width-16 ResNet-18, batch 256, bf16 +
-channels_last, synthetic input), alternating, 6 repeats of 10 steps each; and the optimizer
-step alone (mean of 20). Times in ms.
+"""What Muon costs: the train step with SGD against ``--optimizer muon`` (width-16 ResNet-18,
+batch 256, bf16 + channels_last, synthetic input), alternating, 6 repeats of 10 steps each;
+then the optimizer step alone for SGD, fastres' batched ``FilterMuon`` and ``per_filter``
+(``torch.optim.Muon`` stepping each filter's flattened copy, what fastres ran before the
+batching), alternating repeats, with the matrix products each runs per step. Times in ms.
 
     .venv/bin/python benchmarks/muon_cost.py [RES]      # RES: input size, default 32
+
+``optimizer_step`` is also the GPU check's Muon section (benchmarks/gpu_check.py).
 """
 
 from __future__ import annotations
@@ -11,18 +15,98 @@ import json
 import statistics
 import sys
 import time
+from typing import Any
 
 import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastres import recipe
 from fastres.config import TrainConfig
 from fastres.models import build_model
+from fastres.muon import FilterMuon
 from fastres.runtime import resolve_runtime
 from fastres.train import train_step
 
+MUON = {"lr": 0.05, "momentum": 0.95, "weight_decay": 5e-4}
 
-def main() -> None:
-    res = int(sys.argv[1]) if len(sys.argv) > 1 else 32
+
+class PerFilterMuon(torch.optim.Muon):
+    """The reference: ``torch.optim.Muon`` on a flat copy of each filter, refreshed from the
+    model before every step and written back after it (fastres' Muon before ``FilterMuon``)."""
+
+    def __init__(self, filters: list[nn.Parameter], **options: Any) -> None:
+        self.filters = list(filters)
+        self.flat = [p.detach().reshape(p.shape[0], -1).clone() for p in self.filters]
+        super().__init__(self.flat, **options)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for p, flat in zip(self.filters, self.flat, strict=True):
+            flat.copy_(p.reshape(flat.shape))
+            flat.grad = None if p.grad is None else p.grad.reshape(flat.shape)
+        super().step()
+        for p, flat in zip(self.filters, self.flat, strict=True):
+            p.copy_(flat.view(p.shape))
+            flat.grad = None
+
+
+class _MatrixProducts(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm, torch.ops.aten.baddbmm):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def optimizer_step(device: torch.device, width: int = 64, repeats: int = 7, steps: int = 10) -> dict[str, Any]:
+    """ResNet-18's optimizer step alone (channels_last filters, fixed random gradients) for SGD,
+    ``FilterMuon`` and ``PerFilterMuon``, each on its own copy of the model, alternating
+    ``repeats`` times ``steps`` steps: median and range in ms, matrix products per step, and
+    how far the two Muons' weights are apart after the same first step."""
+    torch.manual_seed(0)
+    base = build_model("resnet18", width=width).to(device, memory_format=torch.channels_last)
+    grads = [torch.randn_like(p) for p in base.parameters()]
+    makers = {"sgd": lambda ps, fs: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4),
+              "muon_batched": lambda ps, fs: FilterMuon(fs, **MUON),
+              "muon_per_filter": lambda ps, fs: PerFilterMuon(fs, **MUON)}
+    setups = {}
+    for name, make in makers.items():
+        model = build_model("resnet18", width=width).to(device, memory_format=torch.channels_last)
+        model.load_state_dict(base.state_dict())
+        params = list(model.parameters())
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.clone()
+        setups[name] = (params, make(params, [p for p in params if p.ndim >= 2]))
+    out: dict[str, Any] = {"device": str(device), "width": width, "repeats": repeats, "steps": steps,
+                           "filters": sum(p.ndim >= 2 for p in base.parameters())}
+    for name, (_, optimizer) in setups.items():
+        with _MatrixProducts() as products:
+            optimizer.step()
+        out[f"{name}_matrix_products"] = products.count
+    diff = max((a - b).abs().max().item()
+               for a, b in zip(setups["muon_batched"][0], setups["muon_per_filter"][0], strict=True))
+    out["muon_max_abs_difference_after_one_step"] = diff
+    times: dict[str, list[float]] = {name: [] for name in setups}
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(repeats):
+        for name, (_, optimizer) in setups.items():
+            optimizer.step()
+            sync()
+            start = time.perf_counter()
+            for _ in range(steps):
+                optimizer.step()
+            sync()
+            times[name].append((time.perf_counter() - start) / steps * 1000)
+    for name, ms in times.items():
+        out[f"{name}_step_ms"] = [round(statistics.median(ms), 3), round(min(ms), 3), round(max(ms), 3)]
+    return out
+
+
+def train_steps(res: int) -> dict[str, Any]:
     torch.manual_seed(0)
     setups = {}
     for name in ("sgd", "muon"):
@@ -42,17 +126,16 @@ def main() -> None:
             for _ in range(10):
                 train_step(model, criterion, optimizer, scaler, runtime, x, y)
             steps[name].append((time.perf_counter() - t) / 10 * 1000)
-    out: dict[str, object] = {"res": res}
-    for name, (model, optimizer, _runtime) in setups.items():
-        out[f"{name}_step_ms"] = [round(statistics.median(steps[name]), 1), round(min(steps[name]), 1),
-                                  round(max(steps[name]), 1)]
-        for p in model.parameters():
-            p.grad = torch.randn_like(p)
-        t = time.perf_counter()
-        for _ in range(20):
-            optimizer.step()
-        out[f"{name}_optimizer_step_ms"] = round((time.perf_counter() - t) / 20 * 1000, 2)
-    print(json.dumps(out))
+    return {"res": res, **{f"{name}_step_ms": [round(statistics.median(v), 1), round(min(v), 1), round(max(v), 1)]
+                           for name, v in steps.items()}}
+
+
+def main() -> None:
+    res = int(sys.argv[1]) if len(sys.argv) > 1 else 32
+    cpu = torch.device("cpu")
+    print(json.dumps({"train_step": train_steps(res),
+                      "optimizer_step_width16": optimizer_step(cpu, width=16, repeats=6, steps=20),
+                      "optimizer_step_width64": optimizer_step(cpu, width=64, repeats=6, steps=3)}, indent=1))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .config import TrainConfig
+from .muon import FilterMuon
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
@@ -99,29 +100,6 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return Combined(torch.optim.SGD(rest, **sgd_options), muon)
 
 
-class FilterMuon(torch.optim.Muon):
-    """``torch.optim.Muon`` for filters of any shape: each convolution filter bank is seen as an
-    (out, in * k * k) matrix, the shape Muon orthogonalises. Muon takes 2-D parameters only and a
-    channels_last filter has no 2-D view, so the optimizer keeps a flat copy of each filter,
-    refreshed from the model before every step and written back after it."""
-
-    def __init__(self, filters: list[nn.Parameter], **options: Any) -> None:
-        self.filters = list(filters)
-        flat = [p.detach().reshape(p.shape[0], -1).clone() for p in self.filters]
-        super().__init__(flat, **options)
-        self.flat = flat
-
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> None:
-        for p, flat in zip(self.filters, self.flat, strict=True):
-            flat.copy_(p.reshape(flat.shape))
-            flat.grad = None if p.grad is None else p.grad.reshape(flat.shape)
-        super().step()
-        for p, flat in zip(self.filters, self.flat, strict=True):
-            p.copy_(flat.view(p.shape))
-            flat.grad = None
-
-
 class Combined(torch.optim.Optimizer):
     """Two optimizers stepped as one, so the learning-rate scheduler, the checkpoint and the
     training step keep dealing with a single optimizer: ``param_groups`` are both optimizers'
@@ -152,12 +130,6 @@ class Combined(torch.optim.Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         for part in self.parts:
             part.zero_grad(set_to_none)
-        for part in self.parts:  # the model's own filters: the Muon part steps flat copies of them
-            for p in getattr(part, "filters", ()):
-                if set_to_none:
-                    p.grad = None
-                elif p.grad is not None:
-                    p.grad.zero_()
 
     def state_dict(self) -> dict[str, Any]:
         return {"parts": [part.state_dict() for part in self.parts]}

@@ -284,6 +284,14 @@ def test_gpu_check_tiny_mode_runs_on_a_machine_with_only_python_torch_and_numpy(
         assert all(r["precision"] == d["precision"] for r in d["records"])
     assert "headline: resnet18 b4 train" in res.stdout and "data path fp16 + GradScaler" in res.stdout
     assert "CUDA graphs: resnet18 b4 train" in res.stdout
+    # Muon's optimizer step: batched (3 products x 5 iterations per filter shape) against
+    # torch.optim.Muon per filter (per filter), the same update either way.
+    muon = doc["muon_step"]
+    assert muon["status"] == "ok" and (muon["filters"], muon["width"]) == (21, 8)
+    assert (muon["muon_batched_matrix_products"], muon["muon_per_filter_matrix_products"]) == (15 * 12, 15 * 21)
+    assert muon["muon_max_abs_difference_after_one_step"] < 1e-5
+    assert all(muon[f"{name}_step_ms"][0] > 0 for name in ("sgd", "muon_batched", "muon_per_filter"))
+    assert "Muon optimizer step: batched" in res.stdout
     # Without a CIFAR-10 source the end-to-end section says so instead of failing.
     assert doc["end_to_end"]["status"] == "skipped" and "--cifar" in doc["end_to_end"]["reason"]
 
