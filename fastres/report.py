@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import contention
 from .config import PRESETS, TrainConfig
 from .errors import FastresError
 from .files import atomic_path, atomic_write_text
@@ -177,16 +178,29 @@ def difference(group: Group, reference: Group) -> dict[str, Any] | None:
             "mean": a["mean"] - b["mean"], "stderr": se, "values": []}
 
 
+def shared_cpu(summary: dict[str, Any] | None) -> bool:
+    """Whether a run shared its CPU with other processes (contention.py): its time is then the
+    machine's load, not its setting's cost."""
+    wait = (summary or {}).get("cpu_wait")
+    return wait is not None and wait >= contention.SHARED
+
+
 def time_comparison(group: Group, reference: Group) -> dict[str, Any] | None:
-    """``train_time_s`` of ``group`` against ``reference``'s. When every seed that ran in both
-    ran next to each other (see NEIGHBOURS; what ``fastres ablate --interleave`` does), the
-    median of the per-seed ratios: a machine's drift between the two is then small. Else the
-    ratio of the two medians, with how far apart the runs ran (``apart_s``, the largest
-    start-to-start distance of a seed's pair; None when the summaries do not say when)."""
-    mine = {r.config.seed: r.summary for r in group.done}
-    theirs = {r.config.seed: r.summary for r in reference.done}
-    if not mine or not theirs:
+    """``train_time_s`` of ``group`` against ``reference``'s, leaving out runs that shared
+    their CPU (``left_out`` counts them). When every seed that ran in both ran next to each
+    other (see NEIGHBOURS; what ``fastres ablate --interleave`` does), the median of the
+    per-seed ratios: a machine's drift between the two is then small. Else the ratio of the two
+    medians, with how far apart the runs ran (``apart_s``, the largest start-to-start distance
+    of a seed's pair; None when the summaries do not say when)."""
+    done = group.done + reference.done
+    if not group.done or not reference.done:
         return None
+    left_out = sum(shared_cpu(r.summary) for r in done)
+    mine = {r.config.seed: r.summary for r in group.done if not shared_cpu(r.summary)}
+    theirs = {r.config.seed: r.summary for r in reference.done if not shared_cpu(r.summary)}
+    if not mine or not theirs:
+        return {"paired": False, "n": 0, "seeds": [], "values": [], "ratio": None, "apart_s": None,
+                "left_out": left_out}
     pairs = []
     for seed in sorted(set(mine) & set(theirs)):
         a, b = training_interval(mine[seed]), training_interval(theirs[seed])
@@ -197,11 +211,12 @@ def time_comparison(group: Group, reference: Group) -> dict[str, Any] | None:
     if pairs and all(p["neighbours"] for p in pairs):
         ratios = [p["ratio"] for p in pairs]
         return {"paired": True, "n": len(ratios), "seeds": [p["seed"] for p in pairs], "values": ratios,
-                "ratio": statistics.median(ratios), "apart_s": max(p["apart_s"] for p in pairs)}
+                "ratio": statistics.median(ratios), "apart_s": max(p["apart_s"] for p in pairs),
+                "left_out": left_out}
     a, b = (statistics.median(s["train_time_s"] for s in d.values()) for d in (mine, theirs))
     return {"paired": False, "n": min(len(mine), len(theirs)), "seeds": [], "values": [],
             "ratio": a / b if a and b else None,
-            "apart_s": max(p["apart_s"] for p in pairs) if pairs else None}
+            "apart_s": max(p["apart_s"] for p in pairs) if pairs else None, "left_out": left_out}
 
 
 def aggregate(root: str | Path, runs: list[Run] | None = None, reference: str | None = None,
@@ -233,6 +248,7 @@ def aggregate(root: str | Path, runs: list[Run] | None = None, reference: str | 
             "original_best_acc_reference": ORIGINAL_STUDY[g.preset] / 100 if g.preset in ORIGINAL_STUDY else None,
             "recipe": g.recipe,
             "runs": [r.rel for r in g.done],
+            "shared_cpu": [{"run": r.rel, "cpu_wait": r.summary["cpu_wait"]} for r in g.done if shared_cpu(r.summary)],
             "unfinished": [_unfinished(r) for r in g.unfinished],
         }
         if g.preset in ORIGINAL_STUDY and done and all(int(s["epochs_planned"]) == ORIGINAL_EPOCHS for s in done):
@@ -277,7 +293,7 @@ def _run_entry(r: Run) -> dict[str, Any]:
             "final_val_acc": s.get("final_val_acc"), "best_val_acc": s.get("best_val_acc"),
             "best_epoch": s.get("best_epoch"), "final_train_acc": s.get("final_train_acc"),
             "train_time_s": s.get("train_time_s"), "images_per_s": s.get("images_per_s"),
-            "git_commit": s.get("git_commit"), "device": s.get("device"), "precision": s.get("precision"),
+            "cpu_wait": s.get("cpu_wait"), "shared_cpu": shared_cpu(s), "git_commit": s.get("git_commit"), "device": s.get("device"), "precision": s.get("precision"),
             "data_hash": s.get("data_hash")}
 
 
@@ -346,15 +362,33 @@ def _diff_text(diff: dict[str, Any] | None) -> str:
 def _time_ratio_text(g: dict[str, Any]) -> str:
     """A setting's time against the reference's, with what the ratio rests on."""
     ratio, comparison = g.get("time_ratio_vs_reference"), g.get("time_vs_reference")
+    left_out = (comparison or {}).get("left_out")
+    shared = f"; {left_out} shared-CPU run(s) left out ‡" if left_out else ""
     if ratio is None:
-        return "-"
+        return "- (the runs shared the CPU ‡)" if left_out else "-"
     if comparison is None:  # the reference itself
         return f"{ratio:.2f}x"
     if comparison["paired"]:
-        return f"{ratio:.2f}x (paired, n={comparison['n']})"
+        return f"{ratio:.2f}x (paired, n={comparison['n']}{shared})"
     if comparison["apart_s"] is not None:
-        return f"{ratio:.2f}x (medians; runs up to {duration(comparison['apart_s'])} apart)"
-    return f"{ratio:.2f}x (medians)"
+        return f"{ratio:.2f}x (medians; runs up to {duration(comparison['apart_s'])} apart{shared})"
+    return f"{ratio:.2f}x (medians{shared})"
+
+
+def _shared_marker(shared: bool) -> str:
+    return " ‡" if shared else ""
+
+
+def _shared_note(data: dict[str, Any]) -> str | None:
+    """The footnote for runs that shared their CPU, naming them; None when none did."""
+    runs = [r for r in data["runs"] if r.get("shared_cpu")]
+    if not runs:
+        return None
+    listed = ", ".join(f"{r['run']} ({r['cpu_wait']:.2f})" for r in runs)
+    return (f"‡ Shared the CPU: other processes used these runs' cores (threads kept waiting for a CPU, "
+            f"on average, in brackets; {contention.SHARED} or more counts): {listed}. Their wall times measure "
+            "the machine's load, not the setting, and time comparisons leave them out; their accuracies "
+            "are unaffected.")
 
 
 def render_markdown(data: dict[str, Any]) -> str:
@@ -413,7 +447,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         ips = g["images_per_s"]["mean"]
         lines.append("| " + " | ".join([
             f"`{g['label']}`", n, _mean_std(g["final_val_acc"]), diff_text, _mean_std(g["best_val_acc"]),
-            _mean_std(g["final_train_acc"]), epochs, _time_range(g["train_time_s"]),
+            _mean_std(g["final_train_acc"]), epochs, _time_range(g["train_time_s"]) + _shared_marker(bool(g["shared_cpu"])),
             _time_ratio_text(g),
             "-" if ips is None else f"{ips:,.0f}", original]) + " |")
     lines.append("")
@@ -428,6 +462,8 @@ def render_markdown(data: dict[str, Any]) -> str:
                  "*Medians*: the ratio of the two settings' median times, from runs that ran further apart; a "
                  "shared machine's speed can drift by tens of percent over that time, so it is not a measurement "
                  "of the setting's cost.")
+    if (shared_note := _shared_note(data)) is not None:
+        lines += ["", shared_note]
     if notes:
         lines.append("")
         lines.append(f"\\* The original study's single-run best accuracies come from {ORIGINAL_EPOCHS}-epoch, "
@@ -455,7 +491,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         commit = (r["git_commit"] or "-")[:12] + ("-dirty" if (r["git_commit"] or "").endswith("-dirty") else "")
         lines.append(f"| `{r['run']}` | {r['seed']} | {r['state']} | {r['epochs']}/{r['epochs_planned']} | "
                      f"{_pct(r['final_val_acc'])} | {best} | {_pct(r['final_train_acc'])} | "
-                     f"{duration(r['train_time_s'])} | {ips} | `{commit}` |")
+                     f"{duration(r['train_time_s'])}{_shared_marker(r['shared_cpu'])} | {ips} | `{commit}` |")
     return "\n".join(lines) + "\n"
 
 
@@ -551,13 +587,16 @@ def summary_table(data: dict[str, Any]) -> str:
     for g in data["settings"]:
         median = g["train_time_s"]["median"]
         ratio = _time_ratio_text(g)
-        time_text = ("-" if median is None else duration(median)) + (f", {ratio}" if ratio != "-" else "")
+        time_text = (("-" if median is None else duration(median)) + _shared_marker(bool(g["shared_cpu"]))
+                     + (f", {ratio}" if ratio != "-" else ""))
         rows.append((g["label"], str(g["n"]), _mean_std(g["final_val_acc"]),
                      _diff_text(g["diff_vs_reference"]).replace("**", ""), _mean_std(g["best_val_acc"]),
                      "/".join(str(e) for e in g["epochs"]) or "-", time_text,
                      str(len(g["unfinished"])) if g["unfinished"] else ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    if (shared_note := _shared_note(data)) is not None:
+        text += "\n" + shared_note
     for k in data.get("skipped", []):
         text += f"\nnot read (not counted): {k['run']}: {k['reason']}"
     return text

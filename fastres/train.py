@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from . import checkpoint, distributed, recipe
+from . import checkpoint, contention, distributed, recipe
 from .augment import BatchAugment
 from .config import MACHINE_FIELDS, TrainConfig, describe_differences, recipe_differences
 from .data import DataSource, choose_loader, open_data
@@ -276,6 +276,7 @@ class Trainer:
         """Train one epoch, evaluate, take the checkpoint's snapshot; the epoch's metrics row."""
         cfg = self.config
         epoch_start = time.perf_counter()
+        cpu_wait = contention.CpuWait()
         with _progress_bar(show_progress, self.steps_per_epoch, f"epoch {self.epoch + 1}/{cfg.epochs}") as bar:
             stats = self.train_epoch(bar)
         last = self.epoch + 1 == cfg.epochs
@@ -290,7 +291,7 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "images_per_s": stats["images_per_s"], "epoch_time_s": time.perf_counter() - epoch_start,
             "train_res": stats["train_res"], "epoch_train_s": stats["train_time_s"],
-            "loop_time_s": stats["loop_time_s"],
+            "loop_time_s": stats["loop_time_s"], "cpu_wait": cpu_wait.lap(),
         }
         improved = row["val_acc"] is not None and row["val_acc"] > self.best_val_acc
         if improved:
@@ -367,6 +368,7 @@ class Trainer:
             "train_time_s": self.train_time_s(),
             "images_per_s": self.trained_images / self.train_seconds if self.train_seconds else None,
             "checkpoint_time_s": self.checkpoint_seconds,
+            "cpu_wait": contention.run_average(rows),
             "params": self.params,
             "device": rt.device_name,
             "device_type": rt.device.type,
@@ -603,6 +605,8 @@ def _train(config: TrainConfig, runtime: Runtime, d: distributed.Dist, started: 
         f"(tensorboard --logdir {run.tensorboard})")
     if (account := loop_account(trainer.rows)) is not None:
         log(account)
+    if (note := contention.shared_note(summary["cpu_wait"])) is not None:
+        log(note)
     return summary
 
 

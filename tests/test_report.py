@@ -23,7 +23,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def make_run(root: Path, preset: str, seed: int, finals: list[float], *, epochs: int | None = None,
              status: str | None = "completed", folder: str | None = None, train_time_s: float | None = None,
-             finished: str | None = None, **changes) -> Path:
+             finished: str | None = None, cpu_wait: float | None = None, **changes) -> Path:
     """A run dir whose val accuracy per epoch is ``finals`` (its length = epochs done); its
     summary says it trained ``train_time_s`` seconds and ``finished`` then (when given)."""
     planned = epochs or len(finals)
@@ -46,7 +46,7 @@ def make_run(root: Path, preset: str, seed: int, finals: list[float], *, epochs:
             "images_per_s": 1000.0 + seed, "seed": seed,
             "device": "TestCPU", "precision": "bf16", "git_commit": "abc123", "versions": {"torch": "9.9"},
             "data_hash": "d1",
-        } | ({"finished": finished} if finished else {}))
+        } | ({"finished": finished} if finished else {}) | ({"cpu_wait": cpu_wait} if cpu_wait is not None else {}))
     return run.path
 
 
@@ -236,6 +236,41 @@ def test_time_is_compared_paired_only_for_runs_that_ran_next_to_each_other(tmp_p
     assert row(text, "late")[8] == "0.90x (medians; runs up to 58m10s apart)"
     assert row(text, "quick")[8] == "1.00x"
     assert "drift" in text
+
+
+def test_runs_that_shared_their_cpu_are_marked_and_left_out_of_time_comparisons(tmp_path, capsys):
+    """A run whose threads kept waiting for a CPU (another process on its cores) took longer
+    for reasons that are not its setting's: its time is marked and not compared."""
+    def at(minute: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(1_800_000_000 + 60 * minute))
+
+    root = tmp_path / "study"
+    for seed, (ref_s, wide_s, wait) in enumerate([(100.0, 150.0, 0.01), (110.0, 560.0, 0.74), (105.0, 168.0, 0.02)]):
+        make_run(root, "quick", seed, [0.5, 0.8], folder="quick", train_time_s=ref_s, finished=at(12 * seed + 2),
+                 cpu_wait=0.01)
+        make_run(root, "quick", seed, [0.5, 0.8 + seed / 100], folder="wide", width=16, train_time_s=wide_s,
+                 finished=at(12 * seed + 5), cpu_wait=wait)
+    record_study(root, {"variants": {"wide": {"width": 16}}, "runs": []}, {"pid": 1})
+    res = run_main(capsys, "report", str(root), "--reference", "quick")
+    data = json.loads((root / "report.json").read_text())
+    wide = next(g for g in data["settings"] if g["label"] == "wide")
+    assert wide["shared_cpu"] == [{"run": "wide/seed1", "cpu_wait": 0.74}]
+    comparison = wide["time_vs_reference"]
+    assert comparison["paired"] and comparison["n"] == 2 and comparison["left_out"] == 1
+    assert comparison["ratio"] == pytest.approx(statistics.median([1.5, 168.0 / 105.0]))
+    assert wide["final_val_acc"]["n"] == 3, "its accuracy still counts"
+    text = (root / "report.md").read_text()
+    assert row(text, "wide")[7].endswith(" ‡") and not row(text, "quick")[7].endswith("‡")
+    assert row(text, "wide")[8] == "1.55x (paired, n=2; 1 shared-CPU run(s) left out ‡)"
+    assert "‡ Shared the CPU" in text and "wide/seed1 (0.74)" in text
+    assert "‡ Shared the CPU" in res.stdout and "wide/seed1 (0.74)" in res.stdout
+    # Every run of a setting shared its CPU: no time ratio at all, and it says why.
+    for seed in range(3):
+        make_run(root, "quick", seed, [0.5, 0.8], folder="busy", width=12, train_time_s=300.0,
+                 finished=at(12 * seed + 10), cpu_wait=0.9)
+    record_study(root, {"variants": {"wide": {"width": 16}, "busy": {"width": 12}}, "runs": []}, {"pid": 1})
+    run_main(capsys, "report", str(root), "--reference", "quick")
+    assert row((root / "report.md").read_text(), "busy")[8] == "- (the runs shared the CPU ‡)"
 
 
 def test_a_folder_that_cannot_be_read_as_a_run_is_named_not_dropped_silently(runs, capsys):

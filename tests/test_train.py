@@ -45,6 +45,10 @@ def test_train_on_real_cifar10_learns_and_writes_the_run_directory(real_data, tm
         assert set(parts) == {"load", "augment", "step", "other"} and min(parts.values()) >= 0, parts
         assert parts["step"] > 0 and parts["load"] > 0
         assert 0.9 * r["epoch_train_s"] <= sum(parts.values()) <= r["epoch_train_s"] <= r["epoch_time_s"], r
+    # How many of its threads waited for a CPU, per epoch and over the run (time-weighted).
+    assert all(r["cpu_wait"] >= 0 for r in rows)
+    weighted = sum(r["cpu_wait"] * r["epoch_time_s"] for r in rows) / sum(r["epoch_time_s"] for r in rows)
+    assert summary["cpu_wait"] == pytest.approx(weighted)
     assert run.last_checkpoint.exists() and run.best_checkpoint.exists()
     assert f"logs in {run_dir}" in res.stdout
     shares = re.search(r"training time by part of the loop: load ([\d.]+)%, augment ([\d.]+)%, step ([\d.]+)%, "
