@@ -79,6 +79,7 @@ def test_bench_cli_prints_the_table_and_writes_json_csv_and_plot(tmp_path):
         assert set(bench.RECORD_KEYS) <= set(r)
         assert r["status"] == "ok" and r["images_per_s"] > 0 and r["width"] == bench.QUICK_WIDTH
         assert r["threads"] == 1 and r["peak_memory_mb"] is not None
+        assert r["cpu_wait"] is None or r["cpu_wait"] >= 0
         assert len(r["repeat_images_per_s"]) == r["repeats"] == 2
         assert min(r["repeat_images_per_s"]) <= r["images_per_s"] * 1.0001
         assert r["images_per_s"] <= max(r["repeat_images_per_s"]) * 1.0001
@@ -222,6 +223,13 @@ def test_table_pairs_configs_in_batch_order_with_the_speedup():
     rows = table_rows(bench.format_table(records))
     assert [r[1] for r in rows] == ["32", "128"]
     assert rows[0][3:6] == ["60.0", "150.0", "2.50x"] and rows[1][3:6] == ["70.0", "189.0", "2.70x"]
+
+
+def test_a_rate_measured_on_a_shared_cpu_says_so():
+    record = dict.fromkeys(bench.RECORD_KEYS) | {"status": "ok", "images_per_s": 494.1, "cpu_wait": 1.0}
+    assert bench.short_result(record) == "494.1 img/s, shared CPU: 1.00 threads kept waiting (the rate is the machine's load)"
+    assert bench.short_result(record | {"cpu_wait": 0.01}) == "494.1 img/s"
+    assert bench.short_result(record | {"cpu_wait": None}) == "494.1 img/s"
 
 
 def test_memory_estimate_grows_with_the_batch_and_matches_the_known_case():

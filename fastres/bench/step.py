@@ -21,6 +21,7 @@ from torch import nn
 
 from ..augment import BatchAugment
 from ..config import TrainConfig
+from ..contention import SHARED, CpuWait
 from ..errors import FastresError
 from ..models import build_model, model_names
 from ..runtime import Runtime, compile_module, cpu_name, is_out_of_memory, resolve_runtime
@@ -45,7 +46,7 @@ RECORD_KEYS = (
     "model", "batch_size", "mode", "config", "status", "images_per_s", "step_ms",
     "steps_per_repeat", "repeats", "warmup_steps", "repeat_images_per_s", "first_step_s",
     "compile_s", "peak_memory_mb", "estimated_memory_mb", "precision", "channels_last",
-    "compile", "augment", "width", "device", "threads", "reason",
+    "compile", "augment", "width", "device", "threads", "cpu_wait", "reason",
 )
 
 
@@ -152,11 +153,13 @@ class StepBench:
         per_step = self.run(timing.warmup) / timing.warmup if timing.warmup else first
         steps = max(1, min(timing.max_steps, math.ceil(timing.min_repeat_s / max(per_step, 1e-9))))
         start = len(self.times)
+        waiting = CpuWait()
         if repeat is None:
             for _ in range(timing.repeats):
                 self.run(steps)
         else:
             repeat(self.run, steps, timing.repeats)
+        cpu_wait = waiting.lap()
         times = self.times[start:]
         median = statistics.median(times)
         step_s = median / steps
@@ -170,6 +173,8 @@ class StepBench:
             "first_step_s": first,
             # The first call compiles (and autotunes); what it took beyond a normal step is compile.
             "compile_s": max(0.0, first - step_s) if self.runtime.compile else None,
+            # Threads kept waiting for a CPU during the timed repeats: other processes' share.
+            "cpu_wait": cpu_wait,
         }
 
 
@@ -272,5 +277,8 @@ def short_result(record: dict[str, Any]) -> str:
     """A record in a few words: its rate (and compile time), or why it was not measured."""
     if record["status"] == "ok":
         extra = f", compile {record['compile_s']:.1f}s" if record.get("compile_s") else ""
+        wait = record.get("cpu_wait")
+        if wait is not None and wait >= SHARED:
+            extra += f", shared CPU: {wait:.2f} threads kept waiting (the rate is the machine's load)"
         return f"{record['images_per_s']:.1f} img/s{extra}"
     return record["reason"] or record["status"]
