@@ -84,7 +84,8 @@ E2E_PRESET = "fast"
 E2E_TINY = ["--width", "8", "--epochs", "2", "--warmup-epochs", "0.5", "--batch-size", "50", "--train-subset", "500", "--test-subset", "100",
             "--device", "cpu", "--compile", "off", "--threads", "1"]
 E2E_FIELDS = ("status", "epochs", "epochs_planned", "final_val_acc", "best_val_acc", "train_time_s", "images_per_s",
-              "compile", "compile_time_s", "compiles", "recompile_limit_hit", "precision", "device", "loader")
+              "compile", "compile_time_s", "compiles", "recompile_limit_hit", "precision", "device", "loader",
+              "cpu_wait")
 
 
 class Check:

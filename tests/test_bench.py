@@ -327,6 +327,7 @@ def test_gpu_check_end_to_end_trains_the_gpu_preset_from_an_archive_of_the_sourc
     assert e2e["final_val_acc"] == summary["final_val_acc"] and 0 <= e2e["final_val_acc"] <= 1
     assert e2e["train_time_s"] == summary["train_time_s"] > 0
     assert e2e["compile"] is False and e2e["compiles"] is None and "compile_time_s" in e2e
+    assert e2e["cpu_wait"] == summary["cpu_wait"], "whether the run shared its host's CPU"
     time_spent = e2e["time"]
     assert len(time_spent["epoch_time_s"]) == len(time_spent["train_images_per_s"]) == 2
     assert 0 <= time_spent["outside_epochs_s"] < e2e["train_time_s"]
