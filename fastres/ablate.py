@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import contention
 from .config import (
     ABLATIONS,
     ALIASES,
@@ -485,14 +486,21 @@ def _record(result: AblationResult, child: _Child, code: int, seconds: float, et
         summary = RunDir(run.run_dir).read_summary()
         epoch_s = sum(float(r["epoch_time_s"]) for r in RunDir(run.run_dir).read_metrics()[run.done_epochs:])
         eta.overheads.append(max(0.0, seconds - epoch_s))
-        result.results.append(RunResult(run, "finished", seconds, code,
-                                        f"final val acc {100 * summary['final_val_acc']:.2f}%"))
+        result.results.append(RunResult(run, "finished", seconds, code, finished_message(summary)))
         return
     reason = child.last_error or f"exit status {code}, run state {state}"
     if code == RunDirBusy.exit_code:  # another process took the run directory first
         result.results.append(RunResult(run, "elsewhere", seconds, code, reason))
         return
     result.results.append(RunResult(run, "failed", seconds, code, reason))
+
+
+def finished_message(summary: dict[str, Any]) -> str:
+    """What a finished run's line says: its final accuracy, and whether it shared its CPU."""
+    wait = summary.get("cpu_wait")
+    shared = (f" (shared its CPU: {wait:.2f} threads kept waiting; its time is not a measurement)"
+              if contention.is_shared(wait) else "")
+    return f"final val acc {100 * summary['final_val_acc']:.2f}%{shared}"
 
 
 def _result_line(r: RunResult) -> str:

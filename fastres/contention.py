@@ -65,9 +65,14 @@ def run_average(rows: Iterable[Mapping[str, Any]]) -> float | None:
     return sum(w * t for w, t in measured) / total if total > 0 else None
 
 
+def is_shared(cpu_wait: float | None) -> bool:
+    """Whether a ``cpu_wait`` says other processes used the cores (None: not measured)."""
+    return cpu_wait is not None and cpu_wait >= SHARED
+
+
 def shared_note(cpu_wait: float | None) -> str | None:
     """The line a run ends with when it shared its CPU, else None."""
-    if cpu_wait is None or cpu_wait < SHARED:
+    if not is_shared(cpu_wait):
         return None
     return (f"note: {cpu_wait:.2f} of this run's threads waited for a CPU on average (other processes used "
             "its cores): its times measure the machine's load, not the recipe's cost; the results are unaffected")

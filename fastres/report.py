@@ -181,8 +181,7 @@ def difference(group: Group, reference: Group) -> dict[str, Any] | None:
 def shared_cpu(summary: dict[str, Any] | None) -> bool:
     """Whether a run shared its CPU with other processes (contention.py): its time is then the
     machine's load, not its setting's cost."""
-    wait = (summary or {}).get("cpu_wait")
-    return wait is not None and wait >= contention.SHARED
+    return contention.is_shared((summary or {}).get("cpu_wait"))
 
 
 def time_comparison(group: Group, reference: Group) -> dict[str, Any] | None:

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..augment import BatchAugment
 from ..config import TrainConfig
-from ..contention import SHARED, CpuWait
+from ..contention import CpuWait, is_shared
 from ..errors import FastresError
 from ..models import build_model, model_names
 from ..runtime import Runtime, compile_module, cpu_name, is_out_of_memory, resolve_runtime
@@ -277,8 +277,7 @@ def short_result(record: dict[str, Any]) -> str:
     """A record in a few words: its rate (and compile time), or why it was not measured."""
     if record["status"] == "ok":
         extra = f", compile {record['compile_s']:.1f}s" if record.get("compile_s") else ""
-        wait = record.get("cpu_wait")
-        if wait is not None and wait >= SHARED:
-            extra += f", shared CPU: {wait:.2f} threads kept waiting (the rate is the machine's load)"
+        if is_shared(record.get("cpu_wait")):
+            extra += f", shared CPU: {record['cpu_wait']:.2f} threads kept waiting (the rate is the machine's load)"
         return f"{record['images_per_s']:.1f} img/s{extra}"
     return record["reason"] or record["status"]
