@@ -36,7 +36,8 @@ def test_epoch_vs_step(e2e_case, benchmark, settings, device, data, results, tmp
             else None))
     kept = sorted(x["kept"] for x in repeats)
     result = dict(min(repeats, key=lambda x: abs(x["kept"] - statistics.median(kept))),
-                  kept=statistics.median(kept), kept_all=[x["kept"] for x in repeats], kept_spread=kept[-1] - kept[0])
+                  kept=statistics.median(kept), kept_all=[x["kept"] for x in repeats], kept_spread=kept[-1] - kept[0],
+                  cpu_wait_all=[x["cpu_wait"] for x in repeats])
     if all(x["loop_shares"] for x in repeats):  # the CPU's in-epoch account, per part: median of the repeats
         result["loop_shares_median"] = {part: statistics.median(x["loop_shares"][part] for x in repeats)
                                         for part in repeats[0]["loop_shares"]}
@@ -55,7 +56,7 @@ def test_epoch_vs_step(e2e_case, benchmark, settings, device, data, results, tmp
     benchmark.extra_info.update({k: result[k] for k in (
         "epoch_images_per_s", "step_images_per_s", "kept", "kept_all", "kept_spread", "model", "width", "batch_size",
         "train_images", "precision", "channels_last", "compile", "loop_shares_median", "step_share_all", "step_kept",
-        "step_kept_all") if k in result})
+        "step_kept_all", "cpu_wait_all") if k in result})
     assert all(len(x["epoch_images_per_s_all"]) == settings.e2e_epochs for x in repeats)
     if device.type == "cpu":  # the epoch's parts account for its training time
         assert all(x["loop_shares"] and 0.9 <= sum(x["loop_shares"].values()) <= 1.0001 for x in repeats), repeats

@@ -77,7 +77,8 @@ def measure_end_to_end(model: str, batch_size: int, data_dir: str | Path, run_di
         "step_images_per_s": step["images_per_s"], "epoch_images_per_s": epoch_rate,
         "epoch_images_per_s_all": [r["images_per_s"] for r in rows],
         "run_images_per_s": summary["images_per_s"], "kept": epoch_rate / step["images_per_s"],
-        "run_wall_s": wall, "precision": runtime.precision, "channels_last": runtime.channels_last,
+        "run_wall_s": wall, "cpu_wait": summary.get("cpu_wait"),
+        "precision": runtime.precision, "channels_last": runtime.channels_last,
         "compile": runtime.compile, "step": step,
         "step_images_per_s_before_after": [before["images_per_s"], after["images_per_s"]],
     }
