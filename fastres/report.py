@@ -191,10 +191,9 @@ def time_comparison(group: Group, reference: Group) -> dict[str, Any] | None:
     per-seed ratios: a machine's drift between the two is then small. Else the ratio of the two
     medians, with how far apart the runs ran (``apart_s``, the largest start-to-start distance
     of a seed's pair; None when the summaries do not say when)."""
-    done = group.done + reference.done
     if not group.done or not reference.done:
         return None
-    left_out = sum(shared_cpu(r.summary) for r in done)
+    left_out = sum(shared_cpu(r.summary) for r in group.done + reference.done)
     mine = {r.config.seed: r.summary for r in group.done if not shared_cpu(r.summary)}
     theirs = {r.config.seed: r.summary for r in reference.done if not shared_cpu(r.summary)}
     if not mine or not theirs:
@@ -292,7 +291,8 @@ def _run_entry(r: Run) -> dict[str, Any]:
             "final_val_acc": s.get("final_val_acc"), "best_val_acc": s.get("best_val_acc"),
             "best_epoch": s.get("best_epoch"), "final_train_acc": s.get("final_train_acc"),
             "train_time_s": s.get("train_time_s"), "images_per_s": s.get("images_per_s"),
-            "cpu_wait": s.get("cpu_wait"), "shared_cpu": shared_cpu(s), "git_commit": s.get("git_commit"), "device": s.get("device"), "precision": s.get("precision"),
+            "cpu_wait": s.get("cpu_wait"), "shared_cpu": shared_cpu(s),
+            "git_commit": s.get("git_commit"), "device": s.get("device"), "precision": s.get("precision"),
             "data_hash": s.get("data_hash")}
 
 
@@ -446,7 +446,8 @@ def render_markdown(data: dict[str, Any]) -> str:
         ips = g["images_per_s"]["mean"]
         lines.append("| " + " | ".join([
             f"`{g['label']}`", n, _mean_std(g["final_val_acc"]), diff_text, _mean_std(g["best_val_acc"]),
-            _mean_std(g["final_train_acc"]), epochs, _time_range(g["train_time_s"]) + _shared_marker(bool(g["shared_cpu"])),
+            _mean_std(g["final_train_acc"]), epochs,
+            _time_range(g["train_time_s"]) + _shared_marker(bool(g["shared_cpu"])),
             _time_ratio_text(g),
             "-" if ips is None else f"{ips:,.0f}", original]) + " |")
     lines.append("")
