@@ -200,12 +200,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                                           "mem=32G --slurm constraint=a100 (repeatable)")
     _add_config_options(p)
 
-    p = sub.add_parser("report", help="aggregate the runs in a folder: report.md, plots, JSON",
+    p = sub.add_parser("report", help="aggregate the runs in a folder (or several): report.md, plots, JSON",
                        description="Group the runs below DIR by setting (preset + recipe), and write DIR/report.md "
                                    "(final and best-epoch val accuracy, mean ± sample std over seeds, train accuracy, "
                                    "epochs, wall time, images/s, the original study's number), DIR/report.json and the "
                                    "plots DIR/val_acc.png and DIR/lr_schedule.png. Unfinished runs are listed, not counted.")
-    p.add_argument("dir", metavar="DIR", help="a folder of runs, e.g. the --out of fastres ablate")
+    p.add_argument("dir", metavar="DIR", nargs="+",
+                   help="a folder of runs, e.g. the --out of fastres ablate; several are reported as one study "
+                        "(a setting's seeds from each count together; a run of a setting and seed already "
+                        "counted from an earlier folder is listed, not counted again)")
+    p.add_argument("--out", metavar="OUT", help="where report.md, report.json and the plots go (default: DIR; "
+                                                "needed with several folders)")
     p.add_argument("--reference", metavar="NAME", help="the setting every other is compared with (a preset's or a "
                                                        "--variant's name; default: baseline, or the study's preset "
                                                        "when it has variants); paired by seed where seeds match")
@@ -473,12 +478,12 @@ def _cuda_available() -> bool:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import summary_table, write_report
 
-    data = write_report(args.dir, args.reference)
+    data = write_report(args.dir, args.reference, out=args.out)
     if args.json:
         print(json.dumps(data, indent=2))
     else:
         print(summary_table(data))
-        print(f"wrote {args.dir}/{data['files']['markdown']}, {data['files']['json']}, "
+        print(f"wrote {args.out or args.dir[0]}/{data['files']['markdown']}, {data['files']['json']}, "
               f"{data['files']['val_plot']}, {data['files']['lr_plot']}")
     return 0
 

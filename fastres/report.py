@@ -12,6 +12,7 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ class Run:
     state: str
     summary: dict[str, Any] | None
     metrics: list[dict[str, Any]]
+    folder: str = ""  # the first folder of its path inside the folder reported (a study's setting folder)
 
     @property
     def complete(self) -> bool:
@@ -79,38 +81,67 @@ def stats(values: list[float]) -> dict[str, Any]:
             "median": statistics.median(values), "min": min(values), "max": max(values), "values": values}
 
 
-def load_runs(root: str | Path, skipped: list[dict[str, str]] | None = None) -> list[Run]:
-    """The runs below ``root``; a folder whose config.json this fastres cannot read (a stray
-    file, or a run written by a newer fastres) is left out, and named in ``skipped``."""
+def load_runs(root: str | Path, skipped: list[dict[str, str]] | None = None, prefix: str = "") -> list[Run]:
+    """The runs below ``root`` (named by their path inside it, after ``prefix``); a folder whose
+    config.json this fastres cannot read (a stray file, or a run written by a newer fastres) is
+    left out, and named in ``skipped``."""
     root = Path(root)
     if not root.is_dir():
         raise FastresError(f"{root} is not a folder: pass the --out folder of an ablation (default {STUDY_ROOT})")
     runs = []
     for rd in find_runs(root):
-        rel = str(rd.path.relative_to(root)) if rd.path != root else "."
+        inside = str(rd.path.relative_to(root)) if rd.path != root else "."
         try:
             config = TrainConfig.from_dict(rd.read_config())
             state = rd.state()
             summary = rd.read_summary() if rd.summary.exists() else None
         except FastresError as exc:
             if skipped is not None:
-                skipped.append({"run": rel, "reason": str(exc)})
+                skipped.append({"run": prefix + inside, "reason": str(exc)})
             continue
-        runs.append(Run(rd.path, rel, config, state, summary, rd.read_metrics()))
+        runs.append(Run(rd.path, prefix + inside, config, state, summary, rd.read_metrics(),
+                        folder=inside.split("/")[0] if "/" in inside else ""))
     if not runs:
         raise FastresError(f"{root} holds no fastres runs (no run directories with a config.json below it): "
                            f"pass the --out folder of an ablation, e.g. fastres report {STUDY_ROOT}")
     return runs
 
 
-def study_variants(root: str | Path) -> frozenset[str]:
-    """The names of the variants a ``fastres ablate`` study in ``root`` ran (none elsewhere)."""
-    if not (Path(root) / STUDY).exists():
-        return frozenset()
-    try:
-        return frozenset(read_study(root).get("variants", {}))
-    except FastresError:
-        return frozenset()
+def load_studies(roots: list[Path], skipped: list[dict[str, str]]) -> list[Run]:
+    """The runs of one folder, or of several as one study: named ``<folder>/<path inside it>``,
+    and a run of the same setting and seed as one in an earlier folder counted once (the
+    others go to ``skipped``, naming the run counted)."""
+    if len(roots) == 1:
+        return load_runs(roots[0], skipped)
+    runs: list[Run] = []
+    counted: dict[tuple[str, str, int], str] = {}
+    for root in roots:
+        for run in load_runs(root, skipped, prefix=f"{root}/"):
+            key = (run.config.preset, json.dumps(_setting(run), sort_keys=True), run.config.seed)
+            if key in counted:
+                skipped.append({"run": run.rel, "reason": f"the same setting and seed as {counted[key]}, counted once"})
+                continue
+            counted[key] = run.rel
+            runs.append(run)
+    return runs
+
+
+def study_variants(*roots: str | Path) -> frozenset[str]:
+    """The names of the variants the ``fastres ablate`` studies in ``roots`` ran (none elsewhere)."""
+    names: set[str] = set()
+    for root in roots:
+        if not (Path(root) / STUDY).exists():
+            continue
+        try:
+            names |= set(read_study(root).get("variants", {}))
+        except FastresError:
+            continue
+    return frozenset(names)
+
+
+def _setting(run: Run) -> dict[str, Any]:
+    """A run's recipe without what does not make it a different setting (its seed)."""
+    return {k: v for k, v in run.config.recipe().items() if k not in _NOT_SETTING}
 
 
 def group_runs(runs: list[Run], variants: frozenset[str] = frozenset()) -> list[Group]:
@@ -118,25 +149,26 @@ def group_runs(runs: list[Run], variants: frozenset[str] = frozenset()) -> list[
     living in the folder of one of the study's ``variants`` is labelled with its name."""
     groups: dict[tuple[str, str], Group] = {}
     for run in runs:
-        recipe = {k: v for k, v in run.config.recipe().items() if k not in _NOT_SETTING}
+        recipe = _setting(run)
         key = (run.config.preset, json.dumps(recipe, sort_keys=True))
         if key not in groups:
             groups[key] = Group(run.config.preset, run.config.preset or "custom", recipe, run.config)
         groups[key].runs.append(run)
     result = list(groups.values())
     for g in result:
-        folders = {r.rel.split("/")[0] for r in g.runs if "/" in r.rel}
+        folders = {r.folder for r in g.runs if r.folder}
         folder = folders.pop() if len(folders) == 1 else ""
         g.name = folder if folder in variants or folder == g.preset else ""
         if g.name in variants:  # a named variant: its name says which setting it is
             g.label = g.name
-    # Other settings that share a preset name get the fields that tell them apart in their label.
-    for preset in {g.preset for g in result}:
-        same = [g for g in result if g.preset == preset and g.label == (preset or "custom")]
+    # Settings that would share a label (a preset's name, or a variant's name that two studies
+    # gave different options) get the fields that tell them apart in it.
+    for label in {g.label for g in result}:
+        same = [g for g in result if g.label == label]
         if len(same) > 1:
             varying = [k for k in same[0].recipe if len({json.dumps(g.recipe[k]) for g in same}) > 1]
             for g in same:
-                g.label = f"{preset or 'custom'} ({', '.join(f'{k}={compact(g.recipe[k])}' for k in varying)})"
+                g.label = f"{label} ({', '.join(f'{k}={compact(g.recipe[k])}' for k in varying)})"
     order = list(PRESETS)
     # A preset's own runs come before its variants (they are the variants' reference).
     result.sort(key=lambda g: (order.index(g.preset) if g.preset in order else len(order),
@@ -217,15 +249,20 @@ def time_comparison(group: Group, reference: Group) -> dict[str, Any] | None:
             "apart_s": max(p["apart_s"] for p in pairs) if pairs else None, "left_out": left_out}
 
 
-def aggregate(root: str | Path, runs: list[Run] | None = None, reference: str | None = None,
-              skipped: list[dict[str, str]] | None = None) -> dict[str, Any]:
-    """Everything the report shows, as plain data (accuracies as fractions, like summary.json).
-    Every setting is compared with ``reference`` (see ``find_reference``); ``skipped`` are the
-    folders ``load_runs`` could not read."""
-    root = Path(root)
+def _folders(roots: str | Path | Sequence[str | Path]) -> list[Path]:
+    return [Path(roots)] if isinstance(roots, str | Path) else [Path(r) for r in roots]
+
+
+def aggregate(roots: str | Path | Sequence[str | Path], runs: list[Run] | None = None,
+              reference: str | None = None, skipped: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """Everything the report shows, as plain data (accuracies as fractions, like summary.json),
+    for the runs of one folder or of several taken as one study (``load_studies``). Every
+    setting is compared with ``reference`` (see ``find_reference``); ``skipped`` are the
+    folders that were not counted, and why."""
+    folders = _folders(roots)
     skipped = [] if skipped is None else skipped
-    runs = load_runs(root, skipped) if runs is None else runs
-    groups = group_runs(runs, study_variants(root))
+    runs = load_studies(folders, skipped) if runs is None else runs
+    groups = group_runs(runs, study_variants(*folders))
     ref = find_reference(groups, reference)
     out_groups = []
     for g in groups:
@@ -258,7 +295,7 @@ def aggregate(root: str | Path, runs: list[Run] | None = None, reference: str | 
                                             else (entry["time_vs_reference"] or {}).get("ratio"))
         out_groups.append(entry)
     return {
-        "root": str(root),
+        "root": " + ".join(str(f) for f in folders),
         "reference": ref.label if ref is not None else None,
         "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": out_groups,
@@ -477,7 +514,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         lines.append("")
         lines.append("Re-run the ablation command to resume them (`fastres train --resume RUN_DIR` for one).")
     if data["skipped"]:
-        lines += ["", "## Folders not read (not counted above)", "", "| folder | why |", "|---|---|"]
+        lines += ["", "## Folders not counted above", "", "| folder | why |", "|---|---|"]
         lines += [f"| `{k['run']}` | {k['reason'].replace('|', '/')} |" for k in data["skipped"]]
     lines += ["", "## Curves", "",
               f"![validation accuracy per epoch: mean over seeds, band = min-max]({VAL_PLOT})", "",
@@ -562,20 +599,28 @@ def _save_png(fig: Any, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=110)
 
 
-def write_report(root: str | Path, reference: str | None = None) -> dict[str, Any]:
-    """Write report.md, report.json and the plots into ``root``, every setting compared with
-    ``reference`` (default ``baseline``); return the report's data."""
-    root = Path(root)
+def write_report(roots: str | Path | Sequence[str | Path], reference: str | None = None,
+                 out: str | Path | None = None) -> dict[str, Any]:
+    """Write report.md, report.json and the plots into ``out`` (default: the one folder
+    reported), every setting compared with ``reference`` (default ``baseline``); return the
+    report's data. Several folders are reported as one study (``load_studies``): seeds of a
+    setting run in different studies, on different days or machines, count together."""
+    folders = _folders(roots)
+    if out is None and len(folders) > 1:
+        raise FastresError(f"a report of {len(folders)} folders needs --out DIR: the folder its report.md goes to")
+    target = Path(out) if out is not None else folders[0]
     skipped: list[dict[str, str]] = []
-    runs = load_runs(root, skipped)
-    data = aggregate(root, runs, reference, skipped)
+    runs = load_studies(folders, skipped)
+    data = aggregate(folders, runs, reference, skipped)
+    variants = study_variants(*folders)
     try:
-        plot_val_acc(runs, root / VAL_PLOT, study_variants(root))
-        plot_lr(runs, root / LR_PLOT, study_variants(root))
-        atomic_write_text(root / REPORT_MD, render_markdown(data))
-        atomic_write_text(root / REPORT_JSON, json.dumps(data, indent=2) + "\n")
+        target.mkdir(parents=True, exist_ok=True)
+        plot_val_acc(runs, target / VAL_PLOT, variants)
+        plot_lr(runs, target / LR_PLOT, variants)
+        atomic_write_text(target / REPORT_MD, render_markdown(data))
+        atomic_write_text(target / REPORT_JSON, json.dumps(data, indent=2) + "\n")
     except OSError as exc:
-        raise FastresError(f"cannot write the report into {root} ({exc.strerror or exc}): "
+        raise FastresError(f"cannot write the report into {target} ({exc.strerror or exc}): "
                            "check that you can write there") from None
     return data
 
@@ -598,6 +643,6 @@ def summary_table(data: dict[str, Any]) -> str:
     if (shared_note := _shared_note(data)) is not None:
         text += "\n" + shared_note
     for k in data.get("skipped", []):
-        text += f"\nnot read (not counted): {k['run']}: {k['reason']}"
+        text += f"\nnot counted: {k['run']}: {k['reason']}"
     return text
 

@@ -273,14 +273,48 @@ def test_runs_that_shared_their_cpu_are_marked_and_left_out_of_time_comparisons(
     assert row((root / "report.md").read_text(), "busy")[8] == "- (the runs shared the CPU ‡)"
 
 
+def test_several_studies_are_reported_as_one_and_a_seed_run_twice_counts_once(tmp_path, capsys):
+    """Seeds 0-2 of a preset and its variant from one study, seeds 3-4 from a later one (which
+    ran the preset's seed 0 again): one report over five seeds each, paired by seed."""
+    first, later, out = tmp_path / "first", tmp_path / "later", tmp_path / "both"
+    finals = {"quick": [0.860, 0.858, 0.862, 0.855, 0.861], "mu": [0.870, 0.861, 0.872, 0.866, 0.869]}
+    for root, seeds in ((first, [0, 1, 2]), (later, [0, 3, 4])):
+        for seed in seeds:
+            make_run(root, "quick", seed, [0.5, finals["quick"][seed]], folder="quick")
+            if root is first or seed > 0:
+                make_run(root, "quick", seed, [0.5, finals["mu"][seed]], folder="mu", optimizer="muon")
+        record_study(root, {"variants": {"mu": {"optimizer": "muon"}}, "runs": []}, {"pid": 1})
+    res = run_main(capsys, "report", str(first), str(later), "--out", str(out), "--reference", "quick")
+    assert res.returncode == 0, res.stderr
+    data = json.loads((out / "report.json").read_text())
+    by_label = {g["label"]: g for g in data["settings"]}
+    assert set(by_label) == {"quick", "mu"}
+    for label in ("quick", "mu"):
+        assert sorted(by_label[label]["seeds"]) == [0, 1, 2, 3, 4]
+        assert by_label[label]["final_val_acc"]["mean"] == pytest.approx(statistics.mean(finals[label]))
+    diff = by_label["mu"]["diff_vs_reference"]
+    assert diff["paired"] and diff["n"] == 5
+    assert diff["mean"] == pytest.approx(statistics.mean(m - q for m, q in zip(finals["mu"], finals["quick"])))
+    assert data["skipped"] == [{"run": f"{later}/quick/seed0",
+                                "reason": f"the same setting and seed as {first}/quick/seed0, counted once"}]
+    assert {r["run"] for r in data["runs"]} >= {f"{first}/mu/seed2", f"{later}/mu/seed4"}
+    assert not (first / "report.md").exists() and not (later / "report.md").exists()
+    assert f"not counted: {later}/quick/seed0: the same setting and seed as {first}/quick/seed0" in res.stdout
+    assert (out / "val_acc.png").read_bytes().startswith(PNG) and f"wrote {out}/report.md" in res.stdout
+    # Several folders and nowhere said to write: a one-line error, nothing written.
+    res = run_main(capsys, "report", str(first), str(later))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "needs --out DIR" in res.stderr
+    assert not (first / "report.md").exists()
+
+
 def test_a_folder_that_cannot_be_read_as_a_run_is_named_not_dropped_silently(runs, capsys):
     stray = runs / "newer" / "seed0"
     stray.mkdir(parents=True)
     (stray / "config.json").write_text(json.dumps({"model": "resnet18", "a_field_from_the_future": 1}))
     res = run_main(capsys, "report", str(runs))
     assert res.returncode == 0, res.stderr
-    assert "not read (not counted): newer/seed0: unknown config field(s): a_field_from_the_future" in res.stdout
+    assert "not counted: newer/seed0: unknown config field(s): a_field_from_the_future" in res.stdout
     text = (runs / "report.md").read_text()
-    assert "## Folders not read" in text and "`newer/seed0`" in text
+    assert "## Folders not counted above" in text and "`newer/seed0`" in text
     data = json.loads((runs / "report.json").read_text())
     assert [k["run"] for k in data["skipped"]] == ["newer/seed0"] and len(data["runs"]) == 10
