@@ -294,7 +294,7 @@ def test_several_studies_are_reported_as_one_and_a_seed_run_twice_counts_once(tm
         assert by_label[label]["final_val_acc"]["mean"] == pytest.approx(statistics.mean(finals[label]))
     diff = by_label["mu"]["diff_vs_reference"]
     assert diff["paired"] and diff["n"] == 5
-    assert diff["mean"] == pytest.approx(statistics.mean(m - q for m, q in zip(finals["mu"], finals["quick"])))
+    assert diff["mean"] == pytest.approx(statistics.mean(m - q for m, q in zip(finals["mu"], finals["quick"], strict=True)))
     assert data["skipped"] == [{"run": f"{later}/quick/seed0",
                                 "reason": f"the same setting and seed as {first}/quick/seed0, counted once"}]
     assert {r["run"] for r in data["runs"]} >= {f"{first}/mu/seed2", f"{later}/mu/seed4"}
