@@ -47,6 +47,9 @@ class Run:
     summary: dict[str, Any] | None
     metrics: list[dict[str, Any]]
     folder: str = ""  # the first folder of its path inside the folder reported (a study's setting folder)
+    # Runs of the same setting and seed in later folders: not counted, but their times may pair
+    # with the runs they ran next to (a later study that ran the reference again beside a variant).
+    twins: list[Run] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -114,15 +117,23 @@ def load_studies(roots: list[Path], skipped: list[dict[str, str]]) -> list[Run]:
     if len(roots) == 1:
         return load_runs(roots[0], skipped)
     runs: list[Run] = []
-    counted: dict[tuple[str, str, int], str] = {}
+    counted: dict[tuple[str, str, int], Run] = {}
     for root in roots:
         for run in load_runs(root, skipped, prefix=f"{root}/"):
             key = (run.config.preset, json.dumps(_setting(run), sort_keys=True), run.config.seed)
-            if key in counted:
-                skipped.append({"run": run.rel, "reason": f"the same setting and seed as {counted[key]}, counted once"})
+            first = counted.get(key)
+            if first is None:
+                counted[key] = run
+                runs.append(run)
                 continue
-            counted[key] = run.rel
-            runs.append(run)
+            if run.complete and not first.complete:  # a finished run counts before an unfinished one
+                runs[runs.index(first)] = counted[key] = run
+                run.twins, first.twins = [first, *first.twins], []
+                first, run = run, first
+            else:
+                first.twins.append(run)
+            skipped.append({"run": run.rel, "reason": f"the same setting and seed as {first.rel}, counted once"
+                                                      " (its time still pairs with the runs beside it)"})
     return runs
 
 
@@ -226,24 +237,27 @@ def time_comparison(group: Group, reference: Group) -> dict[str, Any] | None:
     if not group.done or not reference.done:
         return None
     left_out = sum(shared_cpu(r.summary) for r in group.done + reference.done)
-    mine = {r.config.seed: r.summary for r in group.done if not shared_cpu(r.summary)}
-    theirs = {r.config.seed: r.summary for r in reference.done if not shared_cpu(r.summary)}
+    # Per seed, the counted run's summary first, then its twins' (see load_studies).
+    mine, theirs = ({r.config.seed: [t.summary for t in [r, *r.twins] if t.complete and not shared_cpu(t.summary)]
+                     for r in g.done} for g in (group, reference))
+    mine, theirs = ({seed: ss for seed, ss in d.items() if ss} for d in (mine, theirs))
     if not mine or not theirs:
         return {"paired": False, "n": 0, "seeds": [], "values": [], "ratio": None, "apart_s": None,
                 "left_out": left_out}
     pairs = []
     for seed in sorted(set(mine) & set(theirs)):
-        a, b = training_interval(mine[seed]), training_interval(theirs[seed])
-        if a is not None and b is not None:
-            longest = max(a[1] - a[0], b[1] - b[0])
-            pairs.append({"seed": seed, "ratio": mine[seed]["train_time_s"] / theirs[seed]["train_time_s"],
-                          "apart_s": abs(a[0] - b[0]), "neighbours": abs(a[0] - b[0]) <= NEIGHBOURS * longest})
+        timed = [(abs(a[0] - b[0]), max(a[1] - a[0], b[1] - b[0]), x, y) for x in mine[seed] for y in theirs[seed]
+                 if (a := training_interval(x)) is not None and (b := training_interval(y)) is not None]
+        if timed:  # of a seed's runs in both settings, the two that ran closest together
+            apart, longest, x, y = min(timed, key=lambda t: t[0])
+            pairs.append({"seed": seed, "ratio": x["train_time_s"] / y["train_time_s"],
+                          "apart_s": apart, "neighbours": apart <= NEIGHBOURS * longest})
     if pairs and all(p["neighbours"] for p in pairs):
         ratios = [p["ratio"] for p in pairs]
         return {"paired": True, "n": len(ratios), "seeds": [p["seed"] for p in pairs], "values": ratios,
                 "ratio": statistics.median(ratios), "apart_s": max(p["apart_s"] for p in pairs),
                 "left_out": left_out}
-    a, b = (statistics.median(s["train_time_s"] for s in d.values()) for d in (mine, theirs))
+    a, b = (statistics.median(ss[0]["train_time_s"] for ss in d.values()) for d in (mine, theirs))
     return {"paired": False, "n": min(len(mine), len(theirs)), "seeds": [], "values": [],
             "ratio": a / b if a and b else None,
             "apart_s": max(p["apart_s"] for p in pairs) if pairs else None, "left_out": left_out}

@@ -276,19 +276,31 @@ def test_runs_that_shared_their_cpu_are_marked_and_left_out_of_time_comparisons(
 def test_several_studies_are_reported_as_one_and_a_seed_run_twice_counts_once(tmp_path, capsys):
     """Seeds 0-2 of a preset and its variant from one study, seeds 3-4 from a later one (which
     ran the preset's seed 0 again): one report over five seeds each, paired by seed."""
+    def at(minute: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(1_800_000_000 + 60 * minute))
+
     first, later, out = tmp_path / "first", tmp_path / "later", tmp_path / "both"
     finals = {"quick": [0.860, 0.858, 0.862, 0.855, 0.861], "mu": [0.870, 0.861, 0.872, 0.866, 0.869]}
-    for root, seeds in ((first, [0, 1, 2]), (later, [0, 3, 4])):
+    # Each study interleaved, 100 s runs, 2 minutes apart; the later one five hours on, where a
+    # third setting ("lr", seed 0 only) ran beside a new run of quick's seed 0.
+    for root, start, seeds in ((first, 0, [0, 1, 2]), (later, 300, [0, 3, 4])):
+        minute = start
         for seed in seeds:
-            make_run(root, "quick", seed, [0.5, finals["quick"][seed]], folder="quick")
+            minute += 2
+            make_run(root, "quick", seed, [0.5, finals["quick"][seed]], folder="quick", train_time_s=100.0,
+                     finished=at(minute))
+            minute += 2
             if root is first or seed > 0:
-                make_run(root, "quick", seed, [0.5, finals["mu"][seed]], folder="mu", optimizer="muon")
-        record_study(root, {"variants": {"mu": {"optimizer": "muon"}}, "runs": []}, {"pid": 1})
+                make_run(root, "quick", seed, [0.5, finals["mu"][seed]], folder="mu", optimizer="muon",
+                         train_time_s=150.0 + seed, finished=at(minute))
+            else:
+                make_run(root, "quick", seed, [0.5, 0.85], folder="lr", lr=0.4, train_time_s=120.0, finished=at(minute))
+        record_study(root, {"variants": {"mu": {"optimizer": "muon"}, "lr": {"lr": 0.4}}, "runs": []}, {"pid": 1})
     res = run_main(capsys, "report", str(first), str(later), "--out", str(out), "--reference", "quick")
     assert res.returncode == 0, res.stderr
     data = json.loads((out / "report.json").read_text())
     by_label = {g["label"]: g for g in data["settings"]}
-    assert set(by_label) == {"quick", "mu"}
+    assert set(by_label) == {"quick", "mu", "lr"}
     for label in ("quick", "mu"):
         assert sorted(by_label[label]["seeds"]) == [0, 1, 2, 3, 4]
         assert by_label[label]["final_val_acc"]["mean"] == pytest.approx(statistics.mean(finals[label]))
@@ -296,15 +308,33 @@ def test_several_studies_are_reported_as_one_and_a_seed_run_twice_counts_once(tm
     assert diff["paired"] and diff["n"] == 5
     assert diff["mean"] == pytest.approx(statistics.mean(m - q for m, q in zip(finals["mu"], finals["quick"], strict=True)))
     assert data["skipped"] == [{"run": f"{later}/quick/seed0",
-                                "reason": f"the same setting and seed as {first}/quick/seed0, counted once"}]
+                                "reason": f"the same setting and seed as {first}/quick/seed0, counted once "
+                                          "(its time still pairs with the runs beside it)"}]
+    # Times pair with the runs that ran beside them: mu's with each study's own quick runs, and
+    # lr's (later study only) with the later run of quick's seed 0, not the one five hours before.
+    assert by_label["mu"]["time_vs_reference"]["paired"] and by_label["mu"]["time_vs_reference"]["n"] == 5
+    lr_time = by_label["lr"]["time_vs_reference"]
+    assert lr_time["paired"] and lr_time["n"] == 1 and lr_time["ratio"] == pytest.approx(1.2)
     assert {r["run"] for r in data["runs"]} >= {f"{first}/mu/seed2", f"{later}/mu/seed4"}
     assert not (first / "report.md").exists() and not (later / "report.md").exists()
     assert f"not counted: {later}/quick/seed0: the same setting and seed as {first}/quick/seed0" in res.stdout
+    assert by_label["quick"]["train_time_s"]["n"] == 5, "a seed's time counted once in the setting's own times"
     assert (out / "val_acc.png").read_bytes().startswith(PNG) and f"wrote {out}/report.md" in res.stdout
     # Several folders and nowhere said to write: a one-line error, nothing written.
     res = run_main(capsys, "report", str(first), str(later))
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "needs --out DIR" in res.stderr
     assert not (first / "report.md").exists()
+
+
+def test_of_a_seed_run_in_two_studies_the_finished_run_counts(tmp_path, capsys):
+    first, later = tmp_path / "first", tmp_path / "later"
+    make_run(first, "quick", 0, [0.5, 0.80], folder="quick")
+    make_run(first, "quick", 1, [0.5], epochs=2, folder="quick", status="interrupted")
+    make_run(later, "quick", 1, [0.5, 0.82], folder="quick")
+    res = run_main(capsys, "report", str(first), str(later), "--out", str(tmp_path / "both"), "--json")
+    quick = json.loads(res.stdout)["settings"][0]
+    assert sorted(quick["seeds"]) == [0, 1] and quick["final_val_acc"]["mean"] == pytest.approx(0.81)
+    assert quick["unfinished"] == [], "the interrupted twin is not also listed as unfinished work"
 
 
 def test_a_folder_that_cannot_be_read_as_a_run_is_named_not_dropped_silently(runs, capsys):
