@@ -623,6 +623,8 @@ def write_report(roots: str | Path | Sequence[str | Path], reference: str | None
     if out is None and len(folders) > 1:
         raise FastresError(f"a report of {len(folders)} folders needs --out DIR: the folder its report.md goes to")
     target = Path(out) if out is not None else folders[0]
+    if target.exists() and not target.is_dir():
+        raise FastresError(f"--out {target} is a file, not a folder: pass a folder for the report")
     skipped: list[dict[str, str]] = []
     runs = load_studies(folders, skipped)
     data = aggregate(folders, runs, reference, skipped)

@@ -324,6 +324,9 @@ def test_several_studies_are_reported_as_one_and_a_seed_run_twice_counts_once(tm
     res = run_main(capsys, "report", str(first), str(later))
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "needs --out DIR" in res.stderr
     assert not (first / "report.md").exists()
+    (tmp_path / "a_file").write_text("")
+    res = run_main(capsys, "report", str(first), str(later), "--out", str(tmp_path / "a_file"))
+    assert res.returncode == 2 and res.stderr.strip().endswith("is a file, not a folder: pass a folder for the report")
 
 
 def test_of_a_seed_run_in_two_studies_the_finished_run_counts(tmp_path, capsys):
