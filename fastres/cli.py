@@ -635,7 +635,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FastresError as exc:
         if args.debug:
             traceback.print_exc()
-        print(f"fastres: error: {exc}", file=sys.stderr, flush=True)
+        # One write with its newline, so that the lines of several failing torchrun ranks
+        # never run into each other (unbuffered, print() writes the newline apart).
+        sys.stderr.write(f"fastres: error: {exc}\n")
+        sys.stderr.flush()
         return exc.exit_code
     except KeyboardInterrupt:
         print("fastres: interrupted", file=sys.stderr, flush=True)

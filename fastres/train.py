@@ -598,7 +598,10 @@ def _train(config: TrainConfig, runtime: Runtime, d: distributed.Dist, started: 
     if d.enabled:
         # Every rank reports its own parameters: they must agree (tests and users can check).
         averaged = f", averaged {parameter_hash(trainer.ema.module)}" if trainer.ema is not None else ""
-        print(f"rank {d.rank}/{d.world_size}: parameters sha256 {parameter_hash(trainer.model)}{averaged}", flush=True)
+        # One write with its newline: unbuffered, print() writes the text and the newline apart,
+        # and the ranks' lines could interleave on a shared stdout.
+        sys.stdout.write(f"rank {d.rank}/{d.world_size}: parameters sha256 {parameter_hash(trainer.model)}{averaged}\n")
+        sys.stdout.flush()
     best = summary["best_val_acc"]
     log(f"finished: final val acc {100 * summary['final_val_acc']:.2f}% (best {100 * best:.2f}% at epoch "
         f"{summary['best_epoch']}), {summary['train_time_s']:.0f}s; logs in {run.path} "
