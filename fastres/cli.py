@@ -201,10 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p)
 
     p = sub.add_parser("report", help="aggregate the runs in a folder (or several): report.md, plots, JSON",
-                       description="Group the runs below DIR by setting (preset + recipe), and write DIR/report.md "
-                                   "(final and best-epoch val accuracy, mean ± sample std over seeds, train accuracy, "
-                                   "epochs, wall time, images/s, the original study's number), DIR/report.json and the "
-                                   "plots DIR/val_acc.png and DIR/lr_schedule.png. Unfinished runs are listed, not counted.")
+                       description="Group the runs below DIR (or below several DIRs, as one study) by setting "
+                                   "(preset + recipe), and write into DIR (or --out OUT) report.md (final and "
+                                   "best-epoch val accuracy, mean ± sample std over seeds, train accuracy, epochs, "
+                                   "wall time, images/s, the original study's number), report.json and the plots "
+                                   "val_acc.png and lr_schedule.png. Unfinished runs are listed, not counted; a run "
+                                   "whose CPU other processes shared is marked and left out of time ratios.")
     p.add_argument("dir", metavar="DIR", nargs="+",
                    help="a folder of runs, e.g. the --out of fastres ablate; several are reported as one study "
                         "(a setting's seeds from each count together; a run of a setting and seed already "
