@@ -77,13 +77,11 @@ class _Batch:
 
     def momentum(self, state: dict[Tensor, dict[str, Any]]) -> Tensor:
         """The stacked momentum buffer. The optimizer's per-filter ``state`` entries are views
-        into it (so a state_dict has torch.optim.Muon's layout); when they are not, a state_dict
-        was loaded, and the stack is built from them (zeros where a filter has none)."""
-        stack = self.momentum_stack
+        into it (so a state_dict has torch.optim.Muon's layout); it is built from them on the
+        first step and after a state_dict is loaded (zeros where a filter has none)."""
+        if self.momentum_stack is not None:
+            return self.momentum_stack
         views = [state[p].get("momentum_buffer") for p in self.params]
-        if stack is not None and all(v is not None and v.data_ptr() == s.data_ptr()
-                                     for v, s in zip(views, stack.unbind(0), strict=True)):
-            return stack
         stack = torch.stack([torch.zeros_like(g) if v is None else v.reshape(g.shape)
                              for v, g in zip(views, self.grads.unbind(0), strict=True)])
         for p, view in zip(self.params, stack.unbind(0), strict=True):
@@ -182,6 +180,11 @@ class FilterMuon(torch.optim.Optimizer):
                 rows, cols = update.shape[-2:]
                 batch.apply(update, alpha=-lr * math.sqrt(max(1.0, rows / cols)))
         return loss
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        for batch in self._batches_by_params.values():  # the loaded buffers replace the stacks
+            batch.momentum_stack = None
 
     def _batches(self, params: list[Tensor]) -> list[_Batch]:
         by_kind: dict[tuple[Any, ...], list[Tensor]] = {}

@@ -83,13 +83,18 @@ def test_state_dicts_interchange_with_torch_muon():
     filters = filters_of(channels_last=True)
     flat = flat_copies(filters)
     reference = torch.optim.Muon(flat, **OPTIONS)
+    ours = FilterMuon(filters, **OPTIONS)
     for step in range(2):
         give_gradients(step, filters, flat)
         reference.step()
+        for p in filters:
+            p.grad.mul_(-3)
+        ours.step()  # a momentum of its own, which the loaded state must replace
     with torch.no_grad():
         for p, f in zip(filters, flat, strict=True):
             p.copy_(f.view(p.shape))
-    ours = FilterMuon(filters, **OPTIONS)
+    for p, f in zip(filters, flat, strict=True):
+        p.grad = f.grad = None
     ours.load_state_dict(reference.state_dict())
     for step in range(2, 4):
         give_gradients(step, filters, flat)
