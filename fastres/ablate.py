@@ -59,7 +59,9 @@ class PlannedRun:
     seed: int
     run_dir: Path
     config: TrainConfig
-    action: str  # "train" (new), "resume" (interrupted), "skip" (finished), "elsewhere" (held by another process)
+    # "train" (new), "resume" (interrupted), "skip" (finished), "elsewhere" (held by another
+    # process), "reuse" (finished in an earlier study's folder: run_dir is there)
+    action: str
     state: str  # RunDir.state() before this study touched it
     command: tuple[str, ...]
     done_epochs: int = 0
@@ -67,6 +69,7 @@ class PlannedRun:
     holder: str = ""  # for "elsewhere": the process that holds the run directory
     resume_command: tuple[str, ...] = ()  # continues the run, should it be begun meanwhile
     setting: str = ""  # the folder it lives in: the preset's name, or a --variant's
+    note: str = ""  # why an earlier study's run of it was not reused
 
     @property
     def runs_here(self) -> bool:
@@ -91,7 +94,7 @@ def plan_ablation(presets: Sequence[str], *, seeds: int = 1, seed: int | None = 
                   overrides: Mapping[str, Any] | None = None, out: str | Path = STUDY_ROOT,
                   devices: Sequence[str] | None = None,
                   variants: Mapping[str, Mapping[str, Any]] | None = None,
-                  interleave: bool = False) -> list[PlannedRun]:
+                  interleave: bool = False, reuse: Sequence[str | Path] = ()) -> list[PlannedRun]:
     """The runs of a study, in order (preset by preset, seeds ascending; with ``interleave``
     seed by seed, every setting's run of one seed before the next seed's), each with its command.
 
@@ -101,11 +104,15 @@ def plan_ablation(presets: Sequence[str], *, seeds: int = 1, seed: int | None = 
     seeds, in ``OUT/<name>/seed<S>``, next to the preset's own runs (their reference). Bad
     input and run directories that hold a different recipe raise ``FastresError`` before
     anything runs. ``devices`` only labels the commands (round robin) for ``--dry-run`` output.
+    A run not begun in ``out`` whose setting and seed finished in one of the ``reuse``
+    folders (earlier studies' ``--out``) with the same recipe is not trained again: it is
+    planned as ``reuse``, pointing there (the first such folder wins).
     """
     overrides = dict(overrides or {})
     variants = {k: dict(v) for k, v in (variants or {}).items()}
     names = _check_study(presets, seeds, overrides)
     _check_variants(names, variants)
+    reuse = _check_reuse(reuse, Path(out))
     settings = [(name, name, {}) for name in names] + [(v, names[0], o) for v, o in variants.items()]
     runs: list[PlannedRun] = []
     conflicts: list[str] = []
@@ -114,7 +121,7 @@ def plan_ablation(presets: Sequence[str], *, seeds: int = 1, seed: int | None = 
         first = base.seed if seed is None else seed
         changes = {**overrides, **extra}
         for s in range(first, first + seeds):
-            planned = _plan_run(name, s, base.replace(**changes, seed=s), changes, Path(out), setting)
+            planned = _plan_run(name, s, base.replace(**changes, seed=s), changes, Path(out), setting, reuse)
             if isinstance(planned, str):
                 conflicts.append(planned)
             else:
@@ -170,10 +177,42 @@ def _check_variants(presets: Sequence[str], variants: Mapping[str, Mapping[str, 
         _check_study(presets, 1, changes)
 
 
+def _check_reuse(folders: Sequence[str | Path], out: Path) -> list[Path]:
+    checked = []
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise FastresError(f"--reuse {folder}: no such folder; pass the --out folder of an earlier study")
+        if folder.resolve() == out.resolve():
+            raise FastresError(f"--reuse {folder} is this study's own --out: its finished runs are skipped anyway; "
+                               "pass an earlier study's folder")
+        checked.append(folder)
+    return checked
+
+
+def _find_reusable(config: TrainConfig, setting: str, seed: int, folders: Sequence[Path]) -> tuple[Path | None, str]:
+    """The first of ``folders`` in which this setting and seed finished with ``config``'s recipe
+    (its run directory), else None and why the runs found there were not taken."""
+    why = []
+    for folder in folders:
+        candidate = RunDir(folder / setting / f"seed{seed}")
+        state = candidate.state()
+        if state == "new":
+            continue
+        if state not in ("completed", "diverged"):
+            why.append(f"{candidate.path} is {state}")
+            continue
+        diffs = recipe_differences(TrainConfig.from_dict(candidate.read_config()), config)
+        if not diffs:
+            return candidate.path, ""
+        why.append(f"{candidate.path} has another recipe: {describe_differences(diffs, 'planned')}")
+    return None, "; ".join(why)
+
+
 def _plan_run(preset: str, seed: int, config: TrainConfig, overrides: Mapping[str, Any],
-              out: Path, setting: str = "") -> PlannedRun | str:
-    """What to do with one (preset, seed), read from its run directory; or, when that holds
-    another recipe, a description of the conflict."""
+              out: Path, setting: str = "", reuse: Sequence[Path] = ()) -> PlannedRun | str:
+    """What to do with one (preset, seed), read from its run directory (or, when it has none,
+    from an earlier study's in ``reuse``); or, when it holds another recipe, a description of
+    the conflict."""
     setting = setting or preset
     run_dir = out / setting / f"seed{seed}"
     config = config.replace(run_dir=str(run_dir))
@@ -183,8 +222,13 @@ def _plan_run(preset: str, seed: int, config: TrainConfig, overrides: Mapping[st
     run = RunDir(run_dir)
     state = run.state()
     if state == "new":
+        found, note = _find_reusable(config, setting, seed, reuse)
+        if found is not None:
+            return PlannedRun(preset, seed, found, config.replace(run_dir=str(found)), "reuse", RunDir(found).state(), (),
+                              len(RunDir(found).read_metrics()), setting=setting)
         command = (*TRAIN, "--preset", preset, "--seed", str(seed), *option_args(overrides), "--run-dir", str(run_dir))
-        return PlannedRun(preset, seed, run_dir, config, "train", state, command, resume_command=resume, setting=setting)
+        return PlannedRun(preset, seed, run_dir, config, "train", state, command, resume_command=resume,
+                          setting=setting, note=note)
     diffs = recipe_differences(TrainConfig.from_dict(run.read_config()), config)
     if diffs:
         return f"{run_dir} ({describe_differences(diffs, 'planned')})"
@@ -388,6 +432,8 @@ def run_ablation(runs: Sequence[PlannedRun], *, devices: Sequence[str] | None = 
     for r in runs:
         if r.action == "skip":
             result.results.append(RunResult(r, "skipped", message="already finished"))
+        elif r.action == "reuse":
+            result.results.append(RunResult(r, "skipped", message=f"finished in {r.run_dir}, reused"))
         elif r.action == "elsewhere":
             result.results.append(RunResult(r, "elsewhere", message=f"running elsewhere ({r.holder})"))
     total = len(runs)
@@ -408,8 +454,12 @@ def run_ablation(runs: Sequence[PlannedRun], *, devices: Sequence[str] | None = 
             text += f", {len(result.failed)} failed"
         return text + (f", about {duration(left)} left" if left is not None else ", time left: after the first epoch")
 
+    reused = [r for r in runs if r.action == "reuse"]
+    if reused:
+        say(f"ablation: reusing {len(reused)} run(s) finished in earlier studies: "
+            + ", ".join(f"{r.name} ({r.run_dir})" for r in reused))
     for status, what in (("skipped", "finished"), ("elsewhere", "running elsewhere")):
-        passed = [r for r in result.results if r.status == status]
+        passed = [r for r in result.results if r.status == status and r.run.action != "reuse"]
         if passed:
             say(f"ablation: skipping {len(passed)} {what} run(s): " + ", ".join(r.run.name for r in passed))
     try:
@@ -516,10 +566,12 @@ def _result_line(r: RunResult) -> str:
 def describe_plan(runs: Sequence[PlannedRun]) -> str:
     """One line: how many runs, presets, seeds, and what will happen to them."""
     settings = list(dict.fromkeys(r.group for r in runs))
-    counts = {a: sum(r.action == a for r in runs) for a in ("train", "resume", "skip", "elsewhere")}
+    counts = {a: sum(r.action == a for r in runs) for a in ("train", "resume", "skip", "elsewhere", "reuse")}
     elsewhere = f", {counts['elsewhere']} running elsewhere" if counts["elsewhere"] else ""
+    reused = f", {counts['reuse']} reused from earlier studies" if counts["reuse"] else ""
     return (f"{len(runs)} run(s) ({len(settings)} setting(s) x {len(runs) // max(1, len(settings))} seed(s)): "
-            f"{counts['train']} to train, {counts['resume']} to resume, {counts['skip']} already finished{elsewhere}")
+            f"{counts['train']} to train, {counts['resume']} to resume, {counts['skip']} already finished"
+            f"{reused}{elsewhere}")
 
 
 def preset_listing() -> str:
@@ -551,7 +603,9 @@ def record(out: str | Path, runs: Sequence[PlannedRun], *, presets: Sequence[str
         "format": "fastres-study", "version": 1, "presets": list(presets), "seeds": seeds, "first_seed": seed,
         "overrides": json.loads(json.dumps(dict(overrides), default=list)), "launcher": launcher,
         "variants": json.loads(json.dumps(dict(variants or {}), default=list)),
-        "runs": [{"preset": r.preset, "setting": r.group, "seed": r.seed, "run_dir": str(r.run_dir.relative_to(out))}
+        # A reused run stays where it is: its path from OUT (relative, so the folders can move together).
+        "runs": [{"preset": r.preset, "setting": r.group, "seed": r.seed,
+                  "run_dir": os.path.relpath(r.run_dir, out), **({"reused": True} if r.action == "reuse" else {})}
                  for r in runs],
     }
     entry = dict(launch) if launch else {"launcher": launcher, "host": socket.gethostname(), "pid": os.getpid(),
@@ -573,11 +627,17 @@ def status_lines(out: str | Path) -> list[str]:
     for launch in launches:  # the latest launch that submitted a run names its job
         job_ids.update(launch.get("jobs", {}))
     rows = []
-    for entry in study.get("runs", []):
-        run = RunDir(Path(out) / entry["run_dir"])
+    entries = study.get("runs", [])
+    own = {(e.get("setting", e["preset"]), e["seed"]) for e in entries if not e.get("reused")}
+    for entry in entries:
         name = f"{entry.get('setting', entry['preset'])}/seed{entry['seed']}"
+        if entry.get("reused") and (entry.get("setting", entry["preset"]), entry["seed"]) in own:
+            continue  # trained in this folder since (a later launch without --reuse)
+        run = RunDir(os.path.normpath(Path(out) / entry["run_dir"]))
         state = run.state()
         status = f"running ({run.describe_holder()})" if state == "running" else _STATUS.get(state, state)
+        if entry.get("reused"):
+            status += " (reused)"
         planned = run.read_config().get("epochs", "?") if run.holds_run() else "?"
         job = f"job {job_ids[name]}  " if name in job_ids else ""
         rows.append((name, status, f"{len(run.read_metrics())}/{planned} epochs", job + str(run.path)))

@@ -154,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  fastres ablate --list\n  fastres ablate --all --seeds 3 --epochs 100\n"
                "  fastres ablate --config baseline no_batchnorm --seeds 2 --width 16 --epochs 4 --train-subset 10000\n"
                "  fastres ablate --all --seeds 2 --dry-run > jobs.txt      # one command per line, for a scheduler\n"
+               "  fastres ablate --config quick --seeds 3 --out runs/b --reuse runs/a --variant ema:\"--ema 0.99\"\n"
                "  fastres ablate --all --seeds 3 --devices 0,1,2,3        # one run per GPU at a time\n"
                "  fastres ablate --all --seeds 3 --launcher slurm --partition gpu --time-limit 4:00:00\n"
                "  fastres ablate --status runs/ablations                   # where each run of the study stands")
@@ -168,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help='a named variant of the (one) preset: its training options, run over the same seeds into '
                         'OUT/NAME/seed<S> next to the preset\'s own runs, which the report compares it with, '
                         'paired by seed (repeatable), e.g. --variant ema:"--ema 0.99" --variant bn:"--bn-momentum 0.4"')
+    p.add_argument("--reuse", action="append", metavar="DIR",
+                   help="an earlier study's --out: a run of this study not begun in OUT whose setting and seed "
+                        "finished there with the same recipe is counted, not trained again (repeatable), e.g. "
+                        "new variants against the preset's seeds of an earlier study; the report shows it")
     p.add_argument("--interleave", action="store_true",
                    help="run seed by seed (seed S of every setting, then S+1, ...) instead of setting by setting: "
                         "a machine whose speed drifts then slows every setting alike, as comparing times needs")
@@ -359,7 +364,10 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     variants = _parse_variants(args.variant or [])
     runs = ablate.plan_ablation(presets, seeds=args.seeds, seed=seed, overrides=overrides, out=out,
                                 devices=slots if args.dry_run and devices else None, variants=variants,
-                                interleave=args.interleave)
+                                interleave=args.interleave, reuse=args.reuse or ())
+    for run in runs:
+        if run.note:
+            _log(f"not reusing {run.name}: {run.note}")
     # A study of variants compares them with the preset they vary.
     reference = get_preset(presets[0]).preset if variants else None
     if args.dry_run:
@@ -407,6 +415,8 @@ def _print_dry_run(runs: Sequence[Any], launcher: str, out: str, jobs: JobOption
     for run in runs:
         if run.action == "skip":
             print(f"# {run.run_dir}: already finished", file=sys.stderr)
+        elif run.action == "reuse":
+            print(f"# {run.name}: finished in {run.run_dir}, reused", file=sys.stderr)
         elif run.action == "elsewhere":
             print(f"# {run.run_dir}: running elsewhere ({run.holder})", file=sys.stderr)
     todo = [r for r in runs if r.runs_here]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from .config import PRESETS, TrainConfig
 from .errors import FastresError
 from .files import atomic_path, atomic_write_text
 from .formatting import compact, duration
-from .rundir import STUDY, STUDY_ROOT, find_runs, read_study, training_interval
+from .rundir import STUDY, STUDY_ROOT, RunDir, find_runs, read_study, reused_runs, training_interval
 from .schedule import lr_factor
 
 # The original study: one run per setting, 100 epochs, best-epoch test accuracy (percent).
@@ -85,24 +86,32 @@ def stats(values: list[float]) -> dict[str, Any]:
 
 
 def load_runs(root: str | Path, skipped: list[dict[str, str]] | None = None, prefix: str = "") -> list[Run]:
-    """The runs below ``root`` (named by their path inside it, after ``prefix``); a folder whose
+    """The runs below ``root`` (named by their path inside it, after ``prefix``), and those of
+    earlier studies that the study in ``root`` reused (``fastres ablate --reuse``: named by their
+    path from ``root``) unless ``root`` has its own run of that setting and seed; a folder whose
     config.json this fastres cannot read (a stray file, or a run written by a newer fastres) is
     left out, and named in ``skipped``."""
     root = Path(root)
     if not root.is_dir():
         raise FastresError(f"{root} is not a folder: pass the --out folder of an ablation (default {STUDY_ROOT})")
+    # (run directory, its path as a study's run inside root, the name the report gives it)
+    found = [(rd, inside, inside) for rd in find_runs(root)
+             for inside in [str(rd.path.relative_to(root)) if rd.path != root else "."]]
+    own = {inside for _, inside, _ in found}
+    found += [(RunDir(path), f"{setting}/seed{seed}", os.path.relpath(path, root))
+              for setting, seed, path in reused_runs(root)
+              if f"{setting}/seed{seed}" not in own and RunDir(path).holds_run()]
     runs = []
-    for rd in find_runs(root):
-        inside = str(rd.path.relative_to(root)) if rd.path != root else "."
+    for rd, inside, name in found:
         try:
             config = TrainConfig.from_dict(rd.read_config())
             state = rd.state()
             summary = rd.read_summary() if rd.summary.exists() else None
         except FastresError as exc:
             if skipped is not None:
-                skipped.append({"run": prefix + inside, "reason": str(exc)})
+                skipped.append({"run": prefix + name, "reason": str(exc)})
             continue
-        runs.append(Run(rd.path, prefix + inside, config, state, summary, rd.read_metrics(),
+        runs.append(Run(rd.path, prefix + name, config, state, summary, rd.read_metrics(),
                         folder=inside.split("/")[0] if "/" in inside else ""))
     if not runs:
         raise FastresError(f"{root} holds no fastres runs (no run directories with a config.json below it): "

@@ -285,6 +285,17 @@ def read_study(out: str | Path) -> dict[str, Any]:
     return _read_json(path, "study")
 
 
+def reused_runs(out: str | Path) -> list[tuple[str, int, Path]]:
+    """The finished runs of earlier studies that the study in ``out`` counts as its own
+    (``fastres ablate --reuse``): (setting, seed, run directory); none without a study."""
+    path = Path(out) / STUDY
+    if not path.exists():
+        return []
+    study = _read_json(path, "study")
+    return [(r.get("setting", r["preset"]), int(r["seed"]), Path(os.path.normpath(Path(out) / r["run_dir"])))
+            for r in study.get("runs", []) if r.get("reused")]
+
+
 def find_runs(root: str | Path) -> list[RunDir]:
     """Every run directory at or below ``root``, sorted by path."""
     root = Path(root)

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shlex
 import signal
 import statistics
@@ -493,3 +494,53 @@ def test_bad_variants_are_refused_in_one_line(args, message, tmp_path):
     res = in_process("ablate", *args, "--out", str(tmp_path / "v"))
     assert res.returncode == 2 and message in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "v").exists()
+
+
+def test_reuse_counts_an_earlier_studys_finished_runs_instead_of_training_them_again(study, tmp_path):
+    """New variants against the preset's seeds of an earlier study: only the variants train,
+    the earlier runs stay untouched, and the new study's report pairs the two."""
+    earlier, args, _ = study
+    later = tmp_path / "later"
+    mtimes = {f: (earlier / f / "summary.json").stat().st_mtime_ns for f in FOLDERS}
+    new = ["ablate", "--config", "baseline", "--seeds", "2", *TINY, "--data-dir", args[args.index("--data-dir") + 1],
+           "--out", str(later), "--reuse", str(earlier), "--variant", "lr:--lr 0.1"]
+    dry = in_process(*new, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert [line.split()[-1] for line in dry.stdout.splitlines()] == [str(later / "lr/seed42"), str(later / "lr/seed43")]
+    assert f"# baseline/seed42: finished in {earlier / 'baseline/seed42'}, reused" in dry.stderr
+    res = run_cli(*new)
+    assert res.returncode == 0, res.stderr
+    assert "2 to train, 0 to resume, 0 already finished, 2 reused from earlier studies" in res.stdout
+    assert f"reusing 2 run(s) finished in earlier studies: baseline/seed42 ({earlier / 'baseline/seed42'})" in res.stdout
+    assert sorted(str(p.parent.relative_to(later)) for p in later.rglob("config.json")) == ["lr/seed42", "lr/seed43"]
+    assert {f: (earlier / f / "summary.json").stat().st_mtime_ns for f in FOLDERS} == mtimes
+    # The report, written now and again later from the folder alone, counts the reused runs.
+    for _ in range(2):
+        data = json.loads((later / "report.json").read_text())
+        by_label = {g["label"]: g for g in data["settings"]}
+        assert set(by_label) == {"baseline", "lr"} and data["reference"] == "baseline"
+        assert by_label["baseline"]["seeds"] == [42, 43]
+        assert by_label["baseline"]["runs"] == [os.path.relpath(earlier / f"baseline/seed{s}", later) for s in (42, 43)]
+        diff = by_label["lr"]["diff_vs_reference"]
+        assert diff["paired"] and diff["n"] == 2
+        assert run_cli("report", str(later), "--reference", "baseline").returncode == 0
+    rows = [re.split(r"\s{2,}", line) for line in in_process("ablate", "--status", str(later)).stdout.splitlines()[1:]]
+    assert rows[0] == ["baseline/seed42", "done (reused)", "3/3 epochs", str(earlier / "baseline/seed42")]
+    assert rows[3] == ["lr/seed43", "done", "3/3 epochs", str(later / "lr/seed43")]
+    # An earlier run of another recipe is not taken, and the study says why before training it.
+    other = in_process(*new, "--epochs", "2", "--out", str(tmp_path / "other"), "--dry-run")
+    assert other.returncode == 0, other.stderr
+    assert (f"not reusing baseline/seed42: {earlier / 'baseline/seed42'} has another recipe: "
+            "epochs (3 recorded, 2 planned)") in other.stdout
+    assert other.stdout.splitlines()[-4].endswith(str(tmp_path / "other/baseline/seed42"))
+
+
+@pytest.mark.parametrize("reuse,message", [
+    ("missing", "--reuse {tmp}/missing: no such folder; pass the --out folder of an earlier study"),
+    ("v", "--reuse {tmp}/v is this study's own --out"),
+])
+def test_bad_reuse_folders_are_refused_in_one_line(reuse, message, tmp_path):
+    (tmp_path / "v").mkdir()
+    res = in_process("ablate", "--config", "quick", "--out", str(tmp_path / "v"), "--reuse", str(tmp_path / reuse))
+    assert res.returncode == 2 and message.format(tmp=tmp_path) in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and list((tmp_path / "v").iterdir()) == []
