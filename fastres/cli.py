@@ -476,7 +476,8 @@ def _write_study_report(out: str, reference: str | None) -> None:
 
     try:
         data = write_report(out, reference)
-        _log(f"report: {out}/{data['files']['markdown']} (plots {data['files']['val_plot']}, {data['files']['lr_plot']})")
+        files = data["files"]
+        _log(f"report: {out}/{files['markdown']} (plots {files['val_plot']}, {files['lr_plot']}, {files['time_plot']})")
     except FastresError as exc:
         _log(f"no report: {exc}")
 
@@ -495,8 +496,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
     else:
         print(summary_table(data))
-        print(f"wrote {args.out or args.dir[0]}/{data['files']['markdown']}, {data['files']['json']}, "
-              f"{data['files']['val_plot']}, {data['files']['lr_plot']}")
+        files = data["files"]
+        print(f"wrote {args.out or args.dir[0]}/{files['markdown']}, {files['json']}, "
+              f"{files['val_plot']}, {files['lr_plot']}, {files['time_plot']}")
     return 0
 
 

@@ -31,6 +31,7 @@ ORIGINAL_STUDY = {"cosine": 94.1, "baseline": 93.9, "no_schedule": 90.9, "resnet
                   "resnet50": 88.3, "no_batchnorm": 87.0, "small_batch": 88.4}
 ORIGINAL_EPOCHS = 100
 REPORT_MD, REPORT_JSON, VAL_PLOT, LR_PLOT = "report.md", "report.json", "val_acc.png", "lr_schedule.png"
+TIME_PLOT = "acc_vs_time.png"
 # Two runs "ran next to each other" when their starts are at most this many times the longer
 # run's training time apart: side by side (0), one after the other (~1), or with one run of
 # a third setting between them (~2, as `fastres ablate --interleave` orders three settings).
@@ -327,7 +328,8 @@ def aggregate(roots: str | Path | Sequence[str | Path], runs: list[Run] | None =
         "skipped": skipped,
         "common_changes": _common_changes(runs),
         "provenance": _provenance(runs),
-        "files": {"markdown": REPORT_MD, "json": REPORT_JSON, "val_plot": VAL_PLOT, "lr_plot": LR_PLOT},
+        "files": {"markdown": REPORT_MD, "json": REPORT_JSON, "val_plot": VAL_PLOT, "lr_plot": LR_PLOT,
+                  "time_plot": TIME_PLOT},
     }
 
 
@@ -542,6 +544,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     lines += ["", "## Curves", "",
               f"![validation accuracy per epoch: mean over seeds, band = min-max]({VAL_PLOT})", "",
               f"![learning-rate schedules]({LR_PLOT})", "",
+              f"![final accuracy against time per setting]({TIME_PLOT})", "",
               "## Runs", "",
               "| run | seed | state | epochs | final val | best val (epoch) | final train | wall time | images/s | commit |",
               "|---|--:|---|--:|--:|--:|--:|--:|--:|---|"]
@@ -617,6 +620,55 @@ def plot_lr(runs: list[Run], path: Path, variants: frozenset[str] = frozenset())
     _save_png(fig, path)
 
 
+def time_accuracy_points(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each finished setting as a point of accuracy against time: final accuracy (mean, sd) over
+    its seeds, and its time as the table gives it: against the reference (``ratio``, paired when
+    its runs ran next to the reference's) when the report has one, else its median wall time in
+    seconds. A setting without a time (every run shared its CPU) is left out."""
+    relative = data["reference"] is not None
+    points = []
+    for g in data["settings"]:
+        acc = g["final_val_acc"]
+        if not acc["n"]:
+            continue
+        if relative:
+            comparison = g["time_vs_reference"] or {}
+            x, paired = g["time_ratio_vs_reference"], comparison.get("paired", True)
+        else:
+            x, paired = (None if g["shared_cpu"] else g["train_time_s"]["median"]), False
+        if x is None:
+            continue
+        points.append({"label": g["label"], "time": x, "paired": bool(paired), "acc": 100 * acc["mean"],
+                       "acc_sd": 100 * (acc["std"] or 0.0), "n": acc["n"]})
+    return points
+
+
+def plot_time_accuracy(data: dict[str, Any], path: Path) -> None:
+    """Final accuracy against time per setting (``time_accuracy_points``): what a recipe buys
+    for what it costs. Hollow markers: times not paired with the reference's."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.add_subplot()
+    reference = data["reference"]
+    for i, p in enumerate(time_accuracy_points(data)):
+        color = f"C{i % 10}"
+        ax.errorbar([p["time"]], [p["acc"]], yerr=[p["acc_sd"]], fmt="o", color=color, capsize=3,
+                    markerfacecolor=color if p["paired"] else "none")
+        ax.annotate(f"{p['label']} (n={p['n']})", (p["time"], p["acc"]), textcoords="offset points",
+                    xytext=(5, 4), fontsize="small", color=color)
+    if reference is not None:
+        ax.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_xlabel(f"train_time_s / {reference}'s (hollow: medians of runs that did not run next to it)")
+    else:
+        ax.set_xlabel("train_time_s, median over seeds (s)")
+    ax.set_ylabel("final val accuracy (%), mean ± sd")
+    ax.set_title("Accuracy against time")
+    ax.margins(x=0.15, y=0.1)
+    ax.grid(alpha=0.3)
+    _save_png(fig, path)
+
+
 def _save_png(fig: Any, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
@@ -642,6 +694,7 @@ def write_report(roots: str | Path | Sequence[str | Path], reference: str | None
         target.mkdir(parents=True, exist_ok=True)
         plot_val_acc(runs, target / VAL_PLOT, variants)
         plot_lr(runs, target / LR_PLOT, variants)
+        plot_time_accuracy(data, target / TIME_PLOT)
         atomic_write_text(target / REPORT_MD, render_markdown(data))
         atomic_write_text(target / REPORT_JSON, json.dumps(data, indent=2) + "\n")
     except OSError as exc:

@@ -181,7 +181,7 @@ def test_ablation_ends_with_a_report_of_mean_and_sample_std(study):
         assert cells[1] == "2"
         assert cells[2] == f"{100 * mean:.2f} ± {100 * std:.2f}"
         assert cells[4] == f"{100 * statistics.fmean(bests):.2f} ± {100 * statistics.stdev(bests):.2f}"
-    for png in ("val_acc.png", "lr_schedule.png"):
+    for png in ("val_acc.png", "lr_schedule.png", "acc_vs_time.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

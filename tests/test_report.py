@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from fastres.config import get_preset
+from fastres.report import time_accuracy_points
 from fastres.rundir import RunDir, record_study
 
 from .conftest import run_cli, run_main
@@ -143,7 +144,7 @@ def test_plots_are_valid_pngs(runs, capsys):
     assert run_main(capsys, "report", str(runs)).returncode == 0
     import matplotlib.image
 
-    for name in ("val_acc.png", "lr_schedule.png"):
+    for name in ("val_acc.png", "lr_schedule.png", "acc_vs_time.png"):
         data = (runs / name).read_bytes()
         assert data[:8] == PNG
         image = matplotlib.image.imread(runs / name)
@@ -236,6 +237,10 @@ def test_time_is_compared_paired_only_for_runs_that_ran_next_to_each_other(tmp_p
     assert row(text, "late")[8] == "0.90x (medians; runs up to 58m10s apart)"
     assert row(text, "quick")[8] == "1.00x"
     assert "drift" in text
+    # The accuracy-against-time plot places each setting where the table does.
+    points = {p["label"]: (p["time"], p["paired"]) for p in time_accuracy_points(data)}
+    assert points == {"quick": (1.0, True), "wide": (pytest.approx(1.5), True), "late": (pytest.approx(95 / 105), False)}
+    assert "![final accuracy against time per setting](acc_vs_time.png)" in text
 
 
 def test_runs_that_shared_their_cpu_are_marked_and_left_out_of_time_comparisons(tmp_path, capsys):
@@ -271,6 +276,8 @@ def test_runs_that_shared_their_cpu_are_marked_and_left_out_of_time_comparisons(
     record_study(root, {"variants": {"wide": {"width": 16}, "busy": {"width": 12}}, "runs": []}, {"pid": 1})
     run_main(capsys, "report", str(root), "--reference", "quick")
     assert row((root / "report.md").read_text(), "busy")[8] == "- (the runs shared the CPU ‡)"
+    points = time_accuracy_points(json.loads((root / "report.json").read_text()))
+    assert [p["label"] for p in points] == ["quick", "wide"], "no time to place busy at"
 
 
 def test_several_studies_are_reported_as_one_and_a_seed_run_twice_counts_once(tmp_path, capsys):
@@ -351,3 +358,16 @@ def test_a_folder_that_cannot_be_read_as_a_run_is_named_not_dropped_silently(run
     assert "## Folders not counted above" in text and "`newer/seed0`" in text
     data = json.loads((runs / "report.json").read_text())
     assert [k["run"] for k in data["skipped"]] == ["newer/seed0"] and len(data["runs"]) == 10
+
+
+def test_without_a_reference_settings_are_placed_at_their_median_time(tmp_path, capsys):
+    root = tmp_path / "study"
+    for seed, (acc, seconds) in enumerate([(0.80, 100.0), (0.82, 130.0), (0.84, 110.0)]):
+        make_run(root, "quick", seed, [0.5, acc], folder="quick", train_time_s=seconds)
+    assert run_main(capsys, "report", str(root)).returncode == 0
+    data = json.loads((root / "report.json").read_text())
+    assert data["reference"] is None
+    [point] = time_accuracy_points(data)
+    assert point["time"] == 110.0 and not point["paired"] and point["n"] == 3
+    assert point["acc"] == pytest.approx(82.0) and point["acc_sd"] == pytest.approx(2.0)
+    assert (root / "acc_vs_time.png").read_bytes()[:8] == PNG
