@@ -104,15 +104,17 @@ def load_runs(root: str | Path, skipped: list[dict[str, str]] | None = None, pre
               if f"{setting}/seed{seed}" not in own and RunDir(path).holds_run()]
     runs = []
     for rd, inside, name in found:
+        # Through several folders, a reused run is named by its own path: runs/a/../b/x is runs/b/x.
+        name = os.path.normpath(prefix + name) if prefix and name.startswith("..") else prefix + name
         try:
             config = TrainConfig.from_dict(rd.read_config())
             state = rd.state()
             summary = rd.read_summary() if rd.summary.exists() else None
         except FastresError as exc:
             if skipped is not None:
-                skipped.append({"run": prefix + name, "reason": str(exc)})
+                skipped.append({"run": name, "reason": str(exc)})
             continue
-        runs.append(Run(rd.path, prefix + name, config, state, summary, rd.read_metrics(),
+        runs.append(Run(rd.path, name, config, state, summary, rd.read_metrics(),
                         folder=inside.split("/")[0] if "/" in inside else ""))
     if not runs:
         raise FastresError(f"{root} holds no fastres runs (no run directories with a config.json below it): "
@@ -128,8 +130,12 @@ def load_studies(roots: list[Path], skipped: list[dict[str, str]]) -> list[Run]:
         return load_runs(roots[0], skipped)
     runs: list[Run] = []
     counted: dict[tuple[str, str, int], Run] = {}
+    seen: set[Path] = set()
     for root in roots:
         for run in load_runs(root, skipped, prefix=f"{root}/"):
+            if run.path.resolve() in seen:  # one run reached twice (a study that reused it, and its own folder)
+                continue
+            seen.add(run.path.resolve())
             key = (run.config.preset, json.dumps(_setting(run), sort_keys=True), run.config.seed)
             first = counted.get(key)
             if first is None:

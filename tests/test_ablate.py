@@ -524,6 +524,15 @@ def test_reuse_counts_an_earlier_studys_finished_runs_instead_of_training_them_a
         diff = by_label["lr"]["diff_vs_reference"]
         assert diff["paired"] and diff["n"] == 2
         assert run_cli("report", str(later), "--reference", "baseline").returncode == 0
+    # Reported together with the earlier study, a reused run is one run, named by its own path.
+    both = in_process("report", str(later), str(earlier), "--out", str(tmp_path / "both"), "--reference", "baseline",
+                      "--json")
+    assert both.returncode == 0, both.stderr
+    data = json.loads(both.stdout)
+    assert data["skipped"] == []
+    by_label = {g["label"]: g for g in data["settings"]}
+    assert by_label["baseline"]["runs"] == [str(earlier / f"baseline/seed{s}") for s in (42, 43)]
+    assert by_label["cosine"]["n"] == 2 and by_label["lr"]["diff_vs_reference"]["n"] == 2
     rows = [re.split(r"\s{2,}", line) for line in in_process("ablate", "--status", str(later)).stdout.splitlines()[1:]]
     assert rows[0] == ["baseline/seed42", "done (reused)", "3/3 epochs", str(earlier / "baseline/seed42")]
     assert rows[3] == ["lr/seed43", "done", "3/3 epochs", str(later / "lr/seed43")]
