@@ -41,7 +41,7 @@ from .config import (
 )
 from .errors import DeviceFault, FastresError
 from .formatting import compact, duration
-from .rundir import STUDY_JOBS, STUDY_ROOT, RunDir, RunDirBusy, read_study, record_study
+from .rundir import STUDY_JOBS, STUDY_ROOT, RunDir, RunDirBusy, find_runs, read_study, record_study
 
 TRAIN = [sys.executable, "-m", "fastres", "train"]
 
@@ -104,15 +104,15 @@ def plan_ablation(presets: Sequence[str], *, seeds: int = 1, seed: int | None = 
     seeds, in ``OUT/<name>/seed<S>``, next to the preset's own runs (their reference). Bad
     input and run directories that hold a different recipe raise ``FastresError`` before
     anything runs. ``devices`` only labels the commands (round robin) for ``--dry-run`` output.
-    A run not begun in ``out`` whose setting and seed finished in one of the ``reuse``
-    folders (earlier studies' ``--out``) with the same recipe is not trained again: it is
-    planned as ``reuse``, pointing there (the first such folder wins).
+    A run not begun in ``out`` that finished with the same recipe and seed in one of the
+    ``reuse`` folders (earlier studies' ``--out``; see ``EarlierRuns``) is not trained again: it
+    is planned as ``reuse``, pointing there.
     """
     overrides = dict(overrides or {})
     variants = {k: dict(v) for k, v in (variants or {}).items()}
     names = _check_study(presets, seeds, overrides)
     _check_variants(names, variants)
-    reuse = _check_reuse(reuse, Path(out))
+    earlier = EarlierRuns(reuse, Path(out))
     settings = [(name, name, {}) for name in names] + [(v, names[0], o) for v, o in variants.items()]
     runs: list[PlannedRun] = []
     conflicts: list[str] = []
@@ -121,7 +121,7 @@ def plan_ablation(presets: Sequence[str], *, seeds: int = 1, seed: int | None = 
         first = base.seed if seed is None else seed
         changes = {**overrides, **extra}
         for s in range(first, first + seeds):
-            planned = _plan_run(name, s, base.replace(**changes, seed=s), changes, Path(out), setting, reuse)
+            planned = _plan_run(name, s, base.replace(**changes, seed=s), changes, Path(out), setting, earlier)
             if isinstance(planned, str):
                 conflicts.append(planned)
             else:
@@ -177,41 +177,56 @@ def _check_variants(presets: Sequence[str], variants: Mapping[str, Mapping[str, 
         _check_study(presets, 1, changes)
 
 
-def _check_reuse(folders: Sequence[str | Path], out: Path) -> list[Path]:
-    checked = []
-    for folder in map(Path, folders):
-        if not folder.is_dir():
-            raise FastresError(f"--reuse {folder}: no such folder; pass the --out folder of an earlier study")
-        if folder.resolve() == out.resolve():
-            raise FastresError(f"--reuse {folder} is this study's own --out: its finished runs are skipped anyway; "
-                               "pass an earlier study's folder")
-        checked.append(folder)
-    return checked
+class EarlierRuns:
+    """The finished runs (completed or diverged) at or below earlier studies' folders
+    (``--reuse``), found by recipe and seed: a run is the same run whatever its study named it."""
+
+    def __init__(self, folders: Sequence[str | Path] = (), out: Path | None = None) -> None:
+        self.folders = [Path(f) for f in folders]
+        for folder in self.folders:
+            if not folder.is_dir():
+                raise FastresError(f"--reuse {folder}: no such folder; pass the --out folder of an earlier study")
+            if out is not None and folder.resolve() == out.resolve():
+                raise FastresError(f"--reuse {folder} is this study's own --out: its finished runs are skipped "
+                                   "anyway; pass an earlier study's folder")
+        self._by_recipe: dict[str, list[Path]] = {}
+        for folder in self.folders:
+            for rd in find_runs(folder):
+                try:
+                    if rd.state() in ("completed", "diverged"):
+                        key = _recipe_key(TrainConfig.from_dict(rd.read_config()))
+                        self._by_recipe.setdefault(key, []).append(rd.path)
+                except FastresError:  # not a run this fastres can read: not one to reuse
+                    continue
+
+    def find(self, config: TrainConfig, setting: str) -> tuple[Path | None, str]:
+        """The run directory of a finished run with ``config``'s recipe and seed (one in a
+        folder named like ``setting`` first, then the first folder's), else None and why the
+        run of that name found there, if any, was not taken."""
+        paths = self._by_recipe.get(_recipe_key(config), [])
+        name = (setting, f"seed{config.seed}")
+        if paths:
+            return next((p for p in paths if p.parts[-2:] == name), paths[0]), ""
+        why = []
+        for folder in self.folders:
+            candidate = RunDir(folder.joinpath(*name))
+            state = candidate.state()
+            if state in ("completed", "diverged"):
+                diffs = recipe_differences(TrainConfig.from_dict(candidate.read_config()), config)
+                why.append(f"{candidate.path} has another recipe: {describe_differences(diffs, 'planned')}")
+            elif state != "new":
+                why.append(f"{candidate.path} is {state}")
+        return None, "; ".join(why)
 
 
-def _find_reusable(config: TrainConfig, setting: str, seed: int, folders: Sequence[Path]) -> tuple[Path | None, str]:
-    """The first of ``folders`` in which this setting and seed finished with ``config``'s recipe
-    (its run directory), else None and why the runs found there were not taken."""
-    why = []
-    for folder in folders:
-        candidate = RunDir(folder / setting / f"seed{seed}")
-        state = candidate.state()
-        if state == "new":
-            continue
-        if state not in ("completed", "diverged"):
-            why.append(f"{candidate.path} is {state}")
-            continue
-        diffs = recipe_differences(TrainConfig.from_dict(candidate.read_config()), config)
-        if not diffs:
-            return candidate.path, ""
-        why.append(f"{candidate.path} has another recipe: {describe_differences(diffs, 'planned')}")
-    return None, "; ".join(why)
+def _recipe_key(config: TrainConfig) -> str:
+    return json.dumps(config.recipe(), sort_keys=True, default=list)
 
 
 def _plan_run(preset: str, seed: int, config: TrainConfig, overrides: Mapping[str, Any],
-              out: Path, setting: str = "", reuse: Sequence[Path] = ()) -> PlannedRun | str:
+              out: Path, setting: str = "", earlier: EarlierRuns | None = None) -> PlannedRun | str:
     """What to do with one (preset, seed), read from its run directory (or, when it has none,
-    from an earlier study's in ``reuse``); or, when it holds another recipe, a description of
+    from an ``earlier`` study's); or, when it holds another recipe, a description of
     the conflict."""
     setting = setting or preset
     run_dir = out / setting / f"seed{seed}"
@@ -222,7 +237,7 @@ def _plan_run(preset: str, seed: int, config: TrainConfig, overrides: Mapping[st
     run = RunDir(run_dir)
     state = run.state()
     if state == "new":
-        found, note = _find_reusable(config, setting, seed, reuse)
+        found, note = earlier.find(config, setting) if earlier is not None else (None, "")
         if found is not None:
             return PlannedRun(preset, seed, found, config.replace(run_dir=str(found)), "reuse", RunDir(found).state(), (),
                               len(RunDir(found).read_metrics()), setting=setting)

@@ -170,9 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
                         'OUT/NAME/seed<S> next to the preset\'s own runs, which the report compares it with, '
                         'paired by seed (repeatable), e.g. --variant ema:"--ema 0.99" --variant bn:"--bn-momentum 0.4"')
     p.add_argument("--reuse", action="append", metavar="DIR",
-                   help="an earlier study's --out: a run of this study not begun in OUT whose setting and seed "
-                        "finished there with the same recipe is counted, not trained again (repeatable), e.g. "
-                        "new variants against the preset's seeds of an earlier study; the report shows it")
+                   help="an earlier study's --out: a run of this study not begun in OUT that finished below DIR "
+                        "with the same recipe and seed (whatever its folder's name) is counted, not trained again "
+                        "(repeatable), e.g. new variants against an earlier study's runs of the preset; the report "
+                        "shows it")
     p.add_argument("--interleave", action="store_true",
                    help="run seed by seed (seed S of every setting, then S+1, ...) instead of setting by setting: "
                         "a machine whose speed drifts then slows every setting alike, as comparing times needs")

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -542,6 +543,12 @@ def test_reuse_counts_an_earlier_studys_finished_runs_instead_of_training_them_a
     assert (f"not reusing baseline/seed42: {earlier / 'baseline/seed42'} has another recipe: "
             "epochs (3 recorded, 2 planned)") in other.stdout
     assert other.stdout.splitlines()[-4].endswith(str(tmp_path / "other/baseline/seed42"))
+    # A run is found by its recipe and seed, whatever the earlier study named its folder.
+    shutil.copytree(earlier / "baseline", tmp_path / "elsewhere" / "old-name")
+    renamed = in_process(*new[:new.index("--reuse")], "--out", str(tmp_path / "renamed"),
+                         "--reuse", str(tmp_path / "elsewhere"), "--dry-run")
+    assert renamed.returncode == 0, renamed.stderr
+    assert f"# baseline/seed43: finished in {tmp_path / 'elsewhere/old-name/seed43'}, reused" in renamed.stderr
 
 
 @pytest.mark.parametrize("reuse,message", [
