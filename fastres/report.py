@@ -245,11 +245,12 @@ def shared_cpu(summary: dict[str, Any] | None) -> bool:
 
 def time_comparison(group: Group, reference: Group) -> dict[str, Any] | None:
     """``train_time_s`` of ``group`` against ``reference``'s, leaving out runs that shared
-    their CPU (``left_out`` counts them). When every seed that ran in both ran next to each
-    other (see NEIGHBOURS; what ``fastres ablate --interleave`` does), the median of the
-    per-seed ratios: a machine's drift between the two is then small. Else the ratio of the two
-    medians, with how far apart the runs ran (``apart_s``, the largest start-to-start distance
-    of a seed's pair; None when the summaries do not say when)."""
+    their CPU (``left_out`` counts them). When seeds that ran in both ran next to each other
+    (see NEIGHBOURS; what ``fastres ablate --interleave`` does), the median of those seeds'
+    ratios: a machine's drift between the two is then small (``not_beside`` counts the seeds
+    whose runs ran further apart, left out). Else the ratio of the two medians, with how far
+    apart the runs ran (``apart_s``, the largest start-to-start distance of a seed's pair; None
+    when the summaries do not say when)."""
     if not group.done or not reference.done:
         return None
     left_out = sum(shared_cpu(r.summary) for r in group.done + reference.done)
@@ -259,7 +260,7 @@ def time_comparison(group: Group, reference: Group) -> dict[str, Any] | None:
     mine, theirs = ({seed: ss for seed, ss in d.items() if ss} for d in (mine, theirs))
     if not mine or not theirs:
         return {"paired": False, "n": 0, "seeds": [], "values": [], "ratio": None, "apart_s": None,
-                "left_out": left_out}
+                "left_out": left_out, "not_beside": 0}
     pairs = []
     for seed in sorted(set(mine) & set(theirs)):
         timed = [(abs(a[0] - b[0]), max(a[1] - a[0], b[1] - b[0]), x, y) for x in mine[seed] for y in theirs[seed]
@@ -268,15 +269,16 @@ def time_comparison(group: Group, reference: Group) -> dict[str, Any] | None:
             apart, longest, x, y = min(timed, key=lambda t: t[0])
             pairs.append({"seed": seed, "ratio": x["train_time_s"] / y["train_time_s"],
                           "apart_s": apart, "neighbours": apart <= NEIGHBOURS * longest})
-    if pairs and all(p["neighbours"] for p in pairs):
-        ratios = [p["ratio"] for p in pairs]
-        return {"paired": True, "n": len(ratios), "seeds": [p["seed"] for p in pairs], "values": ratios,
-                "ratio": statistics.median(ratios), "apart_s": max(p["apart_s"] for p in pairs),
-                "left_out": left_out}
+    beside = [p for p in pairs if p["neighbours"]]
+    if beside:  # drift-free pairs, even a few, say more than medians of runs hours apart
+        ratios = [p["ratio"] for p in beside]
+        return {"paired": True, "n": len(ratios), "seeds": [p["seed"] for p in beside], "values": ratios,
+                "ratio": statistics.median(ratios), "apart_s": max(p["apart_s"] for p in beside),
+                "left_out": left_out, "not_beside": len(pairs) - len(beside)}
     a, b = (statistics.median(ss[0]["train_time_s"] for ss in d.values()) for d in (mine, theirs))
     return {"paired": False, "n": min(len(mine), len(theirs)), "seeds": [], "values": [],
             "ratio": a / b if a and b else None,
-            "apart_s": max(p["apart_s"] for p in pairs) if pairs else None, "left_out": left_out}
+            "apart_s": max(p["apart_s"] for p in pairs) if pairs else None, "left_out": left_out, "not_beside": 0}
 
 
 def _folders(roots: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -436,7 +438,9 @@ def _time_ratio_text(g: dict[str, Any]) -> str:
     if comparison is None:  # the reference itself
         return f"{ratio:.2f}x"
     if comparison["paired"]:
-        return f"{ratio:.2f}x (paired, n={comparison['n']}{shared})"
+        apart = comparison.get("not_beside")
+        apart = f"; {apart} seed(s) not run beside it left out" if apart else ""
+        return f"{ratio:.2f}x (paired, n={comparison['n']}{apart}{shared})"
     if comparison["apart_s"] is not None:
         return f"{ratio:.2f}x (medians; runs up to {duration(comparison['apart_s'])} apart{shared})"
     return f"{ratio:.2f}x (medians{shared})"
@@ -526,8 +530,9 @@ def render_markdown(data: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"Time vs `{reference}`: `train_time_s` against `{reference}`'s. *Paired*: the median of the "
                  "per-seed ratios of runs that ran next to each other (side by side, one after the other, or one "
-                 "run between: `fastres ablate --interleave`), so the machine's drift between them is small. "
-                 "*Medians*: the ratio of the two settings' median times, from runs that ran further apart; a "
+                 "run between: `fastres ablate --interleave`), so the machine's drift between them is small; "
+                 "seeds whose runs ran further apart are then left out. *Medians* (when no seed's runs ran next "
+                 "to each other): the ratio of the two settings' median times, from runs that ran further apart; a "
                  "shared machine's speed can drift by tens of percent over that time, so it is not a measurement "
                  "of the setting's cost.")
     if (shared_note := _shared_note(data)) is not None:

@@ -237,6 +237,13 @@ def test_time_is_compared_paired_only_for_runs_that_ran_next_to_each_other(tmp_p
     assert row(text, "late")[8] == "0.90x (medians; runs up to 58m10s apart)"
     assert row(text, "quick")[8] == "1.00x"
     assert "drift" in text
+    # Seeds 0-2 far apart but seed 3 run beside the reference: that one pair says more than medians.
+    make_run(root, "quick", 3, [0.5, 0.8], folder="quick", train_time_s=100.0, finished=at(70))
+    make_run(root, "quick", 3, [0.5, 0.8], folder="late", width=12, train_time_s=80.0, finished=at(72))
+    mixed = json.loads(run_main(capsys, "report", str(root), "--reference", "quick", "--json").stdout)
+    late = next(g for g in mixed["settings"] if g["label"] == "late")["time_vs_reference"]
+    assert late["paired"] and late["seeds"] == [3] and late["ratio"] == pytest.approx(0.8) and late["not_beside"] == 3
+    assert row((root / "report.md").read_text(), "late")[8] == "0.80x (paired, n=1; 3 seed(s) not run beside it left out)"
     # The accuracy-against-time plot places each setting where the table does.
     points = {p["label"]: (p["time"], p["paired"]) for p in time_accuracy_points(data)}
     assert points == {"quick": (1.0, True), "wide": (pytest.approx(1.5), True), "late": (pytest.approx(95 / 105), False)}
