@@ -33,9 +33,11 @@ ORIGINAL_EPOCHS = 100
 REPORT_MD, REPORT_JSON, VAL_PLOT, LR_PLOT = "report.md", "report.json", "val_acc.png", "lr_schedule.png"
 TIME_PLOT = "acc_vs_time.png"
 # Two runs "ran next to each other" when their starts are at most this many times the longer
-# run's training time apart: side by side (0), one after the other (~1), or with one run of
-# a third setting between them (~2, as `fastres ablate --interleave` orders three settings).
-NEIGHBOURS = 2.5
+# run's training time apart: side by side (0), one after the other (~1), or with up to three
+# runs of other settings between them (~4: `fastres ablate --interleave` with five settings
+# puts a seed's five runs in a row). Minutes apart at quick's scale, where the host drifted
+# ~25% over hours.
+NEIGHBOURS = 4.5
 # Recipe fields that do not make two runs different settings.
 _NOT_SETTING = {"seed"}
 
@@ -529,8 +531,8 @@ def render_markdown(data: dict[str, Any]) -> str:
                  "errors; an effect inside about two is not distinguishable from seed noise.")
     lines.append("")
     lines.append(f"Time vs `{reference}`: `train_time_s` against `{reference}`'s. *Paired*: the median of the "
-                 "per-seed ratios of runs that ran next to each other (side by side, one after the other, or one "
-                 "run between: `fastres ablate --interleave`), so the machine's drift between them is small; "
+                 "per-seed ratios of runs that ran next to each other (side by side, one after the other, or up to "
+                 "three runs between: `fastres ablate --interleave`), so the machine's drift between them is small; "
                  "seeds whose runs ran further apart are then left out. *Medians* (when no seed's runs ran next "
                  "to each other): the ratio of the two settings' median times, from runs that ran further apart; a "
                  "shared machine's speed can drift by tens of percent over that time, so it is not a measurement "

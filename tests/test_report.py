@@ -378,3 +378,24 @@ def test_without_a_reference_settings_are_placed_at_their_median_time(tmp_path, 
     assert point["time"] == 110.0 and not point["paired"] and point["n"] == 3
     assert point["acc"] == pytest.approx(82.0) and point["acc_sd"] == pytest.approx(2.0)
     assert (root / "acc_vs_time.png").read_bytes()[:8] == PNG
+
+
+def test_every_setting_of_an_interleaved_study_of_four_pairs_its_time(tmp_path, capsys):
+    """`fastres ablate --interleave` with the preset and three variants runs each seed's four
+    runs in a row: the last of them started three runs after the reference's, still beside it."""
+    def at(second: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(1_800_000_000 + second))
+
+    root, clock = tmp_path / "study", 0.0
+    variants = {"a": {"width": 12}, "b": {"width": 16}, "c": {"width": 20}}
+    for seed in range(3):
+        for folder, seconds in (("quick", 100.0), ("a", 110.0), ("b", 120.0), ("c", 95.0)):
+            clock += seconds + 5  # a few seconds of start-up between runs
+            make_run(root, "quick", seed, [0.5, 0.8], folder=folder, train_time_s=seconds, finished=at(clock),
+                     **variants.get(folder, {}))
+    record_study(root, {"variants": variants, "runs": []}, {"pid": 1})
+    data = json.loads(run_main(capsys, "report", str(root), "--reference", "quick", "--json").stdout)
+    ratios = {g["label"]: g["time_vs_reference"] for g in data["settings"] if g["label"] != "quick"}
+    assert {k: (v["paired"], v["n"], v["not_beside"]) for k, v in ratios.items()} == {
+        "a": (True, 3, 0), "b": (True, 3, 0), "c": (True, 3, 0)}
+    assert ratios["c"]["ratio"] == pytest.approx(0.95)
