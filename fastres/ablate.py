@@ -652,7 +652,8 @@ def status_lines(out: str | Path) -> list[str]:
         state = run.state()
         status = f"running ({run.describe_holder()})" if state == "running" else _STATUS.get(state, state)
         if entry.get("reused"):
-            status += " (reused)"
+            status = ("missing (reused from an earlier study's folder, since moved?)" if state == "new"
+                      else status + " (reused)")
         planned = run.read_config().get("epochs", "?") if run.holds_run() else "?"
         job = f"job {job_ids[name]}  " if name in job_ids else ""
         rows.append((name, status, f"{len(run.read_metrics())}/{planned} epochs", job + str(run.path)))

@@ -97,15 +97,14 @@ def load_runs(root: str | Path, skipped: list[dict[str, str]] | None = None, pre
     root = Path(root)
     if not root.is_dir():
         raise FastresError(f"{root} is not a folder: pass the --out folder of an ablation (default {STUDY_ROOT})")
-    # (run directory, its path as a study's run inside root, the name the report gives it)
-    found = [(rd, inside, inside) for rd in find_runs(root)
+    # (run directory, its path as a study's run inside root, the name the report gives it, reused)
+    found = [(rd, inside, inside, False) for rd in find_runs(root)
              for inside in [str(rd.path.relative_to(root)) if rd.path != root else "."]]
-    own = {inside for _, inside, _ in found}
-    found += [(RunDir(path), f"{setting}/seed{seed}", os.path.relpath(path, root))
-              for setting, seed, path in reused_runs(root)
-              if f"{setting}/seed{seed}" not in own and RunDir(path).holds_run()]
+    own = {inside for _, inside, _, _ in found}
+    found += [(RunDir(path), f"{setting}/seed{seed}", os.path.relpath(path, root), True)
+              for setting, seed, path in reused_runs(root) if f"{setting}/seed{seed}" not in own]
     runs = []
-    for rd, inside, name in found:
+    for rd, inside, name, reused in found:
         # Through several folders, a reused run is named by its own path: runs/a/../b/x is runs/b/x.
         name = os.path.normpath(prefix + name) if prefix and name.startswith("..") else prefix + name
         try:
@@ -114,7 +113,8 @@ def load_runs(root: str | Path, skipped: list[dict[str, str]] | None = None, pre
             summary = rd.read_summary() if rd.summary.exists() else None
         except FastresError as exc:
             if skipped is not None:
-                skipped.append({"run": name, "reason": str(exc)})
+                skipped.append({"run": name, "reason": f"reused by this study as {inside}, but {exc}" if reused
+                                else str(exc)})
             continue
         runs.append(Run(rd.path, name, config, state, summary, rd.read_metrics(),
                         folder=inside.split("/")[0] if "/" in inside else ""))

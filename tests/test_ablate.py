@@ -534,6 +534,16 @@ def test_reuse_counts_an_earlier_studys_finished_runs_instead_of_training_them_a
     by_label = {g["label"]: g for g in data["settings"]}
     assert by_label["baseline"]["runs"] == [str(earlier / f"baseline/seed{s}") for s in (42, 43)]
     assert by_label["cosine"]["n"] == 2 and by_label["lr"]["diff_vs_reference"]["n"] == 2
+    # An earlier study moved away: its runs are named as not counted, not silently dropped.
+    moved = tmp_path / "deeper" / "moved"  # the recorded relative paths now lead nowhere
+    shutil.copytree(later, moved)
+    res = in_process("report", str(moved), "--json")
+    assert res.returncode == 0, res.stderr
+    gone = json.loads(res.stdout)["skipped"]
+    assert [g["run"] for g in gone] == [os.path.relpath(earlier / f"baseline/seed{s}", later) for s in (42, 43)]
+    assert gone[0]["reason"].startswith("reused by this study as baseline/seed42, but ")
+    status = in_process("ablate", "--status", str(moved)).stdout
+    assert "baseline/seed42  missing (reused from an earlier study's folder, since moved?)" in status
     rows = [re.split(r"\s{2,}", line) for line in in_process("ablate", "--status", str(later)).stdout.splitlines()[1:]]
     assert rows[0] == ["baseline/seed42", "done (reused)", "3/3 epochs", str(earlier / "baseline/seed42")]
     assert rows[3] == ["lr/seed43", "done", "3/3 epochs", str(later / "lr/seed43")]
