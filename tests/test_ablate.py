@@ -524,7 +524,7 @@ def test_reuse_counts_an_earlier_studys_finished_runs_instead_of_training_them_a
         assert by_label["baseline"]["runs"] == [os.path.relpath(earlier / f"baseline/seed{s}", later) for s in (42, 43)]
         diff = by_label["lr"]["diff_vs_reference"]
         assert diff["paired"] and diff["n"] == 2
-        assert run_cli("report", str(later), "--reference", "baseline").returncode == 0
+        assert in_process("report", str(later), "--reference", "baseline").returncode == 0
     # Reported together with the earlier study, a reused run is one run, named by its own path.
     both = in_process("report", str(later), str(earlier), "--out", str(tmp_path / "both"), "--reference", "baseline",
                       "--json")
