@@ -369,6 +369,9 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     for run in runs:
         if run.note:
             _log(f"not reusing {run.name}: {run.note}")
+    if args.interleave and any(r.action == "reuse" for r in runs):
+        _log("note: the reused runs did not run beside this study's, so the report leaves their seeds out of "
+             "paired time ratios; to compare times, run the reference again here (without --reuse)")
     # A study of variants compares them with the preset they vary.
     reference = get_preset(presets[0]).preset if variants else None
     if args.dry_run:

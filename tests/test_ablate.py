@@ -509,6 +509,8 @@ def test_reuse_counts_an_earlier_studys_finished_runs_instead_of_training_them_a
     assert dry.returncode == 0, dry.stderr
     assert [line.split()[-1] for line in dry.stdout.splitlines()] == [str(later / "lr/seed42"), str(later / "lr/seed43")]
     assert f"# baseline/seed42: finished in {earlier / 'baseline/seed42'}, reused" in dry.stderr
+    assert "did not run beside" not in dry.stdout + dry.stderr
+    assert "did not run beside this study's" in in_process(*new, "--dry-run", "--interleave").stdout
     res = run_cli(*new)
     assert res.returncode == 0, res.stderr
     assert "2 to train, 0 to resume, 0 already finished, 2 reused from earlier studies" in res.stdout
