@@ -639,6 +639,7 @@ def time_accuracy_points(data: dict[str, Any]) -> list[dict[str, Any]]:
     its runs ran next to the reference's) when the report has one, else its median wall time in
     seconds. A setting without a time (every run shared its CPU) is left out."""
     relative = data["reference"] is not None
+    runs = {r["run"]: r for r in data["runs"]}
     points = []
     for g in data["settings"]:
         acc = g["final_val_acc"]
@@ -648,7 +649,8 @@ def time_accuracy_points(data: dict[str, Any]) -> list[dict[str, Any]]:
             comparison = g["time_vs_reference"] or {}
             x, paired = g["time_ratio_vs_reference"], comparison.get("paired", True)
         else:
-            x, paired = (None if g["shared_cpu"] else g["train_time_s"]["median"]), False
+            times = [runs[r]["train_time_s"] for r in g["runs"] if not runs[r]["shared_cpu"]]
+            x, paired = (statistics.median(times) if times else None), False
         if x is None:
             continue
         points.append({"label": g["label"], "time": x, "paired": bool(paired), "acc": 100 * acc["mean"],
