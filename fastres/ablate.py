@@ -185,7 +185,8 @@ class EarlierRuns:
         self.folders = [Path(f) for f in folders]
         for folder in self.folders:
             if not folder.is_dir():
-                raise FastresError(f"--reuse {folder}: no such folder; pass the --out folder of an earlier study")
+                what = "is a file, not a folder" if folder.exists() else "no such folder"
+                raise FastresError(f"--reuse {folder}: {what}; pass the --out folder of an earlier study")
             if out is not None and folder.resolve() == out.resolve():
                 raise FastresError(f"--reuse {folder} is this study's own --out: its finished runs are skipped "
                                    "anyway; pass an earlier study's folder")

@@ -566,9 +566,11 @@ def test_reuse_counts_an_earlier_studys_finished_runs_instead_of_training_them_a
 @pytest.mark.parametrize("reuse,message", [
     ("missing", "--reuse {tmp}/missing: no such folder; pass the --out folder of an earlier study"),
     ("v", "--reuse {tmp}/v is this study's own --out"),
+    ("file", "--reuse {tmp}/file: is a file, not a folder; pass the --out folder of an earlier study"),
 ])
 def test_bad_reuse_folders_are_refused_in_one_line(reuse, message, tmp_path):
     (tmp_path / "v").mkdir()
+    (tmp_path / "file").write_text("")
     res = in_process("ablate", "--config", "quick", "--out", str(tmp_path / "v"), "--reuse", str(tmp_path / reuse))
     assert res.returncode == 2 and message.format(tmp=tmp_path) in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and list((tmp_path / "v").iterdir()) == []
