@@ -188,8 +188,10 @@ class Trainer:
         after its epoch's metrics are, so a run resumed from it never misses a row."""
         if self._checkpoint is not None:
             snapshot, improved = self._checkpoint
-            self._checkpoint = None
             self.writer.write(snapshot, self.run.last_checkpoint, self.run.best_checkpoint if improved else None)
+            # Only now: a Ctrl-C or SIGTERM landing inside write() leaves the snapshot for _finish
+            # to write (seen in CI: a run stopped right after its first epoch kept no last.pt).
+            self._checkpoint = None
 
     # -- steps -------------------------------------------------------------------------
 

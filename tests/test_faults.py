@@ -218,6 +218,27 @@ def test_a_checkpoint_over_the_file_size_limit_stops_the_run_and_keeps_the_last_
     assert [r["epoch"] for r in run.read_metrics()] == [1, 2, 3] and run.state() == "completed"
 
 
+def test_a_stop_landing_while_the_checkpoint_is_queued_still_keeps_it(memory_loader, tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM right after an epoch is logged can arrive while its checkpoint is being
+    handed to the background writer: the run still stops with that epoch's checkpoint."""
+    from fastres.checkpoint import BackgroundWriter
+    from fastres.train import Interrupted
+
+    real_write = BackgroundWriter.write
+
+    def interrupted_write(self, *args, **kwargs):
+        monkeypatch.setattr(BackgroundWriter, "write", real_write)  # the signal arrives once
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(BackgroundWriter, "write", interrupted_write)
+    cfg = tiny_config(tmp_path)
+    with pytest.raises(Interrupted, match="interrupted after epoch 1/3"):
+        train(cfg, log=lambda m: None, progress=False)
+    run = RunDir(cfg.run_dir)
+    assert run.read_summary()["status"] == "interrupted" and [r["epoch"] for r in run.read_metrics()] == [1]
+    assert load_checkpoint(run.last_checkpoint)["epoch"] == 1
+
+
 def _fail_fsync_of(monkeypatch, *names: str, after: int = 0) -> None:
     """ENOSPC from fsync for files whose name contains one of ``names``, after ``after`` good calls."""
     real, calls = os.fsync, {"n": 0}
