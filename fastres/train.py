@@ -190,7 +190,7 @@ class Trainer:
             snapshot, improved = self._checkpoint
             self.writer.write(snapshot, self.run.last_checkpoint, self.run.best_checkpoint if improved else None)
             # Only now: a Ctrl-C or SIGTERM landing inside write() leaves the snapshot for _finish
-            # to write (seen in CI: a run stopped right after its first epoch kept no last.pt).
+            # to write (a CI run SIGTERMed right after its first epoch kept no last.pt: this window).
             self._checkpoint = None
 
     # -- steps -------------------------------------------------------------------------
