@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(preset + recipe), and write into DIR (or --out OUT) report.md (final and "
                                    "best-epoch val accuracy, mean ± sample std over seeds, train accuracy, epochs, "
                                    "wall time, images/s, the original study's number), report.json and the plots "
-                                   "val_acc.png and lr_schedule.png. Unfinished runs are listed, not counted; a run "
+                                   "val_acc.png, lr_schedule.png and acc_vs_time.png. Unfinished runs are listed, not counted; a run "
                                    "whose CPU other processes shared is marked and left out of time ratios.")
     p.add_argument("dir", metavar="DIR", nargs="+",
                    help="a folder of runs, e.g. the --out of fastres ablate; several are reported as one study "
