@@ -167,6 +167,20 @@ def study_variants(*roots: str | Path) -> frozenset[str]:
     return frozenset(names)
 
 
+def study_rules(*roots: str | Path) -> dict[str, str]:
+    """How the ``fastres ablate --base`` studies in ``roots`` chose a setting's learning rate:
+    setting -> the rule's text (none elsewhere)."""
+    rules: dict[str, str] = {}
+    for root in roots:
+        if not (Path(root) / STUDY).exists():
+            continue
+        try:
+            rules |= dict(read_study(root).get("rules", {}))
+        except FastresError:
+            continue
+    return rules
+
+
 def _setting(run: Run) -> dict[str, Any]:
     """A run's recipe without what does not make it a different setting (its seed)."""
     return {k: v for k, v in run.config.recipe().items() if k not in _NOT_SETTING}
@@ -304,6 +318,8 @@ def aggregate(roots: str | Path | Sequence[str | Path], runs: list[Run] | None =
     out_groups = []
     for g in groups:
         done = [r.summary for r in g.done]
+        # A setting of the original study run on a base (ablate --base) is named by its folder.
+        original = g.name if g.name in ORIGINAL_STUDY else g.preset
         final = stats([s["final_val_acc"] for s in done])
         entry = {
             "preset": g.preset, "label": g.label, "n": len(done), "seeds": [r.config.seed for r in g.done],
@@ -318,14 +334,14 @@ def aggregate(roots: str | Path | Sequence[str | Path], runs: list[Run] | None =
             "changes": _changes_from_preset(g),
             "diff_vs_reference": None,
             "original_best_acc": None,
-            "original_best_acc_reference": ORIGINAL_STUDY[g.preset] / 100 if g.preset in ORIGINAL_STUDY else None,
+            "original_best_acc_reference": ORIGINAL_STUDY[original] / 100 if original in ORIGINAL_STUDY else None,
             "recipe": g.recipe,
             "runs": [r.rel for r in g.done],
             "shared_cpu": [{"run": r.rel, "cpu_wait": r.summary["cpu_wait"]} for r in g.done if shared_cpu(r.summary)],
             "unfinished": [_unfinished(r) for r in g.unfinished],
         }
-        if g.preset in ORIGINAL_STUDY and done and all(int(s["epochs_planned"]) == ORIGINAL_EPOCHS for s in done):
-            entry["original_best_acc"] = ORIGINAL_STUDY[g.preset] / 100
+        if original in ORIGINAL_STUDY and done and all(int(s["epochs_planned"]) == ORIGINAL_EPOCHS for s in done):
+            entry["original_best_acc"] = ORIGINAL_STUDY[original] / 100
         if ref is not None and g is not ref:
             entry["diff_vs_reference"] = difference(g, ref)
         entry["time_vs_reference"] = time_comparison(g, ref) if ref is not None and g is not ref else None
@@ -341,6 +357,7 @@ def aggregate(roots: str | Path | Sequence[str | Path], runs: list[Run] | None =
         "unfinished": [_unfinished(r) for r in runs if not r.complete],
         "skipped": skipped,
         "common_changes": _common_changes(runs),
+        "rules": study_rules(*folders),
         "provenance": _provenance(runs),
         "files": {"markdown": REPORT_MD, "json": REPORT_JSON, "val_plot": VAL_PLOT, "lr_plot": LR_PLOT,
                   "time_plot": TIME_PLOT},
@@ -558,6 +575,9 @@ def render_markdown(data: dict[str, Any]) -> str:
             f"`{g['label']}` = `{g['preset']}` with "
             + (", ".join(f"`{k}={compact(v)}`" for k, v in g["changes"].items() if common.get(k) != v) or "no change")
             for g in named) + ".")
+    rules = {name: rule for name, rule in data.get("rules", {}).items() if any(g["name"] == name for g in named)}
+    if rules:
+        lines.append("- Rules (`fastres ablate --base`): " + "; ".join(f"`{k}`: {v}" for k, v in rules.items()) + ".")
     reference = data["reference"] or "baseline"
     lines += ["", "## Results", ""]
     header = ["setting", "n", "final val acc", f"Δ final vs {reference}", "best-epoch val acc (optimistic)",
