@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "the same command again skips finished runs and resumes interrupted ones. Every "
                     "training option below applies to every run.\n\n" + _presets_table(),
         epilog="examples:\n  fastres ablate --list\n  fastres ablate --all --seeds 3 --epochs 100\n"
+               "  fastres ablate --all --base quick --seeds 3 --interleave   # the settings as changes to quick\n"
                "  fastres ablate --config baseline no_batchnorm --seeds 2 --width 16 --epochs 4 --train-subset 10000\n"
                "  fastres ablate --all --seeds 2 --dry-run > jobs.txt      # one command per line, for a scheduler\n"
                "  fastres ablate --config quick --seeds 3 --out runs/b --reuse runs/a --variant ema:\"--ema 0.99\"\n"
