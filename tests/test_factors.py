@@ -12,7 +12,7 @@ import pytest
 from fastres import factors
 from fastres.config import get_preset
 
-from .conftest import run_main
+from .conftest import REPO, run_cli, run_main
 from .test_report import make_run, row
 
 
@@ -145,3 +145,20 @@ def test_dry_run_projects_the_training_time_from_finished_runs(tmp_path, capsys)
     assert "from 3 finished run(s) below " + str(measured) + ", on TestCPU" in res.stderr
     assert "no finished run of resnet34, no_batchnorm, small_batch" in res.stderr
     assert len(res.stdout.splitlines()) == 14, "the commands are unchanged"
+
+
+def test_a_base_study_trains_its_settings_and_reports_them_with_the_rule(synthetic_data, synthetic_source, tmp_path,
+                                                                         monkeypatch):
+    monkeypatch.setenv("FASTRES_CIFAR10", str(synthetic_source))  # what --loader memory reads
+    out = tmp_path / "study"
+    tiny = ["--width", "8", "--batch-size", "64", "--epochs", "1", "--train-subset", "256", "--test-subset", "100",
+            "--lr", "0.08", "--loader", "memory", "--device", "cpu", "--data-dir", str(synthetic_data)]
+    res = run_cli("ablate", "--config", "small_batch", "--base", "baseline", *tiny, "--out", str(out), cwd=REPO)
+    assert res.returncode == 0, res.stdout + res.stderr
+    config = json.loads((out / "small_batch" / "seed42" / "config.json").read_text())
+    assert (config["batch_size"], config["lr"], config["width"]) == (32, pytest.approx(0.04), 8), "0.08 x 32/64"
+    assert json.loads((out / "baseline" / "seed42" / "config.json").read_text())["batch_size"] == 64
+    assert json.loads((out / "study.json").read_text())["rules"] == {"small_batch": factors.RULES["small_batch"]}
+    text = (out / "report.md").read_text()
+    assert row(text, "small_batch")[1] == "1" and "Δ final vs baseline" in text
+    assert "`small_batch`: every learning rate of the base" in text
