@@ -397,7 +397,8 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         if base_study is not None:
             for line in factors.describe(base, settings):
                 print(f"# {line}", file=sys.stderr)
-        _print_projection(runs, [*(args.times_from or ()), *(args.reuse or ()), out], len(slots))
+        _print_projection(runs, [*(args.times_from or ()), *(args.reuse or ()), out], len(slots),
+                          asked=bool(args.times_from))
         _print_dry_run(runs, args.launcher, out, jobs)
         return 0
     ensure_writable_dir(out, "ablation folder", "--out")
@@ -458,14 +459,17 @@ def _base_study(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[li
     return [base.preset], base, settings, factors.study_variants(base.config, settings, f"--base {args.base}")
 
 
-def _print_projection(runs: Sequence[Any], folders: Sequence[str], slots: int) -> None:
-    """``--dry-run``'s projected training time, as comment lines on stderr."""
+def _print_projection(runs: Sequence[Any], folders: Sequence[str], slots: int, asked: bool) -> None:
+    """``--dry-run``'s projected training time, as comment lines on stderr; with no finished
+    run to project from, a word only when ``--times-from`` was ``asked``."""
     from . import projection
 
     todo = [(r.group, r.config, r.config.epochs - r.done_epochs) for r in runs if r.runs_here]
     if not todo:
         return
     found = projection.project(todo, projection.measure(folders))
+    if not found.measured_runs and not asked:
+        return
     for line in projection.describe(found, len(todo), slots, [f for f in folders if Path(f).is_dir()]):
         print(f"# {line}", file=sys.stderr)
 

@@ -48,6 +48,7 @@ def test_each_setting_is_the_base_plus_exactly_its_change(tmp_path, capsys):
     assert commands[("small_batch", "42")] == base | {"--batch-size": "32", "--lr": "0.1"}, "0.8 x 32/256"
     # --dry-run and --list say what each changes on this base, and the rules.
     assert "#   small_batch   batch_size 256 -> 32, lr 0.8 -> 0.1 (rule: every learning rate" in res.stderr
+    assert "projected" not in res.stderr, "no finished run to project from, and none asked for"
     listing = run_main(capsys, "ablate", "--list", "--base", "quick").stdout
     assert "no_batchnorm  norm batch -> none, lr 0.8 -> 0.01 (rule: the base's lr, capped at 0.01" in listing
 
@@ -145,6 +146,11 @@ def test_dry_run_projects_the_training_time_from_finished_runs(tmp_path, capsys)
     assert "from 3 finished run(s) below " + str(measured) + ", on TestCPU" in res.stderr
     assert "no finished run of resnet34, no_batchnorm, small_batch" in res.stderr
     assert len(res.stdout.splitlines()) == 14, "the commands are unchanged"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = run_main(capsys, "ablate", "--all", "--base", "quick", "--dry-run", "--out", str(tmp_path / "s"),
+                   "--times-from", str(empty))
+    assert f"# projected time: no finished runs found below {empty} to project from" in res.stderr
 
 
 def test_a_base_study_trains_its_settings_and_reports_them_with_the_rule(synthetic_data, synthetic_source, tmp_path,
