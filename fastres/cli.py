@@ -219,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="aggregate the runs in a folder (or several): report.md, plots, JSON",
                        description="Group the runs below DIR (or below several DIRs, as one study) by setting "
                                    "(preset + recipe), and write into DIR (or --out OUT) report.md (final and "
-                                   "best-epoch val accuracy, mean ± sample std over seeds, train accuracy, epochs, "
+                                   "best-epoch val accuracy, mean ± sample std over seeds, the difference from the "
+                                   "reference with its 95% interval from Student's t for the n at hand and the seeds "
+                                   "that would separate it, train accuracy, epochs, "
                                    "wall time, images/s, the original study's number), report.json and the plots "
                                    "val_acc.png, lr_schedule.png and acc_vs_time.png. Unfinished runs are listed, not counted; a run "
                                    "whose CPU other processes shared is marked and left out of time ratios.")
