@@ -610,15 +610,18 @@ def preset_listing() -> str:
 def record(out: str | Path, runs: Sequence[PlannedRun], *, presets: Sequence[str], seeds: int,
            seed: int | None, overrides: Mapping[str, Any], launcher: str = "local",
            jobs: Mapping[str, str] | None = None, launch: Mapping[str, Any] | None = None,
-           variants: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+           variants: Mapping[str, Mapping[str, Any]] | None = None,
+           rules: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Record the plan and this launch in ``OUT/study.json`` (read by ``fastres ablate --status``)
     and return the launch's entry; passing that back as ``launch`` updates it (with ``jobs``,
-    run names ``preset/seedS`` -> the scheduler's job ids) instead of adding another."""
+    run names ``preset/seedS`` -> the scheduler's job ids) instead of adding another. ``rules``
+    (setting -> text) says how a ``--base`` study chose a setting's learning rate."""
     out = Path(out)
     plan = {
         "format": "fastres-study", "version": 1, "presets": list(presets), "seeds": seeds, "first_seed": seed,
         "overrides": json.loads(json.dumps(dict(overrides), default=list)), "launcher": launcher,
         "variants": json.loads(json.dumps(dict(variants or {}), default=list)),
+        **({"rules": dict(rules)} if rules else {}),
         # A reused run stays where it is: its path from OUT (relative, so the folders can move together).
         "runs": [{"preset": r.preset, "setting": r.group, "seed": r.seed,
                   "run_dir": os.path.relpath(r.run_dir, out), **({"reused": True} if r.action == "reuse" else {})}

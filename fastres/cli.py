@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "the same command again skips finished runs and resumes interrupted ones. Every "
                     "training option below applies to every run.\n\n" + _presets_table(),
         epilog="examples:\n  fastres ablate --list\n  fastres ablate --all --seeds 3 --epochs 100\n"
+               "  fastres ablate --all --base quick --seeds 3 --interleave   # the settings as changes to quick\n"
                "  fastres ablate --config baseline no_batchnorm --seeds 2 --width 16 --epochs 4 --train-subset 10000\n"
                "  fastres ablate --all --seeds 2 --dry-run > jobs.txt      # one command per line, for a scheduler\n"
                "  fastres ablate --config quick --seeds 3 --out runs/b --reuse runs/a --variant ema:\"--ema 0.99\"\n"
@@ -162,7 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", metavar="OUT", help="one line per planned run of the study in OUT (done, running, "
                                                    "interrupted, diverged, failed, not started) with epochs done; starts nothing")
     p.add_argument("--config", nargs="+", metavar="NAME", help="presets (or aliases, e.g. cosine_schedule) to run")
-    p.add_argument("--all", action="store_true", help="the seven ablation presets of the original study")
+    p.add_argument("--all", action="store_true", help="the seven ablation presets of the original study (with "
+                                                       "--base: its six settings on that base)")
+    p.add_argument("--base", metavar="PRESET|CONFIG",
+                   help="run the original study's settings (--all, or --config cosine small_batch ...) as changes to "
+                        "this base: a preset (e.g. quick) or a config file (a run's config.json or run directory); "
+                        "each setting is the base plus exactly its change, a named variant paired by seed with the "
+                        "base's runs (--list and --dry-run say what each changes, and by which rule)")
+    p.add_argument("--times-from", action="append", metavar="DIR",
+                   help="with --dry-run: finished runs below DIR (repeatable) whose epoch times project the study's "
+                        "training time (the runs below --out and --reuse count too)")
     p.add_argument("--seeds", type=int, default=1, metavar="N", help="runs per preset, seeds S..S+N-1 (default: 1); S is --seed (default: the preset's, 42)")
     p.add_argument("--out", default=STUDY_ROOT, metavar="DIR", help=f"where the run directories and the report go (default: {STUDY_ROOT})")
     p.add_argument("--variant", action="append", metavar='NAME:"OPTIONS"',
@@ -209,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="aggregate the runs in a folder (or several): report.md, plots, JSON",
                        description="Group the runs below DIR (or below several DIRs, as one study) by setting "
                                    "(preset + recipe), and write into DIR (or --out OUT) report.md (final and "
-                                   "best-epoch val accuracy, mean ± sample std over seeds, train accuracy, epochs, "
+                                   "best-epoch val accuracy, mean ± sample std over seeds, the difference from the "
+                                   "reference with its 95% interval from Student's t for the n at hand and the seeds "
+                                   "that would separate it, train accuracy, epochs, "
                                    "wall time, images/s, the original study's number), report.json and the plots "
                                    "val_acc.png, lr_schedule.png and acc_vs_time.png. Unfinished runs are listed, not counted; a run "
                                    "whose CPU other processes shared is marked and left out of time ratios.")
@@ -332,20 +344,30 @@ def _job_options(args: argparse.Namespace) -> JobOptions:
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
-    from . import ablate
+    from . import ablate, factors
 
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    overrides = {k: v for k, v in vars(args).items() if k in names and k != "preset"}
+    seed = overrides.pop("seed", None)
+    base_study = _base_study(args, overrides) if args.base is not None else None
     if args.list:
-        print(ablate.preset_listing())
+        print("\n".join(factors.describe(*base_study[1:3])) if base_study else ablate.preset_listing())
         return 0
     if args.status:
         print("\n".join(ablate.status_lines(args.status)))
         return 0
     if args.retries < 0:
         raise FastresError(f"--retries must be a whole number >= 0, got {args.retries}")
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    overrides = {k: v for k, v in vars(args).items() if k in names and k != "preset"}
-    seed = overrides.pop("seed", None)
+    if args.times_from and not args.dry_run:
+        raise FastresError("--times-from projects a study's time for --dry-run: add --dry-run, or drop it")
+    for folder in args.times_from or ():
+        if not Path(folder).is_dir():
+            raise FastresError(f"--times-from {folder}: no such folder; pass a folder with finished runs")
     presets = list(args.config or []) + (ablate.ablation_presets() if args.all else [])
+    variants = _parse_variants(args.variant or [])
+    if base_study is not None:
+        presets, base, settings, variants = base_study
+        overrides = {**base.changes, **overrides}
     devices = ablate.parse_devices(args.devices) if args.devices else None
     slots = ablate.expand_slots(devices, args.runs_per_device)
     jobs = _job_options(args)
@@ -362,7 +384,6 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     if args.launcher != "slurm" and side_by_side > 1 and on_cpu():
         overrides = ablate.share_cores(overrides, side_by_side,
                                        flag="--runs-per-device" if args.launcher == "local" else "--max-parallel")
-    variants = _parse_variants(args.variant or [])
     runs = ablate.plan_ablation(presets, seeds=args.seeds, seed=seed, overrides=overrides, out=out,
                                 devices=slots if args.dry_run and devices else None, variants=variants,
                                 interleave=args.interleave, reuse=args.reuse or ())
@@ -375,10 +396,17 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     # A study of variants compares them with the preset they vary.
     reference = get_preset(presets[0]).preset if variants else None
     if args.dry_run:
+        if base_study is not None:
+            for line in factors.describe(base, settings):
+                print(f"# {line}", file=sys.stderr)
+        _print_projection(runs, [*(args.times_from or ()), *(args.reuse or ()), out], len(slots),
+                          asked=bool(args.times_from))
         _print_dry_run(runs, args.launcher, out, jobs)
         return 0
     ensure_writable_dir(out, "ablation folder", "--out")
     study = {"presets": presets, "seeds": args.seeds, "seed": seed, "overrides": overrides, "variants": variants}
+    if base_study is not None:
+        study["rules"] = {name: factors.RULES[name] for name in settings if name in factors.RULES}
     if args.launcher != "local":
         return _ablate_with_submitit(args, runs, out, jobs, study, reference)
     gpus = ablate.check_devices(devices, overrides) if devices else None
@@ -413,6 +441,39 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     _log(f"ablation finished: {done}/{len(runs)} runs done"
          + (f", {elsewhere} running elsewhere: run the same command again once they finish" if elsewhere else ""))
     return 0
+
+
+def _base_study(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[list[str], Any, list[str], dict[str, Any]]:
+    """``--base``: the preset its runs start from, the base, the settings chosen and each as a
+    named variant of the base; bad combinations are one-line errors."""
+    from . import factors
+
+    if args.variant:
+        raise FastresError("--base runs the study's settings as the base's variants; --variant adds others to a "
+                           "--config preset: drop --variant, or run those variants as a study of their own")
+    settings = list(factors.SETTINGS) if args.all else factors.choose_settings(args.config or [])
+    if not settings and not args.list:
+        raise FastresError(f"--base {args.base} needs the settings to run on it: pass --all, or --config with some "
+                           f"of {', '.join(factors.SETTINGS)}")
+    if args.list and not settings:
+        settings = list(factors.SETTINGS)
+    base = factors.resolve_base(args.base, overrides)
+    return [base.preset], base, settings, factors.study_variants(base.config, settings, f"--base {args.base}")
+
+
+def _print_projection(runs: Sequence[Any], folders: Sequence[str], slots: int, asked: bool) -> None:
+    """``--dry-run``'s projected training time, as comment lines on stderr; with no finished
+    run to project from, a word only when ``--times-from`` was ``asked``."""
+    from . import projection
+
+    todo = [(r.group, r.config, r.config.epochs - r.done_epochs) for r in runs if r.runs_here]
+    if not todo:
+        return
+    found = projection.project(todo, projection.measure(folders))
+    if not found.measured_runs and not asked:
+        return
+    for line in projection.describe(found, len(todo), slots, [f for f in folders if Path(f).is_dir()]):
+        print(f"# {line}", file=sys.stderr)
 
 
 def _print_dry_run(runs: Sequence[Any], launcher: str, out: str, jobs: JobOptions) -> None:

@@ -9,7 +9,6 @@ read through ``fastres.rundir`` only.
 from __future__ import annotations
 
 import json
-import math
 import os
 import statistics
 import time
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import contention
+from . import contention, seedstats
 from .config import PRESETS, TrainConfig
 from .errors import FastresError
 from .files import atomic_path, atomic_write_text
@@ -168,6 +167,20 @@ def study_variants(*roots: str | Path) -> frozenset[str]:
     return frozenset(names)
 
 
+def study_rules(*roots: str | Path) -> dict[str, str]:
+    """How the ``fastres ablate --base`` studies in ``roots`` chose a setting's learning rate:
+    setting -> the rule's text (none elsewhere)."""
+    rules: dict[str, str] = {}
+    for root in roots:
+        if not (Path(root) / STUDY).exists():
+            continue
+        try:
+            rules |= dict(read_study(root).get("rules", {}))
+        except FastresError:
+            continue
+    return rules
+
+
 def _setting(run: Run) -> dict[str, Any]:
     """A run's recipe without what does not make it a different setting (its seed)."""
     return {k: v for k, v in run.config.recipe().items() if k not in _NOT_SETTING}
@@ -221,22 +234,26 @@ def find_reference(groups: list[Group], reference: str | None) -> Group | None:
 def difference(group: Group, reference: Group) -> dict[str, Any] | None:
     """Final accuracy of ``group`` minus ``reference``'s: paired by seed when at least two
     seeds ran in both (seed noise then cancels as far as it is shared), else the difference
-    of the means; with the standard error of either."""
+    of the means; with its standard error, its 95% interval from Student's t for the n at hand
+    and the seeds that would separate it at the spread measured (``seedstats``). Fewer than two
+    runs on a side give no interval (its keys are then None)."""
     mine = {r.config.seed: r.summary["final_val_acc"] for r in group.done}
     theirs = {r.config.seed: r.summary["final_val_acc"] for r in reference.done}
     if not mine or not theirs:
         return None
     common = sorted(set(mine) & set(theirs))
+    base = {"reference": reference.label, "n_setting": len(mine), "n_reference": len(theirs),
+            "power": seedstats.POWER, "rule": seedstats.RULE}
     if len(common) >= 2:
         diffs = [mine[s] - theirs[s] for s in common]
-        se = statistics.stdev(diffs) / math.sqrt(len(diffs))
-        return {"reference": reference.label, "paired": True, "n": len(diffs), "seeds": common,
-                "mean": statistics.fmean(diffs), "stderr": se, "values": diffs}
-    a, b = stats(list(mine.values())), stats(list(theirs.values()))
-    se = (math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
-          if a["std"] is not None and b["std"] is not None else None)
-    return {"reference": reference.label, "paired": False, "n": min(a["n"], b["n"]), "seeds": [],
-            "mean": a["mean"] - b["mean"], "stderr": se, "values": []}
+        return base | seedstats.paired_difference(diffs) | {"paired": True, "seeds": common, "values": diffs}
+    a, b = list(mine.values()), list(theirs.values())
+    if len(a) >= 2 and len(b) >= 2:
+        return base | seedstats.welch_difference(a, b) | {"paired": False, "seeds": [], "values": []}
+    none = dict.fromkeys(("stderr", "df", "t", "half_width", "low", "high", "sd", "seeds_to_separate"))
+    return base | none | {"paired": False, "n": min(len(a), len(b)), "seeds": [], "values": [],
+                          "mean": statistics.fmean(a) - statistics.fmean(b), "confidence": seedstats.CONFIDENCE,
+                          "significant": False}
 
 
 def shared_cpu(summary: dict[str, Any] | None) -> bool:
@@ -301,10 +318,13 @@ def aggregate(roots: str | Path | Sequence[str | Path], runs: list[Run] | None =
     out_groups = []
     for g in groups:
         done = [r.summary for r in g.done]
+        # A setting of the original study run on a base (ablate --base) is named by its folder.
+        original = g.name if g.name in ORIGINAL_STUDY else g.preset
         final = stats([s["final_val_acc"] for s in done])
         entry = {
             "preset": g.preset, "label": g.label, "n": len(done), "seeds": [r.config.seed for r in g.done],
             "final_val_acc": final,
+            "test_set_stderr": _test_set_stderr(g, final["mean"]),
             "best_val_acc": stats([s["best_val_acc"] for s in done]),
             "final_train_acc": stats([s["final_train_acc"] for s in done]),
             "epochs": sorted({int(s["epochs"]) for s in done}),
@@ -314,14 +334,14 @@ def aggregate(roots: str | Path | Sequence[str | Path], runs: list[Run] | None =
             "changes": _changes_from_preset(g),
             "diff_vs_reference": None,
             "original_best_acc": None,
-            "original_best_acc_reference": ORIGINAL_STUDY[g.preset] / 100 if g.preset in ORIGINAL_STUDY else None,
+            "original_best_acc_reference": ORIGINAL_STUDY[original] / 100 if original in ORIGINAL_STUDY else None,
             "recipe": g.recipe,
             "runs": [r.rel for r in g.done],
             "shared_cpu": [{"run": r.rel, "cpu_wait": r.summary["cpu_wait"]} for r in g.done if shared_cpu(r.summary)],
             "unfinished": [_unfinished(r) for r in g.unfinished],
         }
-        if g.preset in ORIGINAL_STUDY and done and all(int(s["epochs_planned"]) == ORIGINAL_EPOCHS for s in done):
-            entry["original_best_acc"] = ORIGINAL_STUDY[g.preset] / 100
+        if original in ORIGINAL_STUDY and done and all(int(s["epochs_planned"]) == ORIGINAL_EPOCHS for s in done):
+            entry["original_best_acc"] = ORIGINAL_STUDY[original] / 100
         if ref is not None and g is not ref:
             entry["diff_vs_reference"] = difference(g, ref)
         entry["time_vs_reference"] = time_comparison(g, ref) if ref is not None and g is not ref else None
@@ -337,10 +357,20 @@ def aggregate(roots: str | Path | Sequence[str | Path], runs: list[Run] | None =
         "unfinished": [_unfinished(r) for r in runs if not r.complete],
         "skipped": skipped,
         "common_changes": _common_changes(runs),
+        "rules": study_rules(*folders),
         "provenance": _provenance(runs),
         "files": {"markdown": REPORT_MD, "json": REPORT_JSON, "val_plot": VAL_PLOT, "lr_plot": LR_PLOT,
                   "time_plot": TIME_PLOT},
     }
+
+
+def _test_set_stderr(g: Group, accuracy: float | None) -> dict[str, Any] | None:
+    """What the test set's size alone allows for one accuracy of this setting: the limit when
+    comparing it with a number measured elsewhere (not on paired differences)."""
+    if accuracy is None:
+        return None
+    images = min(g.config.test_subset or seedstats.TEST_IMAGES, seedstats.TEST_IMAGES)
+    return {"images": images, "stderr": seedstats.binomial_stderr(accuracy, images)}
 
 
 def _changes_from_preset(g: Group) -> dict[str, Any]:
@@ -420,14 +450,63 @@ def _time_range(t: dict[str, Any]) -> str:
 
 
 def _diff_text(diff: dict[str, Any] | None) -> str:
+    """``+2.50 [+1.26, +3.74] (paired, n=3)``: the difference with its 95% interval, bold when
+    the interval excludes 0; without an interval (one run on a side), says so."""
     if diff is None:
         return "-"
     text = f"{100 * diff['mean']:+.2f}"
-    if diff["stderr"] is not None:
-        text += f" ± {100 * diff['stderr']:.2f}"
-        if diff["stderr"] > 0 and abs(diff["mean"]) > 2 * diff["stderr"]:
+    if diff["low"] is not None:
+        text += f" [{100 * diff['low']:+.2f}, {100 * diff['high']:+.2f}]"
+        if diff["significant"]:
             text = f"**{text}**"
-    return text + (f" (paired, n={diff['n']})" if diff["paired"] else "")
+    if diff["paired"]:
+        return text + f" (paired, n={diff['n']})"
+    counts = f"n={diff['n_setting']} vs {diff['n_reference']}"
+    return text + (f" (means, {counts})" if diff["low"] is not None else f" ({counts}: no interval)")
+
+
+def _separate_text(diff: dict[str, Any]) -> str:
+    """How many seeds would separate a difference at its measured spread."""
+    if diff["low"] is None:
+        return "- (needs 2 runs a side)"
+    n = diff["seeds_to_separate"]
+    unit = "pairs" if diff["paired"] else "runs per setting"
+    return f"more than {seedstats.MAX_SEEDS}" if n is None else f"{n} {unit}"
+
+
+def _differences_section(data: dict[str, Any]) -> list[str]:
+    """The statistics behind the Δ column, one row per setting compared, and how to read them."""
+    reference = data["reference"]
+    rows = [g for g in data["settings"] if g["diff_vs_reference"] is not None]
+    if not rows:
+        return []
+    confidence = f"{100 * seedstats.CONFIDENCE:.0f}%"
+    lines = ["", f"## Differences from `{reference}`", "",
+             f"| setting | Δ final (points) | {confidence} interval | n | degrees of freedom | separated | "
+             f"seeds to separate ({100 * seedstats.POWER:.0f}% power) | test-set limit of one accuracy |",
+             "|---|--:|--:|---|--:|---|--:|--:|"]
+    for g in rows:
+        d = g["diff_vs_reference"]
+        interval = "-" if d["low"] is None else f"[{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
+        n = f"{d['n']} pairs" if d["paired"] else f"{d['n_setting']} vs {d['n_reference']} runs"
+        df = "-" if d["df"] is None else f"{d['df']:.3g}"
+        separated = "-" if d["low"] is None else "**yes**" if d["significant"] else "no"
+        limit = g["test_set_stderr"]
+        limit_text = "-" if limit is None else f"± {100 * limit['stderr']:.2f} ({limit['images']:,} images)"
+        lines.append(f"| `{g['label']}` | {100 * d['mean']:+.2f} | {interval} | {n} | {df} | {separated} | "
+                     f"{_separate_text(d)} | {limit_text} |")
+    alpha = 1 - seedstats.CONFIDENCE
+    lines += ["", f"Rule: {seedstats.RULE}. *Paired* (the same seeds ran in both): the mean of the per-seed "
+              "differences, standard error sd/√n, n−1 degrees of freedom (3 seeds: ± 4.30 standard errors, not "
+              "± 2). Otherwise the difference of the means, standard error sqrt(s1²/n1 + s2²/n2) with "
+              "Welch–Satterthwaite's degrees of freedom. *Seeds to separate*: the fewest seeds whose two-sided "
+              f"t-test at alpha {alpha:.2f} finds a true difference of this size with {100 * seedstats.POWER:.0f}% "
+              "power, if one seed's spread is the one measured here (noncentral t; that spread is itself an "
+              "estimate from few seeds). *Test-set limit*: the binomial standard error of one accuracy on "
+              "the test set, sqrt(p(1−p)/N): the limit when comparing a setting's accuracy with a number "
+              "measured elsewhere (such as the original study's column); paired differences on the same test "
+              "images are not limited by it."]
+    return lines
 
 
 def _time_ratio_text(g: dict[str, Any]) -> str:
@@ -496,6 +575,9 @@ def render_markdown(data: dict[str, Any]) -> str:
             f"`{g['label']}` = `{g['preset']}` with "
             + (", ".join(f"`{k}={compact(v)}`" for k, v in g["changes"].items() if common.get(k) != v) or "no change")
             for g in named) + ".")
+    rules = {name: rule for name, rule in data.get("rules", {}).items() if any(g["name"] == name for g in named)}
+    if rules:
+        lines.append("- Rules (`fastres ablate --base`): " + "; ".join(f"`{k}`: {v}" for k, v in rules.items()) + ".")
     reference = data["reference"] or "baseline"
     lines += ["", "## Results", ""]
     header = ["setting", "n", "final val acc", f"Δ final vs {reference}", "best-epoch val acc (optimistic)",
@@ -525,10 +607,10 @@ def render_markdown(data: dict[str, Any]) -> str:
             _time_ratio_text(g),
             "-" if ips is None else f"{ips:,.0f}", original]) + " |")
     lines.append("")
-    lines.append(f"Δ: final accuracy minus `{reference}`'s, in points, ± its standard error. *Paired* (the "
-                 "same seeds ran in both): the mean of the per-seed differences, standard error sd/√n; else the "
-                 "difference of the means, standard error sqrt(s1²/n1 + s2²/n2). **Bold**: beyond two standard "
-                 "errors; an effect inside about two is not distinguishable from seed noise.")
+    lines.append(f"Δ: final accuracy minus `{reference}`'s, in points, with its {100 * seedstats.CONFIDENCE:.0f}% "
+                 "interval from Student's t for the n at hand (see *Differences* below). **Bold**: the interval "
+                 "excludes 0; a difference whose interval holds 0 is not distinguishable from seed noise at "
+                 "that n.")
     lines.append("")
     lines.append(f"Time vs `{reference}`: `train_time_s` against `{reference}`'s. *Paired*: the median of the "
                  "per-seed ratios of runs that ran next to each other (side by side, one after the other, or up to "
@@ -544,6 +626,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         lines.append(f"\\* The original study's single-run best accuracies come from {ORIGINAL_EPOCHS}-epoch, "
                      "full-size runs; they are shown only next to runs of the same length: "
                      + ", ".join(f"{k} {v}" for k, v in ORIGINAL_STUDY.items()) + ".")
+    lines += _differences_section(data)
     if data["unfinished"]:
         lines += ["", "## Unfinished runs (not counted above) †", "",
                   "| run | state | epochs done / planned |", "|---|---|--:|"]
@@ -733,6 +816,9 @@ def summary_table(data: dict[str, Any]) -> str:
                      str(len(g["unfinished"])) if g["unfinished"] else ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    if any(g["diff_vs_reference"] for g in data["settings"]):
+        text += (f"\nΔ: {seedstats.RULE} (bracketed; n = pairs, or runs per side); "
+                 f"report.md gives the seeds each would need at {100 * seedstats.POWER:.0f}% power")
     if (shared_note := _shared_note(data)) is not None:
         text += "\n" + shared_note
     for k in data.get("skipped", []):
