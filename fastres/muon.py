@@ -89,14 +89,19 @@ class _Batch:
         self.momentum_stack = stack
         return stack
 
-    def apply(self, update: Tensor, alpha: float) -> None:
-        """Add ``alpha`` times the (G, out, in * kh * kw) ``update`` to the filters."""
+    def apply(self, update: Tensor, alpha: float | Tensor) -> None:
+        """Add ``alpha`` times the (G, out, in * kh * kw) ``update`` to the filters; a tensor
+        ``alpha`` (from a tensor lr, which a CUDA graph reads) scales the update first."""
         if self.channels_last:
             out, cin, kh, kw = self.shape
             self.update.copy_(update.reshape(self.count, out, cin, kh, kw).permute(0, 1, 3, 4, 2))
         else:
             self.update.view(update.shape).copy_(update)
-        torch._foreach_add_(self.params, self.updates, alpha=alpha)
+        if isinstance(alpha, Tensor):  # p + alpha * u as the float path rounds it (no fused multiply-add)
+            alpha = alpha.to(self.update.dtype)
+            torch._foreach_addcmul_(self.params, self.updates, [alpha.expand_as(u) for u in self.updates])
+        else:
+            torch._foreach_add_(self.params, self.updates, alpha=alpha)
 
 
 @dataclasses.dataclass
@@ -170,7 +175,9 @@ class FilterMuon(torch.optim.Optimizer):
             if not params:
                 continue
             lr, momentum = group["lr"], group["momentum"]
-            torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
+            shrink = 1 - lr * group["weight_decay"]
+            # A tensor lr (read by a CUDA graph) in float64 gives the float path's numbers exactly.
+            torch._foreach_mul_(params, shrink.to(params[0].dtype) if isinstance(shrink, Tensor) else shrink)
             for batch in self._batches(params):
                 grads = batch.stack_grads()
                 buf = batch.momentum(self.state)
@@ -178,7 +185,7 @@ class FilterMuon(torch.optim.Optimizer):
                 update = grads.lerp_(buf, momentum) if group["nesterov"] else buf
                 update = orthogonalise(update, group["ns_coefficients"], group["ns_steps"], group["eps"], batch.ns)
                 rows, cols = update.shape[-2:]
-                batch.apply(update, alpha=-lr * math.sqrt(max(1.0, rows / cols)))
+                batch.apply(update, alpha=lr * -math.sqrt(max(1.0, rows / cols)))
         return loss
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
