@@ -230,7 +230,8 @@ class GraphStep:
         is this step (a capture records the kernels without running them)."""
         static_x, static_labels = x.clone(), labels.clone()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the checkpoint writer's and TensorBoard's threads may run meanwhile.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             loss, out = self._body(static_x, static_labels, first_average=False)
         entry = _Graph(graph, static_x, static_labels, loss, out)
         if not self.graphs:

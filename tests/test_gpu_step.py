@@ -44,6 +44,8 @@ def test_epoch_call_trains_fast_with_the_option_off_and_on(synthetic_source, tmp
         assert r["status"] == "completed" and r["epochs"] == 2 and len(r["epoch_images_per_s"]) == 2
     config = json.loads((tmp_path / "fast-s0-graph-on" / "config.json").read_text())
     assert config["cuda_graph"] == "on" and config["preset"] == "fast"
+    assert runs[0]["cuda_graph_steps"] is None
+    assert runs[1]["cuda_graph_steps"] == "0 replayed from 0 CUDA graph(s), 20 eager"  # the CPU: uncaptured
 
 
 def test_calls_without_their_arguments_show_usage():
