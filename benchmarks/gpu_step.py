@@ -310,7 +310,7 @@ def call_epoch(args: argparse.Namespace, outdir: Path) -> int:
             summary_path = run_dir / "summary.json"
             summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
             entry.update({k: summary.get(k) for k in EPOCH_FIELDS})
-            entry["cuda_graph_steps"] = summary.get("cuda_graph")  # how the steps ran: replays, eager
+            entry["cuda_graph_steps"] = summary.get("cuda_graph_steps")  # how the steps ran: replays, eager
             entry["status"] = summary.get("status") or "failed"
             rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
                     if line.strip()] if (run_dir / "metrics.jsonl").is_file() else []

@@ -375,7 +375,7 @@ class Trainer:
             "precision": rt.precision,
             "channels_last": rt.channels_last,
             "compile": rt.compile,
-            "cuda_graph": self.graph_step.describe() if self.graph_step is not None else None,
+            "cuda_graph_steps": self.graph_step.describe() if self.graph_step is not None else None,
             **(compile_stats() if rt.compile else {"compile_time_s": None, "compiles": None, "recompile_limit_hit": None}),
             "loader": self.data.loader,
             "data_hash": self.data.data_hash,

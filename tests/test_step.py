@@ -111,7 +111,7 @@ def test_cuda_graph_option_trains_on_the_cpu_and_resumes_either_way(synthetic_so
     graph = train(base.replace(run_dir=str(tmp_path / "graph"), cuda_graph="on"), log=lambda m: None,
                   progress=False)
     # 2000 images in batches of 128: the last one is partial, and runs the same body.
-    assert eager["cuda_graph"] is None and graph["cuda_graph"] == "0 replayed from 0 CUDA graph(s), 32 eager"
+    assert eager["cuda_graph_steps"] is None and graph["cuda_graph_steps"] == "0 replayed from 0 CUDA graph(s), 32 eager"
     assert graph["final_train_loss"] == pytest.approx(eager["final_train_loss"], rel=1e-3)
     assert graph["final_val_acc"] == pytest.approx(eager["final_val_acc"], abs=0.02)
     # A machine option: a run trained with it resumes without it, and the other way round.
