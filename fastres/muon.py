@@ -144,7 +144,9 @@ def orthogonalise(x: Tensor, coefficients: tuple[float, float, float], steps: in
 class FilterMuon(torch.optim.Optimizer):
     """Muon (``torch.optim.Muon``'s algorithm: Nesterov momentum, Newton-Schulz
     orthogonalisation in bf16, decoupled weight decay, lr scaled by sqrt(max(1, out / fan_in)))
-    for filters of two or more dimensions, same-shaped filters in one batch."""
+    for filters of two or more dimensions, same-shaped filters in one batch. A group's ``lr``
+    may be a 0-dim float64 tensor on the filters' device (what a CUDA graph reads; fastres.step):
+    the step then gives the same numbers as with the float, without reading it on the host."""
 
     def __init__(self, params: Iterable[nn.Parameter], lr: float = _TORCH_DEFAULTS["lr"],
                  weight_decay: float = _TORCH_DEFAULTS["weight_decay"],

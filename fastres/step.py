@@ -15,13 +15,25 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from .runtime import Runtime
+
+class Runtime(Protocol):
+    """What the step reads of ``fastres.runtime.Runtime`` (named here so that this module sits
+    below the runtime's layer, beside the optimizer it steps)."""
+
+    @property
+    def device(self) -> torch.device: ...
+    @property
+    def amp_dtype(self) -> torch.dtype: ...
+    @property
+    def autocast(self) -> bool: ...
+    @property
+    def grad_scaler(self) -> bool: ...
 
 # Eager steps of a shape before its graph is captured: cuDNN's autotuning, lazily created
 # optimizer state and torch.compile's first call all happen there, not inside the capture.
