@@ -66,11 +66,40 @@ LEVERS = {
 }
 # Call (b)'s runs and the lever of call (a) that is the same step (fast compiles on CUDA).
 EPOCH_LEVERS = {"off": "muon_compile", "on": "muon_compile_graph"}
-EPOCH_TINY = ["--width", "8", "--epochs", "2", "--warmup-epochs", "0.5", "--batch-size", "50",
-              "--train-subset", "500", "--test-subset", "100", "--device", "cpu", "--compile", "off",
-              "--threads", "1"]
-EPOCH_FIELDS = ("status", "epochs", "epochs_planned", "final_val_acc", "train_time_s", "images_per_s",
-                "compile", "compile_time_s", "compiles", "precision", "device", "cpu_wait")
+EPOCH_TINY = [
+    "--width",
+    "8",
+    "--epochs",
+    "2",
+    "--warmup-epochs",
+    "0.5",
+    "--batch-size",
+    "50",
+    "--train-subset",
+    "500",
+    "--test-subset",
+    "100",
+    "--device",
+    "cpu",
+    "--compile",
+    "off",
+    "--threads",
+    "1",
+]
+EPOCH_FIELDS = (
+    "status",
+    "epochs",
+    "epochs_planned",
+    "final_val_acc",
+    "train_time_s",
+    "images_per_s",
+    "compile",
+    "compile_time_s",
+    "compiles",
+    "precision",
+    "device",
+    "cpu_wait",
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,16 +107,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("outdir", help="folder for gpu_step.json / gpu_epoch.json")
     p.add_argument("call", choices=("step", "epoch"), help="step: call (a); epoch: call (b)")
     p.add_argument("--tiny", action="store_true", help="every code path on the CPU in seconds")
-    p.add_argument("--budget-s", type=float, default=420.0,
-                   help="stop starting measurements (runs) after this many seconds (default 420)")
-    p.add_argument("--batch-sizes", type=int, nargs="+", help="call (a)'s batch sizes (default 512 128 32)")
-    p.add_argument("--levers", nargs="+", choices=list(LEVERS), help="call (a)'s levers (default all)")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=420.0,
+        help="stop starting measurements (runs) after this many seconds (default 420)",
+    )
+    p.add_argument(
+        "--batch-sizes", type=int, nargs="+", help="call (a)'s batch sizes (default 512 128 32)"
+    )
+    p.add_argument(
+        "--levers", nargs="+", choices=list(LEVERS), help="call (a)'s levers (default all)"
+    )
     p.add_argument("--rounds", type=int, help="call (a)'s turns of every lever (default 5; tiny 2)")
-    p.add_argument("--cifar", default=os.environ.get("FASTRES_GPU_CHECK_CIFAR", ""),
-                   help="call (b): the CIFAR-10 source (cifar-10-batches-py, its parent, or a .tar.gz of it)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="call (b)'s seeds (default 0 1)")
-    p.add_argument("--run-budget-s", type=float, default=170.0,
-                   help="call (b): a run still going after this long is stopped cleanly (default 170)")
+    p.add_argument(
+        "--cifar",
+        default=os.environ.get("FASTRES_GPU_CHECK_CIFAR", ""),
+        help="call (b): the CIFAR-10 source (cifar-10-batches-py, its parent, or a .tar.gz of it)",
+    )
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1], help="call (b)'s seeds (default 0 1)"
+    )
+    p.add_argument(
+        "--run-budget-s",
+        type=float,
+        default=170.0,
+        help="call (b): a run still going after this long is stopped cleanly (default 170)",
+    )
     return p.parse_args(argv)
 
 
@@ -98,9 +144,17 @@ class Doc:
         from fastres.bench import machine_info
 
         self.path, self.budget_s, self.started = path, budget_s, time.perf_counter()
-        self.doc: dict[str, Any] = {"schema": SCHEMA, "call": call, "mode": "tiny" if tiny else "full",
-                                    "complete": False, "machine": machine_info(device), "settings": {},
-                                    "records": [], "errors": [], "elapsed_s": 0.0}
+        self.doc: dict[str, Any] = {
+            "schema": SCHEMA,
+            "call": call,
+            "mode": "tiny" if tiny else "full",
+            "complete": False,
+            "machine": machine_info(device),
+            "settings": {},
+            "records": [],
+            "errors": [],
+            "elapsed_s": 0.0,
+        }
         self.write()
 
     def elapsed(self) -> float:
@@ -140,22 +194,40 @@ class LeverStep:
 
         self.torch, self.device = torch, device
         torch.manual_seed(0)
-        config = get_preset("fast").replace(optimizer=lever.optimizer, width=width, batch_size=batch)
-        self.runtime = Runtime(device, str(device), "bf16", compile=lever.compile, channels_last=True)
+        config = get_preset("fast").replace(
+            optimizer=lever.optimizer, width=width, batch_size=batch
+        )
+        self.runtime = Runtime(
+            device, str(device), "bf16", compile=lever.compile, channels_last=True
+        )
         net = self.runtime.place(build_model(config.model, norm=config.norm, width=width))
         self.optimizer = recipe.build_optimizer(net, config)
         if lever.fused:
             for group in self.optimizer.param_groups:
                 if "fused" in group:
                     group["fused"], group["foreach"] = True, False
-        self.forward = compile_module(net, backend, mode=lever.compile_mode) if lever.compile else net
+        self.forward = (
+            compile_module(net, backend, mode=lever.compile_mode) if lever.compile else net
+        )
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)
-        self.graph = (GraphStep(self.forward, net, self.criterion, self.optimizer, self.runtime, batch_size=batch,
-                                log=lambda line: print(f"        {line}", flush=True)) if lever.graph else None)
+        self.graph = (
+            GraphStep(
+                self.forward,
+                net,
+                self.criterion,
+                self.optimizer,
+                self.runtime,
+                batch_size=batch,
+                log=lambda line: print(f"        {line}", flush=True),
+            )
+            if lever.graph
+            else None
+        )
         gen = torch.Generator().manual_seed(0)
-        self.x = torch.randn(batch, 3, 32, 32, generator=gen).to(device, torch.bfloat16,
-                                                                   memory_format=torch.channels_last)
+        self.x = torch.randn(batch, 3, 32, 32, generator=gen).to(
+            device, torch.bfloat16, memory_format=torch.channels_last
+        )
         self.labels = torch.randint(0, 10, (batch,), generator=gen).to(device)
 
     def run(self, steps: int) -> float:
@@ -169,7 +241,15 @@ class LeverStep:
             if self.graph is not None:
                 self.graph(self.x, self.labels)
             else:
-                train_step(self.forward, self.criterion, self.optimizer, self.scaler, self.runtime, self.x, self.labels)
+                train_step(
+                    self.forward,
+                    self.criterion,
+                    self.optimizer,
+                    self.scaler,
+                    self.runtime,
+                    self.x,
+                    self.labels,
+                )
         synchronize(self.device)
         return time.perf_counter() - t0
 
@@ -187,25 +267,49 @@ def call_step(args: argparse.Namespace, outdir: Path) -> int:
     else:
         if not torch.cuda.is_available():
             raise SystemExit("gpu_step: no CUDA GPU is visible; run with --tiny for the CPU mode")
-        device, width, backend, batches = torch.device("cuda", torch.cuda.current_device()), 64, "inductor", [512, 128, 32]
+        device, width, backend, batches = (
+            torch.device("cuda", torch.cuda.current_device()),
+            64,
+            "inductor",
+            [512, 128, 32],
+        )
         rounds, min_round_s, warmup, max_steps = 5, 0.2, 8, 200
     batches = args.batch_sizes or batches
     rounds = args.rounds or rounds
     names = args.levers or list(LEVERS)
     set_deterministic(False)  # the trainer's setting: cuDNN autotunes
     doc = Doc(outdir / "gpu_step.json", "step", tiny, args.budget_s, device)
-    doc.doc["settings"] = {"model": "resnet18", "width": width, "precision": "bf16", "channels_last": True,
-                           "batch_sizes": batches, "levers": names, "rounds": rounds, "min_round_s": min_round_s,
-                           "warmup_steps": warmup, "compile_backend": backend, "budget_s": args.budget_s,
-                           "levers_defined": {n: dataclasses.asdict(LEVERS[n]) for n in names}}
+    doc.doc["settings"] = {
+        "model": "resnet18",
+        "width": width,
+        "precision": "bf16",
+        "channels_last": True,
+        "batch_sizes": batches,
+        "levers": names,
+        "rounds": rounds,
+        "min_round_s": min_round_s,
+        "warmup_steps": warmup,
+        "compile_backend": backend,
+        "budget_s": args.budget_s,
+        "levers_defined": {n: dataclasses.asdict(LEVERS[n]) for n in names},
+    }
     doc.write()
     for batch in batches:
         built: dict[str, tuple[LeverStep, dict[str, Any], int]] = {}
         for name in names:
             lever = LEVERS[name]
-            record: dict[str, Any] = {"batch_size": batch, "lever": name, "status": "skipped", "reason": None,
-                                      "first_step_s": None, "setup_s": None, "steps_per_round": None,
-                                      "round_images_per_s": [], "images_per_s": None, "step_ms": None}
+            record: dict[str, Any] = {
+                "batch_size": batch,
+                "lever": name,
+                "status": "skipped",
+                "reason": None,
+                "first_step_s": None,
+                "setup_s": None,
+                "steps_per_round": None,
+                "round_images_per_s": [],
+                "images_per_s": None,
+                "step_ms": None,
+            }
             doc.doc["records"].append(record)
             if doc.left() < (COMPILE_RESERVE_S if lever.compile and not tiny else 5):
                 record["reason"] = f"time budget ({args.budget_s:.0f}s) spent"
@@ -227,8 +331,10 @@ def call_step(args: argparse.Namespace, outdir: Path) -> int:
             except Exception as exc:  # noqa: BLE001 - one lever failing must not lose the others
                 record.update(status="error", reason=f"{type(exc).__name__}: {exc}"[:300])
                 doc.error(f"b{batch} {name}")
-            doc.say(f"b{batch} {name}: {record['status']}, first step {record['first_step_s']}s, "
-                    f"setup {record['setup_s']}s")
+            doc.say(
+                f"b{batch} {name}: {record['status']}, first step {record['first_step_s']}s, "
+                f"setup {record['setup_s']}s"
+            )
             doc.write()
         for _ in range(rounds):  # A B C ... A B C ...: drift of the machine spreads over all levers
             for name, (step, record, steps) in built.items():
@@ -238,7 +344,11 @@ def call_step(args: argparse.Namespace, outdir: Path) -> int:
                     seconds = step.run(steps)
                     record["round_images_per_s"].append(round(batch * steps / seconds, 1))
                     rate = statistics.median(record["round_images_per_s"])
-                    record.update(status="ok", images_per_s=round(rate, 1), step_ms=round(1000 * batch / rate, 4))
+                    record.update(
+                        status="ok",
+                        images_per_s=round(rate, 1),
+                        step_ms=round(1000 * batch / rate, 4),
+                    )
                 except Exception as exc:  # noqa: BLE001
                     record.update(status="error", reason=f"{type(exc).__name__}: {exc}"[:300])
                     doc.error(f"b{batch} {name} round")
@@ -246,7 +356,10 @@ def call_step(args: argparse.Namespace, outdir: Path) -> int:
         for name, (step, record, _) in built.items():
             if step.graph is not None:
                 record["graph"] = step.graph.describe()
-            doc.say(f"b{batch} {name}: {record['images_per_s']} img/s (rounds {record['round_images_per_s']})")
+            doc.say(
+                f"b{batch} {name}: {record['images_per_s']} img/s "
+                f"(rounds {record['round_images_per_s']})"
+            )
         built.clear()
         torch._dynamo.reset()
         if device.type == "cuda":
@@ -267,7 +380,11 @@ def step_rates(outdir: Path) -> dict[str, float]:
     if not path.is_file():
         return {}
     records = json.loads(path.read_text()).get("records", [])
-    return {r["lever"]: r["images_per_s"] for r in records if r["batch_size"] == 512 and r["images_per_s"]}
+    return {
+        r["lever"]: r["images_per_s"]
+        for r in records
+        if r["batch_size"] == 512 and r["images_per_s"]
+    }
 
 
 def call_epoch(args: argparse.Namespace, outdir: Path) -> int:
@@ -275,20 +392,47 @@ def call_epoch(args: argparse.Namespace, outdir: Path) -> int:
 
     device = torch.device("cpu") if args.tiny else torch.device("cuda")
     doc = Doc(outdir / "gpu_epoch.json", "epoch", args.tiny, args.budget_s, device)
-    doc.doc["settings"] = {"preset": "fast", "seeds": args.seeds, "run_budget_s": args.run_budget_s,
-                           "budget_s": args.budget_s, "step_levers": EPOCH_LEVERS}
+    doc.doc["settings"] = {
+        "preset": "fast",
+        "seeds": args.seeds,
+        "run_budget_s": args.run_budget_s,
+        "budget_s": args.budget_s,
+        "step_levers": EPOCH_LEVERS,
+    }
     doc.write()
     if not args.cifar:
-        raise SystemExit("gpu_step epoch: pass --cifar PATH (the CIFAR-10 source) or set FASTRES_GPU_CHECK_CIFAR")
+        raise SystemExit(
+            "gpu_step epoch: pass --cifar PATH (the CIFAR-10 source) or set FASTRES_GPU_CHECK_CIFAR"
+        )
     rates = step_rates(outdir)
     env = {**os.environ, "FASTRES_CIFAR10": str(Path(args.cifar).resolve())}
     for seed in args.seeds:
         for graph in EPOCH_LEVERS:  # off, on: alternating, seed by seed
             run_dir = outdir / f"fast-s{seed}-graph-{graph}"
-            command = [sys.executable, "-m", "fastres", "train", "--preset", "fast", "--loader", "memory",
-                       "--seed", str(seed), "--cuda-graph", graph, "--no-progress", "--run-dir", str(run_dir),
-                       *(EPOCH_TINY if args.tiny else [])]
-            entry: dict[str, Any] = {"seed": seed, "cuda_graph": graph, "command": command[1:], "status": "skipped"}
+            command = [
+                sys.executable,
+                "-m",
+                "fastres",
+                "train",
+                "--preset",
+                "fast",
+                "--loader",
+                "memory",
+                "--seed",
+                str(seed),
+                "--cuda-graph",
+                graph,
+                "--no-progress",
+                "--run-dir",
+                str(run_dir),
+                *(EPOCH_TINY if args.tiny else []),
+            ]
+            entry: dict[str, Any] = {
+                "seed": seed,
+                "cuda_graph": graph,
+                "command": command[1:],
+                "status": "skipped",
+            }
             doc.doc["records"].append(entry)
             if doc.left() < (RUN_RESERVE_S if not args.tiny else 5):
                 entry["reason"] = f"time budget ({args.budget_s:.0f}s) spent"
@@ -306,25 +450,46 @@ def call_epoch(args: argparse.Namespace, outdir: Path) -> int:
                     except subprocess.TimeoutExpired:
                         proc.kill()
                         proc.wait()
-            entry["wall_s"], entry["returncode"] = round(time.perf_counter() - started, 1), proc.returncode
+            entry["wall_s"], entry["returncode"] = (
+                round(time.perf_counter() - started, 1),
+                proc.returncode,
+            )
             summary_path = run_dir / "summary.json"
             summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
             entry.update({k: summary.get(k) for k in EPOCH_FIELDS})
-            entry["cuda_graph_steps"] = summary.get("cuda_graph_steps")  # how the steps ran: replays, eager
+            entry["cuda_graph_steps"] = summary.get(
+                "cuda_graph_steps"
+            )  # how the steps ran: replays, eager
             entry["status"] = summary.get("status") or "failed"
-            rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-                    if line.strip()] if (run_dir / "metrics.jsonl").is_file() else []
+            rows = (
+                [
+                    json.loads(line)
+                    for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                    if line.strip()
+                ]
+                if (run_dir / "metrics.jsonl").is_file()
+                else []
+            )
             entry["epoch_time_s"] = [round(r["epoch_time_s"], 3) for r in rows]
             entry["epoch_images_per_s"] = [round(r["images_per_s"]) for r in rows]
             step_rate = rates.get(EPOCH_LEVERS[graph])
             later = entry["epoch_images_per_s"][1:]  # the first epoch compiles and captures
             entry["step_images_per_s"] = step_rate
-            entry["kept"] = round(statistics.median(later) / step_rate, 3) if step_rate and later else None
+            entry["kept"] = (
+                round(statistics.median(later) / step_rate, 3) if step_rate and later else None
+            )
             if entry["status"] != "completed":
-                doc.doc["errors"].append({"what": f"fast seed {seed} --cuda-graph {graph}: {entry['status']}",
-                                          "traceback": (outdir / f"{run_dir.name}.log").read_text()[-2000:]})
-            doc.say(f"fast seed {seed} --cuda-graph {graph}: {entry['status']}, final accuracy "
-                    f"{entry['final_val_acc']}, train_time_s {entry['train_time_s']}, epochs {entry['epoch_time_s']}")
+                doc.doc["errors"].append(
+                    {
+                        "what": f"fast seed {seed} --cuda-graph {graph}: {entry['status']}",
+                        "traceback": (outdir / f"{run_dir.name}.log").read_text()[-2000:],
+                    }
+                )
+            doc.say(
+                f"fast seed {seed} --cuda-graph {graph}: {entry['status']}, final accuracy "
+                f"{entry['final_val_acc']}, train_time_s {entry['train_time_s']}, "
+                f"epochs {entry['epoch_time_s']}"
+            )
             doc.write()
     doc.doc["complete"] = True
     doc.write()

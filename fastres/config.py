@@ -79,7 +79,10 @@ class TrainConfig:
     precision: str = field(default="auto", metadata={"help": "auto (bf16 where supported, fp16 on older GPUs, else fp32), bf16, fp16 or fp32"})
     channels_last: bool = field(default=True, metadata={"help": "channels_last memory format for activations and weights"})
     compile: str = field(default="auto", metadata={"help": "torch.compile the model: auto (on for CUDA, off on CPU), on, off"})
-    cuda_graph: str = field(default="off", metadata={"help": "on: the training step (forward, backward, optimizer, weight average) replayed as one CUDA graph per input size, with fused SGD reading the lr from the GPU; the same step without capture on the CPU (docs/gpu-step.md); off: the eager step"})
+    cuda_graph: str = field(default="off", metadata={"help": (
+        "on: the training step (forward, backward, optimizer, weight average) replayed as one "
+        "CUDA graph per input size, with fused SGD reading the lr from the GPU; on the CPU the "
+        "same step uncaptured (docs/gpu-step.md); off: the eager step")})
     loader: str = field(default="ffcv", metadata={"help": "ffcv (read the .beton files) or memory (whole uint8 data set on the device, read from the CIFAR-10 source)"})
     num_workers: int = field(default=0, metadata={"help": "FFCV decoding threads (0 = 1 on CPU, 8 on CUDA)"})
     threads: int = field(default=0, metadata={"help": "CPU threads for torch's operators (0 = torch's default, one per core); fastres ablate --runs-per-device sets it to share the cores between runs"})

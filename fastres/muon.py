@@ -97,9 +97,11 @@ class _Batch:
             self.update.copy_(update.reshape(self.count, out, cin, kh, kw).permute(0, 1, 3, 4, 2))
         else:
             self.update.view(update.shape).copy_(update)
-        if isinstance(alpha, Tensor):  # p + alpha * u as the float path rounds it (no fused multiply-add)
+        if isinstance(alpha, Tensor):
+            # p + alpha * u, rounded as the float path rounds it (no fused multiply-add).
             alpha = alpha.to(self.update.dtype)
-            torch._foreach_addcmul_(self.params, self.updates, [alpha.expand_as(u) for u in self.updates])
+            scales = [alpha.expand_as(u) for u in self.updates]
+            torch._foreach_addcmul_(self.params, self.updates, scales)
         else:
             torch._foreach_add_(self.params, self.updates, alpha=alpha)
 
@@ -179,7 +181,9 @@ class FilterMuon(torch.optim.Optimizer):
             lr, momentum = group["lr"], group["momentum"]
             shrink = 1 - lr * group["weight_decay"]
             # A tensor lr (read by a CUDA graph) in float64 gives the float path's numbers exactly.
-            torch._foreach_mul_(params, shrink.to(params[0].dtype) if isinstance(shrink, Tensor) else shrink)
+            if isinstance(shrink, Tensor):
+                shrink = shrink.to(params[0].dtype)
+            torch._foreach_mul_(params, shrink)
             for batch in self._batches(params):
                 grads = batch.stack_grads()
                 buf = batch.momentum(self.state)

@@ -35,14 +35,21 @@ class Runtime(Protocol):
     @property
     def grad_scaler(self) -> bool: ...
 
+
 # Eager steps of a shape before its graph is captured: cuDNN's autotuning, lazily created
 # optimizer state and torch.compile's first call all happen there, not inside the capture.
 WARMUP_STEPS = 3
 
 
-def train_step(forward: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler, runtime: Runtime, x: torch.Tensor,
-               labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    forward: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    runtime: Runtime,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step (forward under autocast, loss, backward, step); no host sync.
 
     Returns the detached fp32 loss and the logits. Shared by the trainer and the benchmarks,
@@ -87,11 +94,26 @@ class GraphStep:
     capture happens at a call, and reads the tensors the optimizer and the average hold then.
     """
 
-    def __init__(self, forward: nn.Module, model: nn.Module, criterion: nn.Module,
-                 optimizer: torch.optim.Optimizer, runtime: Runtime, *, batch_size: int,
-                 ema: AveragedModel | None = None, ema_decay: float = 0.0,
-                 capture: bool | None = None, log: Callable[[str], None] = print) -> None:
-        self.forward, self.model, self.criterion, self.optimizer = forward, model, criterion, optimizer
+    def __init__(
+        self,
+        forward: nn.Module,
+        model: nn.Module,
+        criterion: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        runtime: Runtime,
+        *,
+        batch_size: int,
+        ema: AveragedModel | None = None,
+        ema_decay: float = 0.0,
+        capture: bool | None = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.forward, self.model, self.criterion, self.optimizer = (
+            forward,
+            model,
+            criterion,
+            optimizer,
+        )
         self.runtime, self.batch_size, self.log = runtime, batch_size, log
         self.ema, self.ema_decay = ema, ema_decay
         device = runtime.device
@@ -99,9 +121,14 @@ class GraphStep:
         if self.capture and device.type != "cuda":
             raise ValueError("GraphStep captures CUDA graphs only")
         # Fused SGD reads a float32 lr; FilterMuon a float64 one, which rounds as its float path.
-        self.lrs = [torch.tensor(float(g["lr"]), device=device,
-                                 dtype=torch.float32 if "fused" in g else torch.float64)
-                    for g in optimizer.param_groups]
+        self.lrs = [
+            torch.tensor(
+                float(g["lr"]),
+                device=device,
+                dtype=torch.float32 if "fused" in g else torch.float64,
+            )
+            for g in optimizer.param_groups
+        ]
         self.graphs: dict[tuple[Any, ...], _Graph] = {}
         self.seen: dict[tuple[Any, ...], int] = {}
         self.failed = False  # a capture failed: today's eager step from then on
@@ -131,11 +158,15 @@ class GraphStep:
                 if "fused" in group:
                     group["fused"], group["foreach"] = fused, foreach
 
-    def _body(self, x: torch.Tensor, labels: torch.Tensor, first_average: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _body(
+        self, x: torch.Tensor, labels: torch.Tensor, first_average: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         rt = self.runtime
         with self._graph_options():
             # No autocast weight cache: cast copies made during a capture would outlive it.
-            with torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.autocast, cache_enabled=False):
+            with torch.autocast(
+                rt.device.type, dtype=rt.amp_dtype, enabled=rt.autocast, cache_enabled=False
+            ):
                 out = self.forward(x)
                 loss = self.criterion(out, labels)
             self.optimizer.zero_grad(set_to_none=True)
@@ -151,8 +182,11 @@ class GraphStep:
         if self._ema_lists is None:
             assert self.ema is not None
             by_dtype: dict[torch.dtype, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
-            pairs = zip([*self.ema.module.parameters(), *self.ema.module.buffers()],
-                        [*self.model.parameters(), *self.model.buffers()], strict=True)
+            pairs = zip(
+                [*self.ema.module.parameters(), *self.ema.module.buffers()],
+                [*self.model.parameters(), *self.model.buffers()],
+                strict=True,
+            )
             for averaged, current in pairs:
                 lists = by_dtype.setdefault(averaged.dtype, ([], []))
                 lists[0].append(averaged.detach())
@@ -190,8 +224,12 @@ class GraphStep:
             self._ema_started = True
         return result
 
-    def _eager(self, x: torch.Tensor, labels: torch.Tensor, first_average: bool,
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _eager(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        first_average: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         self.eager_steps += 1
         return self._body(x, labels, first_average)
 
@@ -199,12 +237,16 @@ class GraphStep:
         """Today's eager step, after a failed capture."""
         self.eager_steps += 1
         scaler = torch.amp.GradScaler(self.runtime.device.type, enabled=False)
-        result = train_step(self.forward, self.criterion, self.optimizer, scaler, self.runtime, x, labels)
+        result = train_step(
+            self.forward, self.criterion, self.optimizer, scaler, self.runtime, x, labels
+        )
         if self.ema is not None:
             self._update_average(first=False)
         return result
 
-    def _graph_step(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _graph_step(
+        self, x: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         key = (tuple(x.shape), x.dtype, x.stride(), tuple(labels.shape))
         entry = self.graphs.get(key)
         if entry is None:
@@ -217,7 +259,10 @@ class GraphStep:
                 self.failed = True
                 self.graphs.clear()
                 first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-                self.log(f"cuda graph: capture failed ({type(exc).__name__}: {first}); stepping eagerly from now on")
+                self.log(
+                    f"cuda graph: capture failed ({type(exc).__name__}: {first}); "
+                    "stepping eagerly from now on"
+                )
                 return self._fallback(x, labels)
         else:
             entry.x.copy_(x)
@@ -247,11 +292,16 @@ class GraphStep:
             loss, out = self._body(static_x, static_labels, first_average=False)
         entry = _Graph(graph, static_x, static_labels, loss, out)
         if not self.graphs:
-            self.log(f"cuda graph: the step is captured (input {tuple(x.shape)}; each new input size gets its own)")
+            self.log(
+                f"cuda graph: the step is captured (input {tuple(x.shape)}; "
+                "each new input size gets its own)"
+            )
         self.graphs[key] = entry
         return entry
 
     def describe(self) -> str:
         """How the steps so far ran, for a log line."""
-        return (f"{self.replays} replayed from {len(self.graphs)} CUDA graph(s), {self.eager_steps} eager"
-                + (" (capture failed)" if self.failed else ""))
+        return (
+            f"{self.replays} replayed from {len(self.graphs)} CUDA graph(s), "
+            f"{self.eager_steps} eager" + (" (capture failed)" if self.failed else "")
+        )

@@ -216,7 +216,8 @@ class Trainer:
             if self.graph_step is not None:  # its step updates the weight average too
                 loss, out = self.graph_step(x, labels)
             else:
-                loss, out = train_step(self.forward, self.criterion, self.optimizer, self.scaler, self.runtime, x, labels)
+                loss, out = train_step(self.forward, self.criterion, self.optimizer, self.scaler,
+                                       self.runtime, x, labels)
             clock.lap("step")
             self.scheduler.step()
             if self.ema is not None and self.graph_step is None:

@@ -12,8 +12,13 @@ from tests.conftest import REPO
 
 def _call(out, *args):
     env = {**os.environ, "PYTHON": sys.executable}
-    return subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_step.sh"), str(out), *args, "--tiny"], env=env,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_step.sh"), str(out), *args, "--tiny"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def test_step_call_measures_every_lever_taking_turns(tmp_path):
@@ -23,8 +28,17 @@ def test_step_call_measures_every_lever_taking_turns(tmp_path):
     assert doc["complete"] and doc["errors"] == [] and doc["mode"] == "tiny"
     levers = [r["lever"] for r in doc["records"]]
     assert levers == doc["settings"]["levers"]
-    assert {"eager", "fused", "graph", "compile", "compile_graph", "compile_reduce_overhead", "muon",
-            "muon_graph", "muon_compile_graph"} <= set(levers)
+    assert {
+        "eager",
+        "fused",
+        "graph",
+        "compile",
+        "compile_graph",
+        "compile_reduce_overhead",
+        "muon",
+        "muon_graph",
+        "muon_compile_graph",
+    } <= set(levers)
     for r in doc["records"]:
         assert r["status"] == "ok" and len(r["round_images_per_s"]) == 3, r
         assert r["images_per_s"] > 0 and r["first_step_s"] is not None
@@ -45,9 +59,15 @@ def test_epoch_call_trains_fast_with_the_option_off_and_on(synthetic_source, tmp
     config = json.loads((tmp_path / "fast-s0-graph-on" / "config.json").read_text())
     assert config["cuda_graph"] == "on" and config["preset"] == "fast"
     assert runs[0]["cuda_graph_steps"] is None
-    assert runs[1]["cuda_graph_steps"] == "0 replayed from 0 CUDA graph(s), 20 eager"  # the CPU: uncaptured
+    assert (
+        runs[1]["cuda_graph_steps"] == "0 replayed from 0 CUDA graph(s), 20 eager"
+    )  # the CPU: uncaptured
 
 
 def test_calls_without_their_arguments_show_usage():
-    res = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_step.sh"), "/tmp/x"], capture_output=True, text=True)
-    assert res.returncode == 2 and res.stderr.startswith("usage: bash benchmarks/gpu_step.sh OUTDIR step|epoch")
+    res = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_step.sh"), "/tmp/x"], capture_output=True, text=True
+    )
+    assert res.returncode == 2 and res.stderr.startswith(
+        "usage: bash benchmarks/gpu_step.sh OUTDIR step|epoch"
+    )

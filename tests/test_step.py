@@ -19,13 +19,27 @@ from fastres.train import train
 STEPS, BATCH = 5, 8
 
 
-def _train(graph: bool, optimizer: str, ema: float, compiled: bool = False,
-           batches: list[int] | None = None) -> tuple[nn.Module, nn.Module | None, list[float], torch.optim.Optimizer]:
+def _train(
+    graph: bool,
+    optimizer: str,
+    ema: float,
+    compiled: bool = False,
+    batches: list[int] | None = None,
+) -> tuple[nn.Module, nn.Module | None, list[float], torch.optim.Optimizer]:
     """A width-8 ResNet-18 trained STEPS steps on fixed random batches, bf16 + channels_last,
     with three parameter groups and a warm-up + cosine schedule (the lr changes every step)."""
     torch.manual_seed(0)
-    cfg = TrainConfig(width=8, optimizer=optimizer, ema=ema, lr_schedule="cosine", epochs=2, batch_size=BATCH,
-                      warmup_epochs=0.5, decay_norm_bias=False, bn_bias_lr=2.0)
+    cfg = TrainConfig(
+        width=8,
+        optimizer=optimizer,
+        ema=ema,
+        lr_schedule="cosine",
+        epochs=2,
+        batch_size=BATCH,
+        warmup_epochs=0.5,
+        decay_norm_bias=False,
+        bn_bias_lr=2.0,
+    )
     rt = Runtime(torch.device("cpu"), "cpu", "bf16", compile=compiled, channels_last=True)
     model = rt.place(build_model("resnet18", width=8))
     forward = compile_module(model, backend="aot_eager") if compiled else model
@@ -33,18 +47,32 @@ def _train(graph: bool, optimizer: str, ema: float, compiled: bool = False,
     average = recipe.build_ema(model, ema)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer_, lambda s: lr_factor(cfg, s, STEPS))
     criterion = nn.CrossEntropyLoss()
-    step = (GraphStep(forward, model, criterion, optimizer_, rt, batch_size=BATCH, ema=average, ema_decay=ema)
-            if graph else None)
+    step = (
+        GraphStep(
+            forward, model, criterion, optimizer_, rt, batch_size=BATCH, ema=average, ema_decay=ema
+        )
+        if graph
+        else None
+    )
     gen = torch.Generator().manual_seed(1)
     losses = []
     for n in batches or [BATCH] * STEPS:
-        x = torch.randn(n, 3, 32, 32, generator=gen).to(rt.amp_dtype, memory_format=torch.channels_last)
+        x = torch.randn(n, 3, 32, 32, generator=gen).to(
+            rt.amp_dtype, memory_format=torch.channels_last
+        )
         labels = torch.randint(0, 10, (n,), generator=gen)
         if step is not None:
             loss, _ = step(x, labels)
         else:
-            loss, _ = train_step(forward, criterion, optimizer_, torch.amp.GradScaler("cpu", enabled=False), rt,
-                                 x, labels)
+            loss, _ = train_step(
+                forward,
+                criterion,
+                optimizer_,
+                torch.amp.GradScaler("cpu", enabled=False),
+                rt,
+                x,
+                labels,
+            )
             if average is not None:
                 average.update_parameters(model)
         scheduler.step()
@@ -73,7 +101,9 @@ def test_graph_step_trains_as_the_eager_step_does(optimizer, ema):
     # The checkpoint and the scheduler see today's groups: numbers for lr, SGD's own paths.
     for group, eager_group in zip(opt.param_groups, eager_opt.param_groups, strict=True):
         assert type(group["lr"]) is float
-        assert {k: v for k, v in group.items() if k != "params"} == {k: v for k, v in eager_group.items() if k != "params"}
+        assert {k: v for k, v in group.items() if k != "params"} == {
+            k: v for k, v in eager_group.items() if k != "params"
+        }
 
 
 def test_graph_step_takes_a_last_partial_batch():
@@ -103,19 +133,41 @@ def test_graph_step_dispatches_fewer_operators_for_sgd_and_the_average():
     assert graph["host_ops_with_graph"] == 4  # one lr, two input copies, the replay
 
 
-def test_cuda_graph_option_trains_on_the_cpu_and_resumes_either_way(synthetic_source, tmp_path, monkeypatch):
+def test_cuda_graph_option_trains_on_the_cpu_and_resumes_either_way(
+    synthetic_source, tmp_path, monkeypatch
+):
     monkeypatch.setenv("FASTRES_CIFAR10", str(synthetic_source))
-    base = TrainConfig(model="resnet18", width=8, epochs=2, batch_size=128, lr=0.05, lr_schedule="cosine", ema=0.9,
-                       optimizer="muon", precision="bf16", loader="memory", data_dir=str(tmp_path), device="cpu")
+    base = TrainConfig(
+        model="resnet18",
+        width=8,
+        epochs=1,
+        batch_size=256,
+        lr=0.05,
+        lr_schedule="cosine",
+        ema=0.9,
+        optimizer="muon",
+        precision="fp32",
+        loader="memory",
+        data_dir=str(tmp_path),
+        device="cpu",
+    )
     eager = train(base.replace(run_dir=str(tmp_path / "eager")), log=lambda m: None, progress=False)
-    graph = train(base.replace(run_dir=str(tmp_path / "graph"), cuda_graph="on"), log=lambda m: None,
-                  progress=False)
-    # 2000 images in batches of 128: the last one is partial, and runs the same body.
-    assert eager["cuda_graph_steps"] is None and graph["cuda_graph_steps"] == "0 replayed from 0 CUDA graph(s), 32 eager"
+    graph = train(
+        base.replace(run_dir=str(tmp_path / "graph"), cuda_graph="on"),
+        log=lambda m: None,
+        progress=False,
+    )
+    # 2000 images in batches of 256: the last one is partial, and runs the same body.
+    assert (
+        eager["cuda_graph_steps"] is None
+        and graph["cuda_graph_steps"] == "0 replayed from 0 CUDA graph(s), 8 eager"
+    )
     assert graph["final_train_loss"] == pytest.approx(eager["final_train_loss"], rel=1e-3)
     assert graph["final_val_acc"] == pytest.approx(eager["final_val_acc"], abs=0.02)
-    # A machine option: a run trained with it resumes without it, and the other way round.
+    # A machine option: a run trained with it resumes without it.
     lines: list[str] = []
-    resumed = train(base.replace(run_dir=str(tmp_path / "graph")), resume=True, log=lines.append, progress=False)
-    assert resumed["status"] == "completed" and resumed["epochs"] == 2
+    resumed = train(
+        base.replace(run_dir=str(tmp_path / "graph")), resume=True, log=lines.append, progress=False
+    )
+    assert resumed["status"] == "completed" and resumed["epochs"] == 1
     assert any("cuda_graph 'on' -> 'off'" in line for line in lines)

@@ -43,9 +43,16 @@ class OpCounter(TorchDispatchMode):
         return sum(self.counts.values())
 
 
-def count_step_ops(*, optimizer: str = "sgd", ema: float = 0.0, step: str = "eager",
-                   model: str = "resnet18", width: int = 64, batch_size: int = 2,
-                   preset: str = "fast") -> dict[str, Any]:
+def count_step_ops(
+    *,
+    optimizer: str = "sgd",
+    ema: float = 0.0,
+    step: str = "eager",
+    model: str = "resnet18",
+    width: int = 64,
+    batch_size: int = 2,
+    preset: str = "fast",
+) -> dict[str, Any]:
     """Operators of one training step (the third: the first ones create optimizer state) of
     ``model`` with ``preset``'s parameter groups, ``optimizer`` and ``ema``, as fastres runs it
     on a GPU (bf16 autocast, channels_last). ``step``: ``eager`` (today's train_step and
@@ -58,7 +65,9 @@ def count_step_ops(*, optimizer: str = "sgd", ema: float = 0.0, step: str = "eag
     """
     if step not in STEPS:
         raise ValueError(f"step must be one of {', '.join(STEPS)}, got {step!r}")
-    config = get_preset(preset).replace(optimizer=optimizer, ema=ema, width=width, batch_size=batch_size)
+    config = get_preset(preset).replace(
+        optimizer=optimizer, ema=ema, width=width, batch_size=batch_size
+    )
     runtime = Runtime(torch.device("cpu"), "cpu", "bf16", compile=False, channels_last=True)
     torch.manual_seed(0)
     net = runtime.place(build_model(model, norm=config.norm, width=width))
@@ -70,10 +79,25 @@ def count_step_ops(*, optimizer: str = "sgd", ema: float = 0.0, step: str = "eag
     average = recipe.build_ema(net, ema)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    graph = (GraphStep(net, net, criterion, opt, runtime, batch_size=batch_size, ema=average, ema_decay=ema,
-                       capture=False) if step == "graph" else None)
+    graph = (
+        GraphStep(
+            net,
+            net,
+            criterion,
+            opt,
+            runtime,
+            batch_size=batch_size,
+            ema=average,
+            ema_decay=ema,
+            capture=False,
+        )
+        if step == "graph"
+        else None
+    )
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch_size, 3, 32, 32, generator=gen).to(runtime.amp_dtype, memory_format=torch.channels_last)
+    x = torch.randn(batch_size, 3, 32, 32, generator=gen).to(
+        runtime.amp_dtype, memory_format=torch.channels_last
+    )
     labels = torch.randint(0, 10, (batch_size,), generator=gen)
 
     def one_step() -> None:
@@ -93,10 +117,17 @@ def count_step_ops(*, optimizer: str = "sgd", ema: float = 0.0, step: str = "eag
         with torch.autocast("cpu", dtype=runtime.amp_dtype):
             loss = criterion(net(x), labels)
         loss.backward()
-    result = {"model": model, "optimizer": optimizer, "ema": ema, "step": step, "preset": preset,
-              "total": counter.total, "forward_backward": model_only.total,
-              "optimizer_and_average": counter.total - model_only.total,
-              "by_op": dict(counter.counts.most_common())}
+    result = {
+        "model": model,
+        "optimizer": optimizer,
+        "ema": ema,
+        "step": step,
+        "preset": preset,
+        "total": counter.total,
+        "forward_backward": model_only.total,
+        "optimizer_and_average": counter.total - model_only.total,
+        "by_op": dict(counter.counts.most_common()),
+    }
     if graph is not None:
         result["host_ops_with_graph"] = len(graph.lrs) + 3
     return result
