@@ -133,7 +133,7 @@ def test_graph_step_dispatches_fewer_operators_for_sgd_and_the_average():
     assert graph["host_ops_with_graph"] == 4  # one lr, two input copies, the replay
 
 
-def test_cuda_graph_option_trains_on_the_cpu_and_resumes_either_way(
+def test_cuda_graph_option_trains_on_the_cpu_and_resumes_without_it(
     synthetic_source, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("FASTRES_CIFAR10", str(synthetic_source))
