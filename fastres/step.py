@@ -6,7 +6,7 @@ with no host synchronisation: the learning rates are device tensors the optimize
 SGD, ``FilterMuon``), filled from the scheduler's numbers before each step; the average is
 updated with foreach operations and its count kept on the host. On CUDA each full-batch input
 shape (every progressive-resizing size) gets its own graph, captured after a few eager steps
-of that shape and replayed after; other batches (the last, partial one) run the same body
+of that shape and replayed after; a partial batch (the trainer's loaders drop it) runs the same body
 without a graph. On the CPU every step runs that body eagerly, which is what tests hold.
 """
 
