@@ -22,6 +22,7 @@ SCHEDULES = ("cosine", "linear", "multistep", "none")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 OPTIMIZERS = ("sgd", "muon")
 COMPILE_MODES = ("auto", "on", "off")
+CUDA_GRAPH_MODES = ("off", "on")
 LOADERS = ("ffcv", "memory")
 DEVICES = ("auto", "cuda", "cpu")
 NATIVE_RES = 32  # CIFAR-10's image size
@@ -31,7 +32,7 @@ RES_STEP = 4
 # between a run and its resume, and between runs that are meant to be comparable.
 MACHINE_FIELDS = frozenset(
     {"precision", "channels_last", "compile", "loader", "num_workers", "threads", "data_dir", "run_dir",
-     "device", "deterministic", "sync_bn"}
+     "device", "deterministic", "sync_bn", "cuda_graph"}
 )
 
 
@@ -78,6 +79,10 @@ class TrainConfig:
     precision: str = field(default="auto", metadata={"help": "auto (bf16 where supported, fp16 on older GPUs, else fp32), bf16, fp16 or fp32"})
     channels_last: bool = field(default=True, metadata={"help": "channels_last memory format for activations and weights"})
     compile: str = field(default="auto", metadata={"help": "torch.compile the model: auto (on for CUDA, off on CPU), on, off"})
+    cuda_graph: str = field(default="off", metadata={"help": (
+        "on: the training step (forward, backward, optimizer, weight average) replayed as one "
+        "CUDA graph per input size, with fused SGD reading the lr from the GPU; on the CPU the "
+        "same step uncaptured (docs/gpu-step.md); off: the eager step")})
     loader: str = field(default="ffcv", metadata={"help": "ffcv (read the .beton files) or memory (whole uint8 data set on the device, read from the CIFAR-10 source)"})
     num_workers: int = field(default=0, metadata={"help": "FFCV decoding threads (0 = 1 on CPU, 8 on CUDA)"})
     threads: int = field(default=0, metadata={"help": "CPU threads for torch's operators (0 = torch's default, one per core); fastres ablate --runs-per-device sets it to share the cores between runs"})
@@ -153,6 +158,7 @@ def _validate(c: TrainConfig) -> None:
     _choice("lr_schedule", c.lr_schedule, SCHEDULES)
     _choice("precision", c.precision, PRECISIONS)
     _choice("compile", c.compile, COMPILE_MODES)
+    _choice("cuda_graph", c.cuda_graph, CUDA_GRAPH_MODES)
     _choice("loader", c.loader, LOADERS)
     _choice("device", c.device, DEVICES)
     for name in ("width", "epochs", "batch_size"):

@@ -89,14 +89,21 @@ class _Batch:
         self.momentum_stack = stack
         return stack
 
-    def apply(self, update: Tensor, alpha: float) -> None:
-        """Add ``alpha`` times the (G, out, in * kh * kw) ``update`` to the filters."""
+    def apply(self, update: Tensor, alpha: float | Tensor) -> None:
+        """Add ``alpha`` times the (G, out, in * kh * kw) ``update`` to the filters; a tensor
+        ``alpha`` (from a tensor lr, which a CUDA graph reads) scales the update first."""
         if self.channels_last:
             out, cin, kh, kw = self.shape
             self.update.copy_(update.reshape(self.count, out, cin, kh, kw).permute(0, 1, 3, 4, 2))
         else:
             self.update.view(update.shape).copy_(update)
-        torch._foreach_add_(self.params, self.updates, alpha=alpha)
+        if isinstance(alpha, Tensor):
+            # p + alpha * u, rounded as the float path rounds it (no fused multiply-add).
+            alpha = alpha.to(self.update.dtype)
+            scales = [alpha.expand_as(u) for u in self.updates]
+            torch._foreach_addcmul_(self.params, self.updates, scales)
+        else:
+            torch._foreach_add_(self.params, self.updates, alpha=alpha)
 
 
 @dataclasses.dataclass
@@ -139,7 +146,9 @@ def orthogonalise(x: Tensor, coefficients: tuple[float, float, float], steps: in
 class FilterMuon(torch.optim.Optimizer):
     """Muon (``torch.optim.Muon``'s algorithm: Nesterov momentum, Newton-Schulz
     orthogonalisation in bf16, decoupled weight decay, lr scaled by sqrt(max(1, out / fan_in)))
-    for filters of two or more dimensions, same-shaped filters in one batch."""
+    for filters of two or more dimensions, same-shaped filters in one batch. A group's ``lr``
+    may be a 0-dim float64 tensor on the filters' device (what a CUDA graph reads; fastres.step):
+    the step then gives the same numbers as with the float, without reading it on the host."""
 
     def __init__(self, params: Iterable[nn.Parameter], lr: float = _TORCH_DEFAULTS["lr"],
                  weight_decay: float = _TORCH_DEFAULTS["weight_decay"],
@@ -170,7 +179,11 @@ class FilterMuon(torch.optim.Optimizer):
             if not params:
                 continue
             lr, momentum = group["lr"], group["momentum"]
-            torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
+            shrink = 1 - lr * group["weight_decay"]
+            # A tensor lr (read by a CUDA graph) in float64 gives the float path's numbers exactly.
+            if isinstance(shrink, Tensor):
+                shrink = shrink.to(params[0].dtype)
+            torch._foreach_mul_(params, shrink)
             for batch in self._batches(params):
                 grads = batch.stack_grads()
                 buf = batch.momentum(self.state)
@@ -178,7 +191,7 @@ class FilterMuon(torch.optim.Optimizer):
                 update = grads.lerp_(buf, momentum) if group["nesterov"] else buf
                 update = orthogonalise(update, group["ns_coefficients"], group["ns_steps"], group["eps"], batch.ns)
                 rows, cols = update.shape[-2:]
-                batch.apply(update, alpha=-lr * math.sqrt(max(1.0, rows / cols)))
+                batch.apply(update, alpha=lr * -math.sqrt(max(1.0, rows / cols)))
         return loss
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

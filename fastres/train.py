@@ -40,6 +40,7 @@ from .runtime import (
     set_deterministic,
 )
 from .schedule import lr_factor
+from .step import GraphStep, graph_obstacle, train_step
 
 LOG_EVERY = 50  # steps between host reads of the running loss (progress, divergence check)
 
@@ -56,24 +57,6 @@ class TrainingFailed(FastresError):
     """The run stopped on a fault that is not bad input (e.g. out of memory); it can be resumed."""
 
     exit_code = 1
-
-
-def train_step(forward: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-               scaler: torch.amp.GradScaler, runtime: Runtime, x: torch.Tensor,
-               labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step (forward under autocast, loss, backward, step); no host sync.
-
-    Returns the detached fp32 loss and the logits. Shared by the trainer and the benchmarks,
-    so the benchmarked step is the trained one.
-    """
-    with torch.autocast(runtime.device.type, dtype=runtime.amp_dtype, enabled=runtime.autocast):
-        out = forward(x)
-        loss = criterion(out, labels)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return loss.detach().float(), out
 
 
 class LoopClock:
@@ -140,6 +123,8 @@ class Trainer:
                                     augment=config.augment, padding=config.crop_padding,
                                     seed=config.seed, alternate_flip=config.alternate_flip,
                                     dataset_size=data.train.dataset_size)
+        # --cuda-graph on: the step a CUDA graph holds (on the CPU the same step, uncaptured).
+        self.graph_step = self._graph_step() if config.cuda_graph == "on" else None
         self.writer = checkpoint.BackgroundWriter()
         self.rows: list[dict[str, Any]] = []  # metrics of the finished epochs
         self.epoch = 0  # completed epochs
@@ -195,6 +180,16 @@ class Trainer:
 
     # -- steps -------------------------------------------------------------------------
 
+    def _graph_step(self) -> GraphStep | None:
+        obstacle = graph_obstacle(self.runtime, self.dist.enabled)
+        if obstacle is not None:
+            self.log(f"--cuda-graph on: stepping eagerly instead ({obstacle})")
+            return None
+        # It captures lazily, at its first full-batch steps: after a resume has loaded its state.
+        return GraphStep(self.forward, self.model, self.criterion, self.optimizer, self.runtime,
+                         batch_size=self.config.batch_size, ema=self.ema, ema_decay=self.config.ema,
+                         log=self.log)
+
     def train_epoch(self, progress) -> dict[str, float]:
         self.model.train()
         device = self.runtime.device
@@ -218,10 +213,14 @@ class Trainer:
             indices = order[seen:seen + labels.shape[0]] if order is not None else None
             x = self.augment.train(images, size, indices)
             clock.lap("augment")
-            loss, out = train_step(self.forward, self.criterion, self.optimizer, self.scaler, self.runtime, x, labels)
+            if self.graph_step is not None:  # its step updates the weight average too
+                loss, out = self.graph_step(x, labels)
+            else:
+                loss, out = train_step(self.forward, self.criterion, self.optimizer, self.scaler,
+                                       self.runtime, x, labels)
             clock.lap("step")
             self.scheduler.step()
-            if self.ema is not None:
+            if self.ema is not None and self.graph_step is None:
                 self.ema.update_parameters(self.model)
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), step_counter, bad_step)
             step_counter += 1
@@ -377,6 +376,7 @@ class Trainer:
             "precision": rt.precision,
             "channels_last": rt.channels_last,
             "compile": rt.compile,
+            "cuda_graph_steps": self.graph_step.describe() if self.graph_step is not None else None,
             **(compile_stats() if rt.compile else {"compile_time_s": None, "compiles": None, "recompile_limit_hit": None}),
             "loader": self.data.loader,
             "data_hash": self.data.data_hash,

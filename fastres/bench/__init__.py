@@ -9,6 +9,7 @@ One module per job, read top-down:
   and the sweep over models, modes and batch sizes;
 * ``loading``: fastres' loader + device-side augmentation against a torchvision DataLoader;
 * ``end_to_end``: a real training epoch against the pure step rate;
+* ``opcount``: operators dispatched per training step, a CPU proxy for kernel launches;
 * ``output``: machine info, the side-by-side table, JSON/CSV/PNG files.
 
 ``fastres bench`` (in ``fastres.cli``), the pytest-benchmark suites in ``benchmarks/`` and

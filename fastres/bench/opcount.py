@@ -1,0 +1,133 @@
+"""Operators dispatched per training step, counted on the CPU: a proxy for a GPU's kernel
+launches, which held the H200's step back (BENCHMARKS.md "NVIDIA H200"), that a test can hold.
+
+A ``TorchDispatchMode`` sees every aten operator the step calls from Python or autograd, once
+each (what an operator runs inside is not seen); views and the profiler's markers are left
+out, since they launch nothing. The eager step's SGD is forced onto its foreach path, which is
+what it takes on CUDA (on a CPU it loops over the parameters). A ``foreach`` operator counts
+once, as on CUDA, where it is one launch per few dozen tensors.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .. import recipe
+from ..config import get_preset
+from ..models import build_model
+from ..runtime import Runtime
+from ..step import GraphStep, train_step
+
+STEPS = ("eager", "graph")
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the non-view aten operators dispatched while it is active, by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if not func.is_view and func.namespace != "profiler":
+            self.counts[func.name()] += 1
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def count_step_ops(
+    *,
+    optimizer: str = "sgd",
+    ema: float = 0.0,
+    step: str = "eager",
+    model: str = "resnet18",
+    width: int = 64,
+    batch_size: int = 2,
+    preset: str = "fast",
+) -> dict[str, Any]:
+    """Operators of one training step (the third: the first ones create optimizer state) of
+    ``model`` with ``preset``'s parameter groups, ``optimizer`` and ``ema``, as fastres runs it
+    on a GPU (bf16 autocast, channels_last). ``step``: ``eager`` (today's train_step and
+    AveragedModel's update) or ``graph`` (GraphStep's body, uncaptured: what its graph holds).
+
+    Returns ``total``, ``forward_backward`` (forward, loss and backward alone: the same in
+    both), ``optimizer_and_average`` (the rest) and ``by_op``. For ``graph``,
+    ``host_ops_with_graph`` is what the host launches per step once captured: a fill per
+    learning rate, the batch's two copies into the static inputs and the replay.
+    """
+    if step not in STEPS:
+        raise ValueError(f"step must be one of {', '.join(STEPS)}, got {step!r}")
+    config = get_preset(preset).replace(
+        optimizer=optimizer, ema=ema, width=width, batch_size=batch_size
+    )
+    runtime = Runtime(torch.device("cpu"), "cpu", "bf16", compile=False, channels_last=True)
+    torch.manual_seed(0)
+    net = runtime.place(build_model(model, norm=config.norm, width=width))
+    recipe.set_bn_momentum(net, config.bn_momentum)
+    opt = recipe.build_optimizer(net, config)
+    for group in opt.param_groups:
+        if "foreach" in group:  # SGD: its CUDA default
+            group["foreach"] = True
+    average = recipe.build_ema(net, ema)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    graph = (
+        GraphStep(
+            net,
+            net,
+            criterion,
+            opt,
+            runtime,
+            batch_size=batch_size,
+            ema=average,
+            ema_decay=ema,
+            capture=False,
+        )
+        if step == "graph"
+        else None
+    )
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, 3, 32, 32, generator=gen).to(
+        runtime.amp_dtype, memory_format=torch.channels_last
+    )
+    labels = torch.randint(0, 10, (batch_size,), generator=gen)
+
+    def one_step() -> None:
+        if graph is not None:
+            graph(x, labels)
+            return
+        train_step(net, criterion, opt, scaler, runtime, x, labels)
+        if average is not None:
+            average.update_parameters(net)
+
+    for _ in range(2):
+        one_step()
+    with OpCounter() as counter:
+        one_step()
+    opt.zero_grad(set_to_none=True)  # as the step does: backward then creates the gradients
+    with OpCounter() as model_only:
+        with torch.autocast("cpu", dtype=runtime.amp_dtype):
+            loss = criterion(net(x), labels)
+        loss.backward()
+    result = {
+        "model": model,
+        "optimizer": optimizer,
+        "ema": ema,
+        "step": step,
+        "preset": preset,
+        "total": counter.total,
+        "forward_backward": model_only.total,
+        "optimizer_and_average": counter.total - model_only.total,
+        "by_op": dict(counter.counts.most_common()),
+    }
+    if graph is not None:
+        result["host_ops_with_graph"] = len(graph.lrs) + 3
+    return result
