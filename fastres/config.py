@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .models import MODELS, NORMS
+from .errors import ConfigError, FastresError
+from .models import MODELS, NORMS, check_model_name, check_width, family, standard_width
 
 SCHEDULES = ("cosine", "linear", "multistep", "none")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -39,8 +39,8 @@ MACHINE_FIELDS = frozenset(
 class TrainConfig:
     """A complete, validated description of one training run."""
 
-    model: str = field(default="resnet18", metadata={"help": f"architecture: {', '.join(MODELS)}"})
-    width: int = field(default=64, metadata={"help": "channels of the first stage (64 = the standard model; 8-16 for quick tests)"})
+    model: str = field(default="resnet18", metadata={"help": f"architecture: {', '.join(MODELS)} (resnet20-110: the paper's CIFAR ResNets, docs/models.md)"})
+    width: int = field(default=64, metadata={"help": "channels of the first stage, doubled at each later one: 64 = the standard ResNet-18/34/50, 16 = the paper's resnet20-110 (even only); a --model of the other family without --width gets that family's standard"})
     norm: str = field(default="batch", metadata={"help": "normalisation layer: 'batch' or 'none' (no BatchNorm; convs get a bias)"})
     epochs: int = field(default=200, metadata={"help": "number of passes over the training set"})
     batch_size: int = field(default=128, metadata={"help": "images per optimizer step"})
@@ -94,10 +94,15 @@ class TrainConfig:
         _validate(self)
 
     def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with some fields changed, validated again."""
+        """A copy with some fields changed, validated again. A model of the other family (a
+        paper's CIFAR ResNet for an ImageNet-style one, or back) without a width takes its
+        family's standard width: ResNet-20 at ResNet-18's 64 channels would be 16x its size."""
         unknown = sorted(set(changes) - {f.name for f in fields(self)})
         if unknown:
             raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+        model = changes.get("model", self.model)
+        if "width" not in changes and model in MODELS and family(model) != family(self.model):
+            changes = {**changes, "width": standard_width(model)}
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,7 +153,10 @@ def _positive(name: str, value: float, flag: str) -> None:
 
 
 def _validate(c: TrainConfig) -> None:
-    _choice("model", c.model, tuple(MODELS))
+    try:
+        check_model_name(c.model)
+    except FastresError as exc:
+        raise ConfigError(str(exc)) from None
     _choice("norm", c.norm, NORMS)
     _choice("lr_schedule", c.lr_schedule, SCHEDULES)
     _choice("precision", c.precision, PRECISIONS)
@@ -176,6 +184,10 @@ def _validate(c: TrainConfig) -> None:
     for name in ("train_subset", "test_subset", "num_workers", "threads", "crop_padding", "eval_every"):
         if getattr(c, name) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(c, name)}")
+    try:
+        check_width(c.model, c.width)
+    except FastresError as exc:
+        raise ConfigError(str(exc)) from None
     _validate_milestones(c)
     _validate_resolution(c)
     _validate_recipe_options(c)
