@@ -56,6 +56,18 @@ def _numbers(name: str) -> Callable[[str], tuple[float, ...]]:
     return parse
 
 
+def _held_out_images(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(
+            f"--val-split takes a number of training images to hold out, N >= 1 (e.g. 5000), got {text!r}: "
+            "leave it out to hold none out")
+    return n
+
+
 def _log(message: str) -> None:
     print(message, flush=True)
 
@@ -74,6 +86,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         elif f.name in NUMBER_LISTS:
             group.add_argument(flag, type=_numbers(f.name), default=argparse.SUPPRESS,
                                metavar=f.metadata["metavar"], help=help_)
+        elif f.name == "val_split":  # its default 0 means off; asked for, it must hold something out
+            group.add_argument(flag, type=_held_out_images, default=argparse.SUPPRESS, metavar="N", help=help_)
         else:
             metavar = {int: "N", float: "X"}.get(kind, f.name.upper())
             group.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=metavar, help=help_)

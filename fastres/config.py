@@ -75,6 +75,7 @@ class TrainConfig:
     seed: int = field(default=42, metadata={"help": "seed for initialisation, data order and augmentation"})
     train_subset: int = field(default=0, metadata={"help": "train on the first N training images only (0 = all 50,000)"})
     test_subset: int = field(default=0, metadata={"help": "evaluate on the first N test images only (0 = all 10,000)"})
+    val_split: int = field(default=0, metadata={"help": "hold out N training images (the same ones for every seed, class-balanced) to evaluate every epoch and choose the best epoch on; the test set is then evaluated after the last epoch only (0 = off)", "metavar": "N"})
     precision: str = field(default="auto", metadata={"help": "auto (bf16 where supported, fp16 on older GPUs, else fp32), bf16, fp16 or fp32"})
     channels_last: bool = field(default=True, metadata={"help": "channels_last memory format for activations and weights"})
     compile: str = field(default="auto", metadata={"help": "torch.compile the model: auto (on for CUDA, off on CPU), on, off"})
@@ -181,13 +182,16 @@ def _validate(c: TrainConfig) -> None:
         raise ConfigError(f"label_smoothing must be in [0, 1), got {c.label_smoothing}")
     if c.warmup_epochs >= c.epochs:
         raise ConfigError(f"warmup_epochs ({c.warmup_epochs}) must be shorter than the run ({c.epochs} epochs)")
-    for name in ("train_subset", "test_subset", "num_workers", "threads", "crop_padding", "eval_every"):
+    for name in ("train_subset", "test_subset", "num_workers", "threads", "crop_padding", "eval_every", "val_split"):
         if getattr(c, name) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(c, name)}")
     try:
         check_width(c.model, c.width)
     except FastresError as exc:
         raise ConfigError(str(exc)) from None
+    if c.train_subset and c.val_split >= c.train_subset:
+        raise ConfigError(f"val_split {c.val_split} leaves none of the {c.train_subset} images of --train-subset to "
+                          f"train on: pass a --val-split below {c.train_subset} (e.g. {c.train_subset // 10})")
     _validate_milestones(c)
     _validate_resolution(c)
     _validate_recipe_options(c)

@@ -107,8 +107,16 @@ def test_a_model_of_the_other_family_takes_its_standard_width_unless_one_is_give
 @pytest.mark.parametrize("changes,match", [
     ({"model": "resnet56", "width": 9}, "width 9 does not fit resnet56.*even"),
     ({"model": "resnet_34"}, "did you mean resnet34"),
+    ({"val_split": -1}, "val_split must be >= 0"),
+    ({"train_subset": 5000, "val_split": 5000}, "leaves none of the 5000 images of --train-subset"),
 ])
 def test_models_widths_and_splits_that_cannot_apply_are_refused(changes, match):
     with pytest.raises(ConfigError, match=match):
         TrainConfig(**changes)
 
+
+def test_the_validation_split_is_part_of_the_recipe():
+    base = get_preset("quick")
+    assert "val_split" in base.recipe() and base.val_split == 0, "off in every preset"
+    assert all(cfg.val_split == 0 for cfg in PRESETS.values())
+    assert base.replace(val_split=5000).recipe() != base.recipe()
