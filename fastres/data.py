@@ -200,7 +200,7 @@ def open_data(*, loader: str, data_dir: str | Path, batch_size: int, device: tor
         workers = num_workers or (8 if device.type == "cuda" else 1)
         common = {"device": device, "seed": seed, "num_workers": workers}
         beton = prepare.beton_path(data_dir, "train")
-        held = _held_out(_beton_labels(beton), train_subset, val_split)
+        held = _held_out(_beton_labels(beton), train_subset, val_split) if val_split else None
         keep = None if held is None else split.kept(train_subset or counts["train"], held)
         train = FFCVBatches(beton, batch_size // world_size, shuffle=shuffle, drop_last=True,
                             subset=train_subset, distributed=world_size > 1, indices=keep, **common)
