@@ -35,7 +35,7 @@ from .config import (
 )
 from .errors import FastresError
 from .files import ensure_writable_dir, ensure_writable_file
-from .models import check_model_name, model_names
+from .models import IMAGENET_MODELS, check_model_name, check_width, model_names, standard_width
 from .rundir import STUDY_ROOT, RunDir
 
 
@@ -56,6 +56,18 @@ def _numbers(name: str) -> Callable[[str], tuple[float, ...]]:
     return parse
 
 
+def _held_out_images(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(
+            f"--val-split takes a number of training images to hold out, N >= 1 (e.g. 5000), got {text!r}: "
+            "leave it out to hold none out")
+    return n
+
+
 def _log(message: str) -> None:
     print(message, flush=True)
 
@@ -74,6 +86,8 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         elif f.name in NUMBER_LISTS:
             group.add_argument(flag, type=_numbers(f.name), default=argparse.SUPPRESS,
                                metavar=f.metadata["metavar"], help=help_)
+        elif f.name == "val_split":  # its default 0 means off; asked for, it must hold something out
+            group.add_argument(flag, type=_held_out_images, default=argparse.SUPPRESS, metavar="N", help=help_)
         else:
             metavar = {int: "N", float: "X"}.get(kind, f.name.upper())
             group.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=metavar, help=help_)
@@ -585,7 +599,8 @@ def _add_bench_parser(sub: Any) -> None:
                "  fastres bench --models resnet18 --batch-sizes 32 64 128 256 512 --mode train --json bench.json --plot bench.png\n"
                "  fastres bench --models resnet18,resnet34,resnet50 --batch-sizes 128 --csv bench.csv")
     p.add_argument("--models", nargs="+", default=None, metavar="MODEL",
-                   help=f"models to measure (space or comma separated; default: all of {', '.join(model_names())})")
+                   help=f"models to measure (space or comma separated; default: {', '.join(IMAGENET_MODELS)}; "
+                        f"also {', '.join(n for n in model_names() if n not in IMAGENET_MODELS)} when named)")
     p.add_argument("--batch-sizes", nargs="+", default=None, metavar="N",
                    help=f"batch sizes (default: {' '.join(map(str, DEFAULT_BATCH_SIZES))}; "
                         f"--quick: {' '.join(map(str, QUICK_BATCH_SIZES))})")
@@ -594,7 +609,8 @@ def _add_bench_parser(sub: Any) -> None:
     p.add_argument("--quick", action="store_true",
                    help=f"smoke test: width-{QUICK_WIDTH} models, tiny batches, one step per repeat (numbers are not meaningful)")
     p.add_argument("--width", type=int, default=None, metavar="N",
-                   help=f"first-stage channels (default 64, the real models; --quick: {QUICK_WIDTH})")
+                   help=f"first-stage channels (default: each model's published width, 64 for resnet18-50 and 16 "
+                        f"for resnet20-110; --quick: {QUICK_WIDTH})")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                    help="auto (CUDA when present, else CPU), cuda or cpu")
     p.add_argument("--threads", type=int, default=None, metavar="N",
@@ -619,12 +635,22 @@ def _words(values: Sequence[str]) -> list[str]:
 
 
 def _bench_models(values: Sequence[str] | None) -> list[str]:
-    if values is None:
-        return model_names()
+    if values is None:  # the paper's CIFAR ResNets only when named: the sweep's results stay comparable
+        return list(IMAGENET_MODELS)
     names = [check_model_name(name) for name in _words(values)]
     if not names:
         raise FastresError(f"--models needs at least one of {', '.join(model_names())}")
     return list(dict.fromkeys(names))
+
+
+def _bench_width(models: Sequence[str], width: int | None) -> str:
+    """The width line: one number, or each model's published width where they differ."""
+    if width is not None:
+        return str(width)
+    widths = {standard_width(m) for m in models}
+    if len(widths) == 1:
+        return str(widths.pop())
+    return ", ".join(f"{m} {standard_width(m)}" for m in models)
 
 
 def _bench_batch_sizes(values: Sequence[str]) -> list[int]:
@@ -653,9 +679,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     batch_sizes = (_bench_batch_sizes(args.batch_sizes) if args.batch_sizes
                    else list(bench.QUICK_BATCH_SIZES if args.quick else bench.DEFAULT_BATCH_SIZES))
     modes = list(bench.MODES) if args.mode == "both" else [args.mode]
-    width = args.width if args.width is not None else (bench.QUICK_WIDTH if args.quick else 64)
-    if width < 1:
+    width = args.width if args.width is not None else (bench.QUICK_WIDTH if args.quick else None)
+    if width is not None and width < 1:
         raise FastresError(f"--width must be a positive integer, got {width}")
+    for name in models if width is not None else ():
+        check_width(name, width)
     if args.threads is not None and args.threads < 1:
         raise FastresError(f"--threads must be a positive integer, got {args.threads}")
     if args.mem_limit is not None and not (args.mem_limit > 0 and math.isfinite(args.mem_limit)):
@@ -678,7 +706,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     fast = bench.fastres_runtime(device)
     n = machine["threads"]
     _log(f"fastres bench on {machine['gpu'] or machine['cpu']} ({device.type}, {n} thread{'s' * (n != 1)}, "
-         f"torch {machine['torch']}); width {width}{' (quick: not a measurement)' if args.quick else ''}")
+         f"torch {machine['torch']}); width {_bench_width(models, width)}{' (quick: not a measurement)' if args.quick else ''}")
     _log(f"baseline: fp32, NCHW, eager   fastres: {fast.precision}, "
          f"{'channels_last' if fast.channels_last else 'NCHW'}, compile {'on' if fast.compile else 'off'}")
     mem_limit = int(args.mem_limit * 1e9) if args.mem_limit is not None else None

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .models import MODELS, NORMS
+from .errors import ConfigError, FastresError
+from .models import MODELS, NORMS, check_model_name, check_width, family, standard_width
 
 SCHEDULES = ("cosine", "linear", "multistep", "none")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -40,8 +40,8 @@ MACHINE_FIELDS = frozenset(
 class TrainConfig:
     """A complete, validated description of one training run."""
 
-    model: str = field(default="resnet18", metadata={"help": f"architecture: {', '.join(MODELS)}"})
-    width: int = field(default=64, metadata={"help": "channels of the first stage (64 = the standard model; 8-16 for quick tests)"})
+    model: str = field(default="resnet18", metadata={"help": f"architecture: {', '.join(MODELS)} (resnet20-110: the paper's CIFAR ResNets, docs/models.md)"})
+    width: int = field(default=64, metadata={"help": "channels of the first stage, doubled at each later one: 64 = the standard ResNet-18/34/50, 16 = the paper's resnet20-110 (even only); a --model of the other family without --width gets that family's standard"})
     norm: str = field(default="batch", metadata={"help": "normalisation layer: 'batch' or 'none' (no BatchNorm; convs get a bias)"})
     epochs: int = field(default=200, metadata={"help": "number of passes over the training set"})
     batch_size: int = field(default=128, metadata={"help": "images per optimizer step"})
@@ -76,6 +76,7 @@ class TrainConfig:
     seed: int = field(default=42, metadata={"help": "seed for initialisation, data order and augmentation"})
     train_subset: int = field(default=0, metadata={"help": "train on the first N training images only (0 = all 50,000)"})
     test_subset: int = field(default=0, metadata={"help": "evaluate on the first N test images only (0 = all 10,000)"})
+    val_split: int = field(default=0, metadata={"help": "hold out N training images (the same ones for every seed, class-balanced) to evaluate every epoch and choose the best epoch on; the test set is then evaluated after the last epoch only (0 = off)", "metavar": "N"})
     precision: str = field(default="auto", metadata={"help": "auto (bf16 where supported, fp16 on older GPUs, else fp32), bf16, fp16 or fp32"})
     channels_last: bool = field(default=True, metadata={"help": "channels_last memory format for activations and weights"})
     compile: str = field(default="auto", metadata={"help": "torch.compile the model: auto (on for CUDA, off on CPU), on, off"})
@@ -99,10 +100,15 @@ class TrainConfig:
         _validate(self)
 
     def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with some fields changed, validated again."""
+        """A copy with some fields changed, validated again. A model of the other family (a
+        paper's CIFAR ResNet for an ImageNet-style one, or back) without a width takes its
+        family's standard width: ResNet-20 at ResNet-18's 64 channels would be 16x its size."""
         unknown = sorted(set(changes) - {f.name for f in fields(self)})
         if unknown:
             raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+        model = changes.get("model", self.model)
+        if "width" not in changes and model in MODELS and family(model) != family(self.model):
+            changes = {**changes, "width": standard_width(model)}
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,7 +159,10 @@ def _positive(name: str, value: float, flag: str) -> None:
 
 
 def _validate(c: TrainConfig) -> None:
-    _choice("model", c.model, tuple(MODELS))
+    try:
+        check_model_name(c.model)
+    except FastresError as exc:
+        raise ConfigError(str(exc)) from None
     _choice("norm", c.norm, NORMS)
     _choice("lr_schedule", c.lr_schedule, SCHEDULES)
     _choice("precision", c.precision, PRECISIONS)
@@ -179,9 +188,16 @@ def _validate(c: TrainConfig) -> None:
         raise ConfigError(f"label_smoothing must be in [0, 1), got {c.label_smoothing}")
     if c.warmup_epochs >= c.epochs:
         raise ConfigError(f"warmup_epochs ({c.warmup_epochs}) must be shorter than the run ({c.epochs} epochs)")
-    for name in ("train_subset", "test_subset", "num_workers", "threads", "crop_padding", "eval_every"):
+    for name in ("train_subset", "test_subset", "num_workers", "threads", "crop_padding", "eval_every", "val_split"):
         if getattr(c, name) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(c, name)}")
+    try:
+        check_width(c.model, c.width)
+    except FastresError as exc:
+        raise ConfigError(str(exc)) from None
+    if c.train_subset and c.val_split >= c.train_subset:
+        raise ConfigError(f"val_split {c.val_split} leaves none of the {c.train_subset} images of --train-subset to "
+                          f"train on: pass a --val-split below {c.train_subset} (e.g. {c.train_subset // 10})")
     _validate_milestones(c)
     _validate_resolution(c)
     _validate_recipe_options(c)

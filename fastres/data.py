@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler
 
-from . import cifar, prepare
+from . import cifar, prepare, split
 from .errors import FastresError
 from .ffcv_compat import ffcv_available, keep_torch_threads
 
@@ -37,7 +37,7 @@ class FFCVBatches:
 
     def __init__(self, path: Path, batch_size: int, device: torch.device, *, shuffle: bool,
                  seed: int, drop_last: bool, num_workers: int, subset: int = 0,
-                 distributed: bool = False) -> None:
+                 distributed: bool = False, indices: np.ndarray | None = None) -> None:
         self._threads = torch.get_num_threads()
         with keep_torch_threads():
             from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
@@ -54,7 +54,7 @@ class FFCVBatches:
             str(path), batch_size=batch_size, num_workers=num_workers,
             order=OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL,
             seed=seed, drop_last=drop_last, distributed=distributed,
-            indices=np.arange(subset) if subset else None,
+            indices=indices if indices is not None else np.arange(subset) if subset else None,
             pipelines={"image": image_pipe, "label": label_pipe},
             batches_ahead=2,
         )
@@ -68,7 +68,8 @@ class FFCVBatches:
 
     @property
     def dataset_size(self) -> int:
-        return len(self.loader.indices)
+        """One past the largest data-set index it yields (with --val-split the indices have gaps)."""
+        return int(self.loader.indices.max()) + 1
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         """The data-set indices of ``epoch``'s images (this rank's), in the order its batches
@@ -87,13 +88,18 @@ class FFCVBatches:
 
 
 class MemoryBatches:
-    """The whole uint8 split resident on the device; batches are index gathers."""
+    """The whole uint8 split resident on the device; batches are index gathers. ``indices``
+    (data-set indices, as FFCV's Loader takes them) picks the images it yields, e.g. those
+    a validation split leaves; positions in an epoch's order map through it, as FFCV's do."""
 
     def __init__(self, split: cifar.Split, batch_size: int, device: torch.device, *, shuffle: bool,
-                 seed: int, drop_last: bool, subset: int = 0, rank: int = 0, world_size: int = 1) -> None:
-        n = subset or len(split)
-        self.images = torch.from_numpy(split.images[:n]).to(device)
-        self.labels = torch.from_numpy(split.labels[:n]).to(device)
+                 seed: int, drop_last: bool, subset: int = 0, rank: int = 0, world_size: int = 1,
+                 indices: np.ndarray | None = None) -> None:
+        size = subset or len(split)
+        self.images = torch.from_numpy(split.images[:size]).to(device)
+        self.labels = torch.from_numpy(split.labels[:size]).to(device)
+        self.indices = None if indices is None else torch.from_numpy(np.asarray(indices, dtype=np.int64)).to(device)
+        n = size if indices is None else len(indices)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
@@ -118,6 +124,12 @@ class MemoryBatches:
         return full if self.drop_last or rest == 0 else full + 1
 
     def _order(self, epoch: int) -> torch.Tensor | None:
+        positions = self._positions(epoch)
+        if self.indices is None:
+            return positions
+        return self.indices if positions is None else self.indices[positions]
+
+    def _positions(self, epoch: int) -> torch.Tensor | None:
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
             return torch.tensor(list(self.sampler), device=self.images.device)
@@ -154,6 +166,8 @@ class DataSource:
     loader: str  # "ffcv" or "memory"
     data_hash: str  # manifest hash (ffcv) or source checksum prefix (memory)
     description: str
+    val: FFCVBatches | MemoryBatches | None = None  # the held-out split (--val-split), else None
+    val_indices: np.ndarray | None = None  # the held-out images' data-set indices
 
 
 def choose_loader(requested: str, log=print) -> str:
@@ -166,11 +180,13 @@ def choose_loader(requested: str, log=print) -> str:
 def open_data(*, loader: str, data_dir: str | Path, batch_size: int, device: torch.device, seed: int,
               num_workers: int = 0, train_subset: int = 0, test_subset: int = 0,
               eval_batch_size: int = 500, shuffle: bool = True, source: str | Path | None = None,
-              rank: int = 0, world_size: int = 1, log=print) -> DataSource:
+              rank: int = 0, world_size: int = 1, val_split: int = 0, log=print) -> DataSource:
     """Open the training and test batches for one run (``loader`` already resolved).
 
     ``batch_size`` is global: with ``world_size`` > 1 each rank reads its own shard of the
-    training set in batches of ``batch_size // world_size``. Every rank reads the whole test set.
+    training set in batches of ``batch_size // world_size``. Every rank reads the whole test set,
+    and the whole validation split: ``val_split`` > 0 holds out that many of the (first
+    ``train_subset``) training images, chosen by ``split.held_out`` from the labels alone.
     """
     if batch_size % world_size:
         raise FastresError(
@@ -180,14 +196,20 @@ def open_data(*, loader: str, data_dir: str | Path, batch_size: int, device: tor
     if loader == "ffcv":
         manifest = prepare.verify_betons(data_dir)
         counts = {s: manifest["files"][s]["count"] for s in prepare.BETONS}
-        _check_subsets(counts, train_subset, test_subset, batch_size)
+        _check_subsets(counts, train_subset, test_subset, batch_size, val_split)
         workers = num_workers or (8 if device.type == "cuda" else 1)
         common = {"device": device, "seed": seed, "num_workers": workers}
-        train = FFCVBatches(prepare.beton_path(data_dir, "train"), batch_size // world_size, shuffle=shuffle,
-                            drop_last=True, subset=train_subset, distributed=world_size > 1, **common)
+        beton = prepare.beton_path(data_dir, "train")
+        held = _held_out(_beton_labels(beton), train_subset, val_split) if val_split else None
+        keep = None if held is None else split.kept(train_subset or counts["train"], held)
+        train = FFCVBatches(beton, batch_size // world_size, shuffle=shuffle, drop_last=True,
+                            subset=train_subset, distributed=world_size > 1, indices=keep, **common)
         test = FFCVBatches(prepare.beton_path(data_dir, "test"), eval_batch_size, shuffle=False,
                            drop_last=False, subset=test_subset, **common)
-        return DataSource(train, test, "ffcv", prepare.manifest_hash(manifest), f"FFCV betons in {data_dir}")
+        val = None if held is None else FFCVBatches(beton, eval_batch_size, shuffle=False, drop_last=False,
+                                                    indices=held, **common)
+        return DataSource(train, test, "ffcv", prepare.manifest_hash(manifest), f"FFCV betons in {data_dir}",
+                          val, held)
 
     src = cifar.locate_source(source, data_dir)
     if src is None:
@@ -196,18 +218,44 @@ def open_data(*, loader: str, data_dir: str | Path, batch_size: int, device: tor
             f"set {cifar.ENV_VAR} or put '{cifar.FOLDER}' in --data-dir"
         )
     data = cifar.load_source(src, expect_full=False)
-    _check_subsets({"train": len(data.train), "test": len(data.test)}, train_subset, test_subset, batch_size)
+    _check_subsets({"train": len(data.train), "test": len(data.test)}, train_subset, test_subset, batch_size, val_split)
+    held = _held_out(data.train.labels, train_subset, val_split)
+    keep = None if held is None else split.kept(train_subset or len(data.train), held)
     train = MemoryBatches(data.train, batch_size // world_size, device, shuffle=shuffle, seed=seed, drop_last=True,
-                          subset=train_subset, rank=rank, world_size=world_size)
+                          subset=train_subset, rank=rank, world_size=world_size, indices=keep)
     test = MemoryBatches(data.test, eval_batch_size, device, shuffle=False, seed=seed, drop_last=False, subset=test_subset)
-    return DataSource(train, test, "memory", cifar.source_checksum(src)[:16], f"CIFAR-10 source {src}, in device memory")
+    val = None if held is None else MemoryBatches(data.train, eval_batch_size, device, shuffle=False, seed=seed,
+                                                  drop_last=False, subset=train_subset, indices=held)
+    return DataSource(train, test, "memory", cifar.source_checksum(src)[:16], f"CIFAR-10 source {src}, in device memory",
+                      val, held)
 
 
-def _check_subsets(counts: dict[str, int], train_subset: int, test_subset: int, batch_size: int) -> None:
-    for split, subset in (("train", train_subset), ("test", test_subset)):
-        if subset > counts[split]:
-            raise FastresError(f"--{split}-subset {subset} is larger than the {counts[split]} {split} images")
-    n_train = train_subset or counts["train"]
+def _held_out(labels: np.ndarray, train_subset: int, val_split: int) -> np.ndarray | None:
+    """The validation split's data-set indices among the first ``train_subset`` images, or None."""
+    if not val_split:
+        return None
+    return split.held_out(labels[:train_subset or len(labels)], val_split)
+
+
+def _beton_labels(path: Path) -> np.ndarray:
+    """The training labels, read from the beton's metadata table (no image is decoded)."""
+    with keep_torch_threads():
+        from ffcv.reader import Reader
+
+    reader = Reader(str(path))
+    return np.asarray(reader.metadata[reader.metadata.dtype.names[reader.field_names.index("label")]])
+
+
+def _check_subsets(counts: dict[str, int], train_subset: int, test_subset: int, batch_size: int,
+                   val_split: int = 0) -> None:
+    for name, subset in (("train", train_subset), ("test", test_subset)):
+        if subset > counts[name]:
+            raise FastresError(f"--{name}-subset {subset} is larger than the {counts[name]} {name} images")
+    pool = train_subset or counts["train"]
+    if val_split >= pool:
+        raise FastresError(f"--val-split {val_split} leaves none of the {pool} training images to train on: "
+                           f"pass a --val-split below {pool} (e.g. {pool // 10})")
+    n_train = pool - val_split
     if batch_size > n_train:
         raise FastresError(
             f"batch size {batch_size} is larger than the {n_train} training images: pass --batch-size <= {n_train}"

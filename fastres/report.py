@@ -326,6 +326,7 @@ def aggregate(roots: str | Path | Sequence[str | Path], runs: list[Run] | None =
             "final_val_acc": final,
             "test_set_stderr": _test_set_stderr(g, final["mean"]),
             "best_val_acc": stats([s["best_val_acc"] for s in done]),
+            **_held_out_stats(done),
             "final_train_acc": stats([s["final_train_acc"] for s in done]),
             "epochs": sorted({int(s["epochs"]) for s in done}),
             "train_time_s": stats([s["train_time_s"] for s in done]),
@@ -386,12 +387,22 @@ def _unfinished(r: Run) -> dict[str, Any]:
             "epochs": len(r.metrics), "epochs_planned": r.config.epochs}
 
 
+def _held_out_stats(done: list[dict[str, Any]]) -> dict[str, Any]:
+    """The --val-split numbers of a setting whose every run held images out, else nothing."""
+    if not done or any(s.get("best_on") != "val_split" for s in done):
+        return {}
+    return {"val_split": sorted({s["val_split"] for s in done}),
+            "val_split_acc": stats([s["val_split_acc"] for s in done]),
+            "best_val_split_acc": stats([s["best_val_split_acc"] for s in done])}
+
+
 def _run_entry(r: Run) -> dict[str, Any]:
     s = r.summary or {}
     return {"run": r.rel, "preset": r.config.preset, "seed": r.config.seed, "state": r.state,
             "epochs": len(r.metrics), "epochs_planned": r.config.epochs,
             "final_val_acc": s.get("final_val_acc"), "best_val_acc": s.get("best_val_acc"),
             "best_epoch": s.get("best_epoch"), "final_train_acc": s.get("final_train_acc"),
+            "best_on": s.get("best_on", "test"), "best_val_split_acc": s.get("best_val_split_acc"),
             "train_time_s": s.get("train_time_s"), "images_per_s": s.get("images_per_s"),
             "cpu_wait": s.get("cpu_wait"), "shared_cpu": shared_cpu(s),
             "git_commit": s.get("git_commit"), "device": s.get("device"), "precision": s.get("precision"),
@@ -580,7 +591,9 @@ def render_markdown(data: dict[str, Any]) -> str:
         lines.append("- Rules (`fastres ablate --base`): " + "; ".join(f"`{k}`: {v}" for k, v in rules.items()) + ".")
     reference = data["reference"] or "baseline"
     lines += ["", "## Results", ""]
+    held = any("best_val_split_acc" in g for g in settings)
     header = ["setting", "n", "final val acc", f"Δ final vs {reference}", "best-epoch val acc (optimistic)",
+              *(["held-out acc: final / best epoch"] if held else []),
               "final train acc", "epochs", "wall time / run, median (range)", f"time vs {reference}", "images/s",
               "original study (1 run, best)"]
     lines.append("| " + " | ".join(header) + " |")
@@ -602,10 +615,13 @@ def render_markdown(data: dict[str, Any]) -> str:
         ips = g["images_per_s"]["mean"]
         lines.append("| " + " | ".join([
             f"`{g['label']}`", n, _mean_std(g["final_val_acc"]), diff_text, _mean_std(g["best_val_acc"]),
+            *([_held_out_text(g)] if held else []),
             _mean_std(g["final_train_acc"]), epochs,
             _time_range(g["train_time_s"]) + _shared_marker(bool(g["shared_cpu"])),
             _time_ratio_text(g),
             "-" if ips is None else f"{ips:,.0f}", original]) + " |")
+    lines.append("")
+    lines.append(_splits_note(held))
     lines.append("")
     lines.append(f"Δ: final accuracy minus `{reference}`'s, in points, with its {100 * seedstats.CONFIDENCE:.0f}% "
                  "interval from Student's t for the n at hand (see *Differences* below). **Bold**: the interval "
@@ -646,12 +662,32 @@ def render_markdown(data: dict[str, Any]) -> str:
               "|---|--:|---|--:|--:|--:|--:|--:|--:|---|"]
     for r in data["runs"]:
         best = "-" if r["best_val_acc"] is None else f"{_pct(r['best_val_acc'])} ({r['best_epoch']})"
+        if r["best_on"] == "val_split":  # its best epoch was chosen on the held-out images, not the test set
+            best = f"held-out {_pct(r['best_val_split_acc'])} ({r['best_epoch']})"
         ips = "-" if r["images_per_s"] is None else f"{r['images_per_s']:,.0f}"
         commit = (r["git_commit"] or "-")[:12] + ("-dirty" if (r["git_commit"] or "").endswith("-dirty") else "")
         lines.append(f"| `{r['run']}` | {r['seed']} | {r['state']} | {r['epochs']}/{r['epochs_planned']} | "
                      f"{_pct(r['final_val_acc'])} | {best} | {_pct(r['final_train_acc'])} | "
                      f"{duration(r['train_time_s'])}{_shared_marker(r['shared_cpu'])} | {ips} | `{commit}` |")
     return "\n".join(lines) + "\n"
+
+
+def _held_out_text(g: dict[str, Any]) -> str:
+    if "best_val_split_acc" not in g:
+        return "-"
+    return f"{_mean_std(g['val_split_acc'])} / {_mean_std(g['best_val_split_acc'])}"
+
+
+def _splits_note(held: bool) -> str:
+    """Which images each accuracy column comes from."""
+    note = ("Splits: *val acc* columns (final, Δ, best epoch) and the validation curves are the test set's "
+            "(CIFAR-10's 10,000 test images, or the first `--test-subset`); *train acc* is the training batches', "
+            "augmented, during the last epoch.")
+    if held:
+        note += (" *Held-out acc* is that of the `--val-split` training images, the same for every seed and never "
+                 "trained on; those runs chose their best epoch (`best.pt`) on it and evaluated the test set only "
+                 "after the last epoch, so their test columns are not optimistic.")
+    return note
 
 
 def plot_val_acc(runs: list[Run], path: Path, variants: frozenset[str] = frozenset()) -> None:

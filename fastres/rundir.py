@@ -6,9 +6,11 @@
       config.json          resolved TrainConfig
       metrics.jsonl        one JSON object per finished epoch
       summary.json         written when the run ends (also after an interruption)
+      val_split.json       with --val-split: the held-out training images' indices and their hash
       tensorboard/         event files with the same scalars as metrics.jsonl
       checkpoints/last.pt  full training state after the latest epoch
-      checkpoints/best.pt  the same, for the epoch with the best val accuracy
+      checkpoints/best.pt  the same, for the epoch with the best val accuracy (of the held-out
+                           split with --val-split, else of the test set)
       .lock                locked (lockf) by the one process training the run; never removed
       .lock-holder.json    that process's PID, host and start time, for messages only
 
@@ -43,6 +45,7 @@ from .files import (
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+VAL_SPLIT = "val_split.json"
 TENSORBOARD = "tensorboard"
 CHECKPOINTS = "checkpoints"
 LAST = "last.pt"

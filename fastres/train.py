@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import sys
 import threading
 import time
@@ -20,15 +21,15 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from . import checkpoint, contention, distributed, recipe
+from . import checkpoint, contention, distributed, recipe, split
 from .augment import BatchAugment
 from .config import MACHINE_FIELDS, TrainConfig, describe_differences, recipe_differences
 from .data import DataSource, choose_loader, open_data
 from .errors import ConfigError, DeviceFault, FastresError
-from .files import WriteError, write_failure, writing
+from .files import WriteError, atomic_write_text, write_failure, writing
 from .models import build_model, count_parameters
 from .provenance import git_commit, versions
-from .rundir import TB_TAGS, RunDir, default_run_dir, finished_stamp
+from .rundir import TB_TAGS, VAL_SPLIT, RunDir, default_run_dir, finished_stamp
 from .runtime import (
     Runtime,
     compile_module,
@@ -268,8 +269,23 @@ class Trainer:
         )
 
     @torch.no_grad()
-    def evaluate(self, tta: bool = False, translate: int = 0) -> dict[str, float]:
-        return evaluate(self.eval_forward, self.data, self.augment, self.runtime, tta=tta, translate=translate)
+    def evaluate(self, tta: bool = False, translate: int = 0, batches: Any = None) -> dict[str, float]:
+        return evaluate(self.eval_forward, self.data, self.augment, self.runtime, tta=tta, translate=translate,
+                        batches=batches)
+
+    def evaluate_epoch(self, last: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """This epoch's (test, held-out split) results. With --val-split the held-out images
+        are evaluated every epoch and the test set only after the last, so nothing chosen
+        during the run has seen the test set; otherwise the test set every --eval-every epochs."""
+        cfg = self.config
+        translate = cfg.tta_translate if last or not cfg.tta_final_only else 0
+        held = None
+        if self.data.val is not None:
+            held = self.evaluate(tta=cfg.eval_tta, translate=translate, batches=self.data.val)
+        due = not cfg.val_split and cfg.eval_every and (self.epoch + 1) % cfg.eval_every == 0
+        if last or due:
+            return self.evaluate(tta=cfg.eval_tta, translate=translate), held
+        return {"loss": None, "acc": None, "images": 0}, held
 
     # -- loop --------------------------------------------------------------------------
 
@@ -280,11 +296,7 @@ class Trainer:
         cpu_wait = contention.CpuWait()
         with _progress_bar(show_progress, self.steps_per_epoch, f"epoch {self.epoch + 1}/{cfg.epochs}") as bar:
             stats = self.train_epoch(bar)
-        last = self.epoch + 1 == cfg.epochs
-        if last or (cfg.eval_every and (self.epoch + 1) % cfg.eval_every == 0):
-            val = self.evaluate(tta=cfg.eval_tta, translate=cfg.tta_translate if last or not cfg.tta_final_only else 0)
-        else:
-            val = {"loss": None, "acc": None, "images": 0}
+        val, held = self.evaluate_epoch(self.epoch + 1 == cfg.epochs)
         self.epoch += 1
         row = {
             "epoch": self.epoch, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
@@ -294,9 +306,14 @@ class Trainer:
             "train_res": stats["train_res"], "epoch_train_s": stats["train_time_s"],
             "loop_time_s": stats["loop_time_s"], "cpu_wait": cpu_wait.lap(),
         }
-        improved = row["val_acc"] is not None and row["val_acc"] > self.best_val_acc
+        if held is not None:
+            row |= {"val_split_loss": held["loss"], "val_split_acc": held["acc"], "val_split_images": held["images"]}
+        # The best epoch (best.pt) is chosen on the held-out split when there is one; the
+        # checkpoint's best_val_acc is then that split's accuracy.
+        score = row["val_split_acc"] if held is not None else row["val_acc"]
+        improved = score is not None and score > self.best_val_acc
         if improved:
-            self.best_val_acc, self.best_epoch = row["val_acc"], self.epoch
+            self.best_val_acc, self.best_epoch = score, self.epoch
         row["checkpoint_time_s"] = self.snapshot_checkpoint(improved) if self.dist.is_main else 0.0
         self.rows.append(row)
         self.trained_images += round(stats["images_per_s"] * stats["train_time_s"])
@@ -350,6 +367,17 @@ class Trainer:
                     raise
                 self.notes.append(str(exc))
 
+    def _val_split_summary(self) -> dict[str, Any]:
+        """The held-out split's numbers (final_val_acc and best_val_acc stay the test set's), and
+        which split chose best_epoch."""
+        if self.data.val_indices is None:
+            return {"best_on": "test"}
+        accs = [r.get("val_split_acc") for r in self.rows]
+        return {"best_on": "val_split", "val_split": len(self.data.val_indices),
+                "val_split_digest": split.digest(self.data.val_indices),
+                "val_split_acc": accs[-1] if accs else None,
+                "best_val_split_acc": max((a for a in accs if a is not None), default=None)}
+
     def _summary(self, status: str) -> dict[str, Any]:
         rows = self.rows
         last = rows[-1] if rows else {}
@@ -362,6 +390,7 @@ class Trainer:
             "epochs_planned": self.config.epochs,
             "best_val_acc": max((r["val_acc"] for r in rows if r["val_acc"] is not None), default=None),
             "best_epoch": self.best_epoch or None,
+            **self._val_split_summary(),
             "final_val_acc": last.get("val_acc"),
             "final_val_loss": last.get("val_loss"),
             "final_train_acc": last.get("train_acc"),
@@ -412,13 +441,15 @@ class EpochLog:
                 for key, tag in TB_TAGS.items():
                     if row[key] is not None:  # val_* of an epoch without evaluation (--eval-every)
                         self.tb.add_scalar(tag, row[key], row["epoch"])
+                if row.get("val_split_acc") is not None:
+                    self.tb.add_scalar("acc/val_split", row["val_split_acc"], row["epoch"])
+                    self.tb.add_scalar("loss/val_split", row["val_split_loss"], row["epoch"])
                 self.tb.flush()
             except OSError as exc:
                 raise write_failure(f"the TensorBoard events in {self.run.tensorboard}", exc) from None
         self.log(
             f"epoch {row['epoch']}/{self.epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%  "
-            + (f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%  " if row["val_acc"] is not None
-               else "not evaluated  ")
+            + _evaluation_text(row)
             + f"lr {row['lr']:.4g}  "
             f"{row['images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s"
         )
@@ -430,6 +461,17 @@ class EpochLog:
                 tb.close()
             except OSError as exc:
                 raise write_failure(f"the TensorBoard events in {self.run.tensorboard}", exc) from None
+
+
+def _evaluation_text(row: dict[str, Any]) -> str:
+    """The epoch line's evaluation part: the held-out split's accuracy (with --val-split), then
+    the test set's, or that neither was evaluated."""
+    held = row.get("val_split_acc")
+    text = f"held-out acc {100 * held:.2f}%  " if held is not None else ""
+    if row["val_acc"] is not None:
+        name = "test" if "val_split_acc" in row else "val"
+        return text + f"{name} loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%  "
+    return text or "not evaluated  "
 
 
 def _quiet_tensorboard_thread() -> None:
@@ -465,9 +507,10 @@ def _progress_bar(show: bool, total: int, description: str) -> Iterator[Any]:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DataSource, augment: BatchAugment, runtime: Runtime, *,
-             tta: bool = False, translate: int = 0) -> dict[str, float]:
-    """Test loss and accuracy; ``tta`` averages the logits of each image and its mirror;
-    ``translate`` > 0 adds shifted views (``recipe.tta_views``)."""
+             tta: bool = False, translate: int = 0, batches: Any = None) -> dict[str, float]:
+    """Test loss and accuracy (of ``batches`` instead, e.g. the held-out split, when given);
+    ``tta`` averages the logits of each image and its mirror; ``translate`` > 0 adds shifted
+    views (``recipe.tta_views``)."""
     model.eval()
     device = runtime.device
     loss_sum = torch.zeros((), device=device)
@@ -475,7 +518,7 @@ def evaluate(model: nn.Module, data: DataSource, augment: BatchAugment, runtime:
     seen = 0
     criterion = nn.CrossEntropyLoss(reduction="sum")
     layout = torch.channels_last if runtime.channels_last else torch.contiguous_format
-    for images, labels in data.test:
+    for images, labels in data.test if batches is None else batches:
         x = augment.test(images)
         with torch.autocast(device.type, dtype=runtime.amp_dtype, enabled=runtime.autocast):
             if translate:
@@ -497,7 +540,8 @@ def _open(config: TrainConfig, runtime: Runtime, log: Callable[[str], None],
     return open_data(loader=loader, data_dir=config.data_dir, batch_size=config.batch_size,
                      device=runtime.device, seed=config.seed, num_workers=config.num_workers,
                      train_subset=config.train_subset, test_subset=config.test_subset,
-                     shuffle=config.shuffle, rank=d.rank, world_size=d.world_size, log=log)
+                     shuffle=config.shuffle, rank=d.rank, world_size=d.world_size, val_split=config.val_split,
+                     log=log)
 
 
 def train(config: TrainConfig, *, log: Callable[[str], None] = print, progress: bool | None = None,
@@ -568,6 +612,8 @@ def _train(config: TrainConfig, runtime: Runtime, d: distributed.Dist, started: 
         run.create()  # raises: refuses to overwrite
     distributed.barrier(d)  # every rank has checked before rank 0 creates it
     data = _open(config, runtime, log, d)
+    if resume:
+        _check_val_split(run, data)
     trainer = Trainer(config, runtime, data, run, log, d)
     if resume and run.last_checkpoint.exists():
         state = checkpoint.load(run.last_checkpoint, map_location=runtime.device, log=log)
@@ -585,6 +631,7 @@ def _train(config: TrainConfig, runtime: Runtime, d: distributed.Dist, started: 
     elif d.is_main:
         run.create()
         run.write_config(config.to_dict())
+        _record_val_split(run, data)
     scale = f"; {d.world_size} processes, {config.batch_size // d.world_size} images each per step" if d.enabled else ""
     log(f"run {run.path}: {config.model} (width {config.width}, {trainer.params / 1e6:.2f}M params), "
         f"{config.epochs} epochs, batch {config.batch_size}, lr {config.lr:g} {config.lr_schedule}; "
@@ -604,15 +651,47 @@ def _train(config: TrainConfig, runtime: Runtime, d: distributed.Dist, started: 
         # and the ranks' lines could interleave on a shared stdout.
         sys.stdout.write(f"rank {d.rank}/{d.world_size}: parameters sha256 {parameter_hash(trainer.model)}{averaged}\n")
         sys.stdout.flush()
-    best = summary["best_val_acc"]
-    log(f"finished: final val acc {100 * summary['final_val_acc']:.2f}% (best {100 * best:.2f}% at epoch "
-        f"{summary['best_epoch']}), {summary['train_time_s']:.0f}s; logs in {run.path} "
-        f"(tensorboard --logdir {run.tensorboard})")
+    if summary["best_on"] == "val_split":
+        best = (f"held-out acc {100 * summary['val_split_acc']:.2f}%, best {100 * summary['best_val_split_acc']:.2f}% "
+                f"at epoch {summary['best_epoch']}, which best.pt holds")
+        log(f"finished: test acc {100 * summary['final_val_acc']:.2f}% ({best}), {summary['train_time_s']:.0f}s; "
+            f"logs in {run.path} (tensorboard --logdir {run.tensorboard})")
+    else:
+        log(f"finished: final val acc {100 * summary['final_val_acc']:.2f}% (best {100 * summary['best_val_acc']:.2f}% "
+            f"at epoch {summary['best_epoch']}), {summary['train_time_s']:.0f}s; logs in {run.path} "
+            f"(tensorboard --logdir {run.tensorboard})")
     if (account := loop_account(trainer.rows)) is not None:
         log(account)
     if (note := contention.shared_note(summary["cpu_wait"])) is not None:
         log(note)
     return summary
+
+
+def _record_val_split(run: RunDir, data: DataSource) -> None:
+    """Write which training images the run holds out (val_split.json), when it holds any out."""
+    if data.val_indices is None:
+        return
+    record = {"images": len(data.val_indices), "digest": split.digest(data.val_indices),
+              "rule": f"split.held_out: class-balanced, fixed permutation (seed {split.SPLIT_SEED})",
+              "indices": data.val_indices.tolist()}
+    with writing(run.path / VAL_SPLIT):
+        atomic_write_text(run.path / VAL_SPLIT, json.dumps(record) + "\n")
+
+
+def _check_val_split(run: RunDir, data: DataSource) -> None:
+    """A resumed run must hold out the images it held out before (the data may have changed)."""
+    path = run.path / VAL_SPLIT
+    if data.val_indices is None or not path.exists():
+        return
+    try:
+        recorded = json.loads(path.read_text())["digest"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FastresError(f"cannot read {path}: {exc}; it records the run's held-out images") from None
+    if recorded != split.digest(data.val_indices):
+        raise FastresError(
+            f"cannot resume {run.path}: its held-out images (val_split.json, digest {recorded}) differ from those "
+            f"this data set gives ({split.digest(data.val_indices)}): resume it with the training data it "
+            "started with, or start a new --run-dir")
 
 
 def loop_account(rows: list[dict[str, Any]]) -> str | None:

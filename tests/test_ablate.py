@@ -574,3 +574,14 @@ def test_bad_reuse_folders_are_refused_in_one_line(reuse, message, tmp_path):
     res = in_process("ablate", "--config", "quick", "--out", str(tmp_path / "v"), "--reuse", str(tmp_path / reuse))
     assert res.returncode == 2 and message.format(tmp=tmp_path) in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and list((tmp_path / "v").iterdir()) == []
+
+
+def test_a_depth_study_of_the_papers_resnets_with_a_held_out_split(tmp_path):
+    runs = plan_ablation(["quick"], seeds=2, overrides={"val_split": 5000}, out=tmp_path,
+                         variants={"resnet20": {"model": "resnet20"}, "resnet56": {"model": "resnet56"}})
+    by_setting = {(r.group, r.seed): r for r in runs}
+    assert sorted({g for g, _ in by_setting}) == ["quick", "resnet20", "resnet56"]
+    r56 = by_setting["resnet56", 42]
+    assert (r56.config.model, r56.config.width, r56.config.val_split) == ("resnet56", 16, 5000)
+    assert by_setting["quick", 42].config.model == "resnet18"
+    assert "--model resnet56" in r56.shell() and "--val-split 5000" in r56.shell()

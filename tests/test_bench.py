@@ -20,7 +20,7 @@ import torch
 from fastres import bench
 from fastres.cli import main
 
-from .conftest import REPO, run_cli
+from .conftest import REPO, run_cli, run_main
 
 QUICK = ["bench", "--quick", "--threads", "1"]
 
@@ -342,3 +342,18 @@ def test_gpu_check_end_to_end_trains_the_gpu_preset_from_an_archive_of_the_sourc
 def test_gpu_check_without_an_output_folder_shows_usage():
     res = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.startswith("usage: bash benchmarks/gpu_check.sh OUTDIR")
+
+
+def test_the_papers_cifar_resnets_are_measured_when_named_at_their_own_width(tmp_path, capsys):
+    assert bench.MODEL_NAMES == ("resnet18", "resnet34", "resnet50"), "the default sweep stays comparable"
+    torch.set_num_threads(1)
+    records = bench.sweep(["resnet20", "resnet18"], [2], ["infer"], device=torch.device("cpu"),
+                          timing=bench.QUICK_TIMING, configs=("baseline",), progress=False)
+    assert [(r["model"], r["width"], r["status"]) for r in records] == [("resnet20", 16, "ok"), ("resnet18", 64, "ok")]
+    out = tmp_path / "b.json"
+    res = run_main(capsys, "bench", "--quick", "--models", "resnet56", "--batch-sizes", "2", "--mode", "infer",
+                   "--json", str(out))
+    assert res.returncode == 0, res.stderr
+    assert {r["model"] for r in json.loads(out.read_text())["records"]} == {"resnet56"}
+    res = run_main(capsys, "bench", "--models", "resnet20", "--width", "7")
+    assert res.returncode == 2 and "width 7 does not fit resnet20" in res.stderr

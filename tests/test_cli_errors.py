@@ -28,7 +28,9 @@ def assert_clean_error(res, *needles):
 
 @pytest.mark.parametrize("args,needles", [
     (["--preset", "cosin"], ["unknown preset 'cosin'", "cosine", "small_batch"]),
-    (["--model", "resnet101"], ["model must be one of", "resnet50"]),
+    (["--model", "resnet101"], ["unknown model 'resnet101'", "resnet50"]),
+    (["--model", "resnet65"], ["did you mean resnet56?", "resnet110"]),
+    (["--model", "resnet20", "--width", "15"], ["width 15 does not fit resnet20", "--width 16"]),
     (["--epochs", "0"], ["epochs must be a positive integer", "--epochs"]),
     (["--batch-size", "-4"], ["batch_size must be a positive integer"]),
     (["--lr", "0"], ["lr must be positive", "--lr"]),

@@ -64,7 +64,7 @@ def test_fraction_milestones_follow_an_epochs_override():
     ({"milestones": (0.75, 0.5)}, "strictly increasing"),
     ({"milestones": (0.5, 150)}, "mix fractions and epochs"),
     ({"milestones": (100, 250)}, "not inside the 200-epoch run"),
-    ({"model": "vgg"}, "model must be one of"),
+    ({"model": "vgg"}, "unknown model 'vgg': choose one of"),
     ({"label_smoothing": 1.0}, "label_smoothing"),
     ({"warmup_epochs": 500.0}, "warmup_epochs"),
     ({"min_res": 30, "res_ramp": (0, 0.5)}, "min_res must be a multiple of 4 from 8 to 32"),
@@ -93,3 +93,30 @@ def test_config_round_trips_through_json(tmp_path):
     assert load_config_file(tmp_path) == cfg
     with pytest.raises(ConfigError, match="unknown config field"):
         TrainConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+def test_a_model_of_the_other_family_takes_its_standard_width_unless_one_is_given():
+    assert get_preset("baseline").replace(model="resnet56").width == 16
+    assert get_preset("quick").replace(model="resnet20").width == 16
+    assert get_preset("quick").replace(model="resnet20", width=32).width == 32
+    assert get_preset("quick").replace(model="resnet34").width == 16, "same family: the preset's width stays"
+    assert get_preset("quick").replace(model="resnet20").replace(model="resnet110").width == 16
+    assert get_preset("quick").replace(model="resnet20").replace(model="resnet18").width == 64
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"model": "resnet56", "width": 9}, "width 9 does not fit resnet56.*even"),
+    ({"model": "resnet_34"}, "did you mean resnet34"),
+    ({"val_split": -1}, "val_split must be >= 0"),
+    ({"train_subset": 5000, "val_split": 5000}, "leaves none of the 5000 images of --train-subset"),
+])
+def test_models_widths_and_splits_that_cannot_apply_are_refused(changes, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig(**changes)
+
+
+def test_the_validation_split_is_part_of_the_recipe():
+    base = get_preset("quick")
+    assert "val_split" in base.recipe() and base.val_split == 0, "off in every preset"
+    assert all(cfg.val_split == 0 for cfg in PRESETS.values())
+    assert base.replace(val_split=5000).recipe() != base.recipe()

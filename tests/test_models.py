@@ -62,3 +62,59 @@ def test_width_scales_all_stages():
 def test_unknown_model_lists_valid_names():
     with pytest.raises(FastresError, match="resnet18, resnet34, resnet50"):
         build_model("resnet101")
+
+
+@pytest.mark.parametrize("typo,meant", [("resnet65", "resnet56"), ("ResNet20", "resnet20"), ("resnet111", "resnet110")])
+def test_a_model_name_close_to_a_known_one_names_it(typo, meant):
+    with pytest.raises(FastresError, match=f"did you mean {meant}\\?"):
+        build_model(typo)
+
+
+@pytest.mark.parametrize("name,n,millions", [("resnet20", 3, 0.27), ("resnet32", 5, 0.46), ("resnet44", 7, 0.66),
+                                             ("resnet56", 9, 0.85), ("resnet110", 18, 1.7)])
+def test_cifar_resnets_have_the_papers_parameter_counts(name, n, millions):
+    params = count_parameters(build_model(name))
+    assert params == 97_216 * n - 21_926  # depth 6n + 2, 10 classes, option-A shortcuts
+    assert round(params / 1e6, 2 if millions < 1 else 1) == millions
+
+
+def test_cifar_resnet_layout_three_stages_of_16_32_64_on_32_16_8_pixels():
+    model = build_model("resnet56")
+    assert [len(model.layer1), len(model.layer2), len(model.layer3)] == [9, 9, 9]
+    x = model.stem(torch.randn(1, 3, 32, 32))
+    shapes = []
+    for stage in (model.layer1, model.layer2, model.layer3):
+        x = stage(x)
+        shapes.append(tuple(x.shape[1:]))
+    assert shapes == [(16, 32, 32), (32, 16, 16), (64, 8, 8)]
+    assert model.fc.in_features == 64
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) + 1 == 56  # every weighted layer: the convolutions and the head
+
+
+def test_option_a_shortcut_subsamples_and_zero_pads_without_parameters():
+    block = build_model("resnet20").layer2[0]
+    assert sum(p.numel() for p in block.shortcut.parameters()) == 0
+    x = torch.randn(2, 16, 32, 32)
+    out = block.shortcut(x)
+    assert out.shape == (2, 32, 16, 16)
+    assert torch.equal(out[:, 8:24], x[:, :, ::2, ::2])
+    assert not out[:, :8].any() and not out[:, 24:].any()
+    assert isinstance(build_model("resnet20").layer1[0].shortcut, nn.Identity)
+
+
+def test_cifar_resnets_use_he_initialisation():
+    torch.manual_seed(0)
+    conv = build_model("resnet110").layer3[5].conv1  # 64 -> 64, 3x3: fan_out = 576
+    assert abs(conv.weight.std().item() - (2 / 576) ** 0.5) < 0.003
+    assert abs(build_model("resnet18").layer4[0].conv2.weight.std().item() - (2 / 4608) ** 0.5) > 0.005
+
+
+def test_width_is_the_first_stage_in_both_families_with_each_familys_standard():
+    assert build_model("resnet20").layer1[0].conv1.out_channels == 16
+    assert build_model("resnet18", width=16).layer1[0].conv1.out_channels == 16
+    wide = build_model("resnet20", width=32)
+    assert [wide.layer1[0].conv1.out_channels, wide.layer3[0].conv1.out_channels] == [32, 128]
+    with pytest.raises(FastresError, match="width 15 does not fit resnet20.*even"):
+        build_model("resnet20", width=15)
+    assert build_model("resnet18", width=15).layer1[0].conv1.out_channels == 15

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fastres.config import get_preset
-from fastres.report import time_accuracy_points
+from fastres.report import aggregate, render_markdown, time_accuracy_points
 from fastres.rundir import RunDir, record_study
 
 from .conftest import run_cli, run_main
@@ -435,3 +435,23 @@ def test_every_setting_of_an_interleaved_study_of_four_pairs_its_time(tmp_path, 
     assert {k: (v["paired"], v["n"], v["not_beside"]) for k, v in ratios.items()} == {
         "a": (True, 3, 0), "b": (True, 3, 0), "c": (True, 3, 0)}
     assert ratios["c"]["ratio"] == pytest.approx(0.95)
+
+
+def test_report_says_which_split_each_accuracy_comes_from(tmp_path):
+    root = tmp_path / "study"
+    for seed, (held, best) in enumerate([(0.70, 0.72), (0.74, 0.75)]):
+        path = make_run(root, "quick", seed, [0.5, 0.6, 0.71], val_split=5000)
+        summary = json.loads((path / "summary.json").read_text())
+        summary |= {"best_on": "val_split", "val_split": 5000, "val_split_acc": held, "best_val_split_acc": best,
+                    "best_epoch": 2}
+        (path / "summary.json").write_text(json.dumps(summary))
+    make_run(root, "baseline", 0, [0.5, 0.6, 0.7])
+    data = aggregate(root)
+    quick = next(g for g in data["settings"] if g["preset"] == "quick")
+    assert quick["val_split"] == [5000] and quick["best_val_split_acc"]["mean"] == pytest.approx(0.735)
+    assert "best_val_split_acc" not in next(g for g in data["settings"] if g["preset"] == "baseline")
+    text = render_markdown(data)
+    assert "held-out acc: final / best epoch" in text and "Splits: *val acc* columns" in text
+    assert row(text, "quick")[5] == "72.00 ± 2.83 / 73.50 ± 2.12"
+    assert row(text, "baseline")[5] == "-"
+    assert "| held-out 72.00 (2) |" in text, "a run's best epoch is named with the split that chose it"

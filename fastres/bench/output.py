@@ -16,9 +16,10 @@ import torch
 
 from ..errors import FastresError
 from ..files import atomic_path, atomic_write_text
+from ..models import model_names
 from ..provenance import git_commit, package_version
 from ..runtime import cpu_name, cpu_supports_bf16
-from .step import CONFIGS, MODEL_NAMES, MODES, RECORD_KEYS
+from .step import CONFIGS, MODES, RECORD_KEYS
 
 CSV_KEYS = tuple(k for k in RECORD_KEYS if k != "repeat_images_per_s")
 
@@ -57,7 +58,7 @@ def pair_rows(records: Iterable[dict[str, Any]], configs: Sequence[str] = CONFIG
         last = next((row[c] for c in reversed(configs[1:]) if c in row and row[c]["status"] == "ok"), None)
         ok = first and last and first["status"] == "ok"
         row["speedup"] = last["images_per_s"] / first["images_per_s"] if ok else None
-    order = {m: i for i, m in enumerate(MODEL_NAMES)}
+    order = {m: i for i, m in enumerate(model_names())}
     return sorted(rows.values(), key=lambda r: (order.get(r["model"], len(order)), r["model"],
                                                  MODES.index(r["mode"]) if r["mode"] in MODES else 9, r["batch_size"]))
 

@@ -23,7 +23,7 @@ from ..augment import BatchAugment
 from ..config import TrainConfig
 from ..contention import CpuWait, is_shared
 from ..errors import FastresError
-from ..models import build_model, model_names
+from ..models import IMAGENET_MODELS, build_model, standard_width
 from ..runtime import Runtime, compile_module, cpu_name, is_out_of_memory, resolve_runtime
 from ..train import train_step
 from .memory import (
@@ -34,7 +34,7 @@ from .memory import (
 )
 from .timing import FULL_TIMING, Timing, synchronize
 
-MODEL_NAMES = tuple(model_names())
+MODEL_NAMES = tuple(IMAGENET_MODELS)  # the default sweep; the paper's CIFAR ResNets when named
 MODES = ("train", "infer")
 CONFIGS = ("baseline", "fastres")
 DEFAULT_BATCH_SIZES = (32, 64, 128, 256, 512)
@@ -237,13 +237,14 @@ def measure_step(model: str, batch_size: int, mode: str, config: str, *, device:
 
 
 def sweep(models: Sequence[str], batch_sizes: Sequence[int], modes: Sequence[str], *,
-          device: torch.device, width: int = 64, timing: Timing = FULL_TIMING,
+          device: torch.device, width: int | None = None, timing: Timing = FULL_TIMING,
           configs: Sequence[str] = CONFIGS, mem_limit_bytes: int | None = None,
           progress: bool | None = None, compile_backend: str = "inductor",
           log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Every model x mode x batch size, baseline and fastres back to back; one record each.
 
     A configuration that is skipped or runs out of memory is recorded and the sweep goes on.
+    ``width`` None measures each model at its published width (``models.standard_width``).
     ``progress``: a bar (True), a line per configuration on stderr (None), or nothing (False).
     """
     plan = [(m, mode, b, c) for m in models for mode in modes for b in batch_sizes for c in configs]
@@ -258,7 +259,8 @@ def sweep(models: Sequence[str], batch_sizes: Sequence[int], modes: Sequence[str
             label = f"{model} b{batch} {mode} {config}"
             if bar is not None:
                 bar.set_postfix_str(label, refresh=True)
-            record = measure_step(model, batch, mode, config, device=device, width=width, timing=timing,
+            record = measure_step(model, batch, mode, config, device=device,
+                                  width=standard_width(model) if width is None else width, timing=timing,
                                   mem_limit_bytes=mem_limit_bytes, compile_backend=compile_backend)
             records.append(record)
             if bar is not None:
