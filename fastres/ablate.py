@@ -161,8 +161,11 @@ def _check_study(presets: Sequence[str], seeds: int, overrides: Mapping[str, Any
     """The canonical preset names of a study, once each; a FastresError for bad input."""
     if not presets:
         raise FastresError("no presets chosen: pass --config NAME [NAME ...] or --all (see fastres ablate --list)")
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= MAX_SEEDS:
-        raise FastresError(f"--seeds must be a whole number from 1 to {MAX_SEEDS}, got {seeds!r}")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise FastresError(f"--seeds must be a whole number >= 1, got {seeds!r}")
+    if seeds > MAX_SEEDS:
+        raise FastresError(f"--seeds must be at most {MAX_SEEDS}, got {seeds}: a study of more runs per setting "
+                           "is several studies on one --out")
     for key in ("run_dir", "preset", "seed"):
         if key in overrides:
             what = {"run_dir": "each run's directory is <out>/<preset>/seed<S>: pass --out instead",

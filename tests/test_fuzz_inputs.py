@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from .conftest import run_main
 CONFIG_FILES = 150
 OPTION_VALUES = 150
 OTHER_COMMANDS = 60
-TRAININGS = 4
+TRAININGS = 12  # most are refused by validation at once; the others train 200 images
 
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 MACHINE_PATHS = ("run_dir", "data_dir")  # the tests choose these: a drawn path is another draw's
@@ -138,14 +137,22 @@ def test_paths_and_values_of_the_other_commands_are_accepted_or_refused_in_one_l
     assert_accepted_or_one_line(res)
 
 
+def _edges(valid, *edges):
+    """Mostly valid values, and the edges around what validation allows (which it must either
+    refuse or the training must survive)."""
+    return st.one_of(valid, st.sampled_from(edges))
+
+
 @settings(FUZZ, max_examples=TRAININGS)
-@given(lr=st.one_of(st.floats(1e-4, 1e3), st.sampled_from([1e3, 5.0])), seed=st.integers(0, 2**31 - 1),
-       crop_padding=st.integers(0, 16), label_smoothing=st.floats(0, 0.99), width=st.integers(1, 8),
+@given(lr=_edges(st.floats(1e-4, 10), 1e3, 1e3 + 1, 1e308, 1e-300),
+       seed=_edges(st.integers(0, 2**31 - 1), -1, 0, 2**31 - 1, 2**32, 10**20),
+       crop_padding=_edges(st.integers(0, 16), 16, 17, 40),
+       label_smoothing=st.floats(0, 0.99), width=st.integers(1, 8),
        schedule=st.sampled_from(["cosine", "linear", "multistep", "none"]), ema=st.sampled_from([0.0, 0.9]))
 def test_a_few_drawn_recipes_train_for_real_or_stop_in_one_line(lr, seed, crop_padding, label_smoothing, width,
                                                                  schedule, ema, synthetic_data, tmp_path, capsys,
                                                                  restore_torch):
-    run = tmp_path / f"run-{seed}"
+    run = tmp_path / f"run-{seed}-{lr}"
     res = run_main(capsys, "train", "--width", str(width), "--epochs", "1", "--batch-size", "100",
                    "--train-subset", "200", "--test-subset", "100", "--lr", repr(lr), "--seed", str(seed),
                    "--crop-padding", str(crop_padding), "--label-smoothing", repr(label_smoothing),
@@ -153,9 +160,11 @@ def test_a_few_drawn_recipes_train_for_real_or_stop_in_one_line(lr, seed, crop_p
                    "--data-dir", str(synthetic_data), "--run-dir", str(run), "--threads", "1")
     restore_torch()
     assert_accepted_or_one_line(res, accepted=(0, 3))  # 3: diverged, a result for a huge lr
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] in ("completed", "diverged")
-    assert math.isfinite(summary["train_time_s"])
+    if res.returncode in (0, 3):
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] in ("completed", "diverged")
+    else:
+        assert not run.exists()
 
 
 def test_the_drawn_case_counts_are_what_the_fault_docs_say():
