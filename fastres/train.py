@@ -699,8 +699,10 @@ def _check_resume(config: TrainConfig, log: Callable[[str], None]) -> TrainConfi
     record.read_config(run)  # the digest names an edit even before the first checkpoint
     diffs = recipe_differences(recorded, config)
     if diffs:
+        longer = (f" (a run is not extended: train a longer one with fastres train --config {run.config} "
+                  "--epochs N --run-dir NEW_DIR)" if "epochs" in diffs else "")
         raise FastresError(f"cannot resume {run.path} with a different recipe: {describe_differences(diffs, 'given')}; "
-                           "drop those options or start a new --run-dir")
+                           f"drop those options or start a new --run-dir{longer}")
     machine = {k: v for k, v in config.to_dict().items() if k in MACHINE_FIELDS and k != "run_dir"
                and recorded.to_dict()[k] != v}
     if machine:

@@ -388,3 +388,8 @@ def test_out_of_memory_while_the_model_is_built_is_one_line(synthetic_data, tmp_
     assert_clean_error(res, "out of memory setting up resnet18 (width 8, batch size 100)", "smaller --width")
     assert res.returncode == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_with_more_epochs_says_how_to_train_longer(finished_run, capsys):
+    res = run_main(capsys, "train", "--resume", str(finished_run), "--epochs", "4")
+    assert_clean_error(res, "epochs (2 recorded, 4 given)", "a run is not extended", "--epochs N --run-dir NEW_DIR")
