@@ -35,12 +35,14 @@ from .config import (
     describe_differences,
     get_preset,
     option_args,
+    option_flag,
     preset_differences,
     preset_names,
     recipe_differences,
 )
 from .errors import DeviceFault, FastresError
 from .formatting import compact, duration
+from .record import EditedRun, read_config
 from .rundir import STUDY_JOBS, STUDY_ROOT, RunDir, RunDirBusy, find_runs, read_study, record_study
 
 TRAIN = [sys.executable, "-m", "fastres", "train"]
@@ -112,6 +114,7 @@ def plan_ablation(presets: Sequence[str], *, seeds: int = 1, seed: int | None = 
     variants = {k: dict(v) for k, v in (variants or {}).items()}
     names = _check_study(presets, seeds, overrides)
     _check_variants(names, variants)
+    _check_out(Path(out))
     earlier = EarlierRuns(reuse, Path(out))
     settings = [(name, name, {}) for name in names] + [(v, names[0], o) for v, o in variants.items()]
     runs: list[PlannedRun] = []
@@ -140,12 +143,29 @@ def plan_ablation(presets: Sequence[str], *, seeds: int = 1, seed: int | None = 
     return runs
 
 
+def _check_out(out: Path) -> None:
+    """A study's folder is not inside a run directory: the study would write its files among
+    the run's and count that unrelated run as one of its own."""
+    try:
+        resolved = out.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long
+        raise FastresError(f"--out {out}: {exc}; pass another folder") from None
+    for folder in (resolved, *resolved.parents):
+        if RunDir(folder).holds_run():
+            where = "is a run directory" if folder == resolved else f"is inside the run directory {folder}"
+            raise FastresError(f"--out {out} {where}: a study's runs and report would mix with that run's "
+                               f"files; pass a folder outside any run, e.g. --out {STUDY_ROOT}")
+
+
 def _check_study(presets: Sequence[str], seeds: int, overrides: Mapping[str, Any]) -> list[str]:
     """The canonical preset names of a study, once each; a FastresError for bad input."""
     if not presets:
         raise FastresError("no presets chosen: pass --config NAME [NAME ...] or --all (see fastres ablate --list)")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise FastresError(f"--seeds must be a whole number >= 1, got {seeds!r}")
+    if seeds > MAX_SEEDS:
+        raise FastresError(f"--seeds must be at most {MAX_SEEDS}, got {seeds}: a study of more runs per setting "
+                           "is several studies on one --out")
     for key in ("run_dir", "preset", "seed"):
         if key in overrides:
             what = {"run_dir": "each run's directory is <out>/<preset>/seed<S>: pass --out instead",
@@ -159,6 +179,7 @@ def _check_study(presets: Sequence[str], seeds: int, overrides: Mapping[str, Any
     return list(dict.fromkeys(get_preset(p).preset for p in presets))
 
 
+MAX_SEEDS = 1000  # runs per setting: more is a typo, and its plan alone would fill the memory
 _VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
 
@@ -174,6 +195,10 @@ def _check_variants(presets: Sequence[str], variants: Mapping[str, Mapping[str, 
                                f"_.+- (not {presets[0]!r} or {STUDY_JOBS!r}), e.g. --variant ema:\"--ema 0.99\"")
         if not changes:
             raise FastresError(f"variant {name!r} changes nothing: give it options, e.g. --variant {name}:\"--ema 0.99\"")
+        for key, why in (("seed", "every setting runs over the same seeds: pass --seed to fastres ablate itself"),
+                         ("run_dir", "its runs go to OUT/" + name + "/seed<S>: pass --out to fastres ablate")):
+            if key in changes:
+                raise FastresError(f"--variant {name} cannot set {option_flag(key)}: {why}")
         _check_study(presets, 1, changes)
 
 
@@ -191,12 +216,15 @@ class EarlierRuns:
                 raise FastresError(f"--reuse {folder} is this study's own --out: its finished runs are skipped "
                                    "anyway; pass an earlier study's folder")
         self._by_recipe: dict[str, list[Path]] = {}
+        self._edited: dict[Path, str] = {}  # finished runs whose config.json was edited since
         for folder in self.folders:
             for rd in find_runs(folder):
                 try:
                     if rd.state() in ("completed", "diverged"):
-                        key = _recipe_key(TrainConfig.from_dict(rd.read_config()))
+                        key = _recipe_key(read_config(rd))
                         self._by_recipe.setdefault(key, []).append(rd.path)
+                except EditedRun as exc:
+                    self._edited[rd.path] = str(exc).split(":")[0]
                 except FastresError:  # not a run this fastres can read: not one to reuse
                     continue
 
@@ -212,7 +240,9 @@ class EarlierRuns:
         for folder in self.folders:
             candidate = RunDir(folder.joinpath(*name))
             state = candidate.state()
-            if state in ("completed", "diverged"):
+            if candidate.path in self._edited:
+                why.append(self._edited[candidate.path])
+            elif state in ("completed", "diverged"):
                 diffs = recipe_differences(TrainConfig.from_dict(candidate.read_config()), config)
                 why.append(f"{candidate.path} has another recipe: {describe_differences(diffs, 'planned')}")
             elif state != "new":

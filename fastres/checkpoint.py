@@ -94,6 +94,17 @@ def save(state: dict[str, Any], path: Path) -> None:
     atomic_write_bytes(path, buffer.getbuffer())
 
 
+def recorded_config(path: Path) -> dict[str, Any] | None:
+    """The config a checkpoint was trained with, read without loading its tensors (memory-
+    mapped); None when the file cannot be read so (``load`` then names what is wrong)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - damaged or foreign: load() says which, in one line
+        return None
+    config = state.get("config") if isinstance(state, dict) else None
+    return config if isinstance(config, dict) else None
+
+
 def load(path: Path, map_location: torch.device | str = "cpu",
          log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Load and verify a checkpoint; a clear FastresError for anything that is not one, or one

@@ -6,6 +6,7 @@ whose MD5 check rejects faithful copies that are not byte-identical to the offic
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import os
@@ -140,16 +141,57 @@ def _read_batches(path: Path) -> dict[str, bytes]:
         raise FastresError(f"{path} is not a readable {ARCHIVE} ({exc}): download it again or pass the extracted '{FOLDER}' folder") from None
 
 
+# The only globals a CIFAR-10 batch names: numpy's array reconstruction (numpy 1 spells its
+# module numpy.core, numpy 2 numpy._core) and, in files pickled by Python 3, the codec that
+# turns the array's latin-1 text back into bytes. Any other global could run code.
+_RECONSTRUCT = np.ndarray(0).__reduce__()[0]
+SAFE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,
+}
+
+
+class UnsafePickle(FastresError):
+    """A batch file names a global that CIFAR-10 batches never hold; nothing of it ran."""
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Reads plain containers, numbers, strings and numpy arrays; refuses every other global
+    before it is imported or called, so a file from an untrusted copy cannot run code."""
+
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return SAFE_GLOBALS[(module, name)]
+        except KeyError:
+            raise UnsafePickle(f"{module}.{name}") from None
+
+
+def _unpickle(raw: bytes) -> object:
+    return _BatchUnpickler(io.BytesIO(raw), encoding="latin1").load()
+
+
 def _parse_batch(raw: bytes, name: str, where: Path) -> Split:
     try:
-        batch = pickle.load(io.BytesIO(raw), encoding="latin1")
+        batch = _unpickle(raw)
         data, labels = batch["data"], batch["labels"]
+        data = np.asarray(data)
+        labels = np.asarray(labels)
+    except UnsafePickle as exc:
+        raise UnsafePickle(
+            f"{where}/{name} names the Python global {exc}, which a CIFAR-10 batch never holds: refused "
+            "unread (unpickling it could run code); restore the file from the official archive"
+        ) from None
     except Exception as exc:  # truncated pickles raise a zoo of exception types
         raise FastresError(
             f"{where}/{name} is truncated or not a CIFAR-10 batch ({type(exc).__name__}): restore the file from the official archive"
         ) from None
-    data = np.asarray(data)
-    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":  # NaN, 3.7, "cat" or True are no class index
+        raise FastresError(
+            f"{where}/{name} has labels of type {labels.dtype}, expected integers 0..9: it is not CIFAR-10"
+        )
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise FastresError(
             f"{where}/{name} has images of shape {data.shape} and type {data.dtype}, expected (N, 3072) uint8: "

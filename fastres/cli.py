@@ -750,6 +750,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fastres: interrupted", file=sys.stderr, flush=True)
         return 130
+    except OSError as exc:
+        if exc.filename is None or args.debug:
+            raise
+        # A path the OS refused where no check foresaw it (a name too long, a loop of links).
+        sys.stderr.write(f"fastres: error: cannot use {exc.filename}: {exc.strerror or exc}; "
+                         "pass a path this system accepts\n")
+        return 1
     except BrokenPipeError:
         # The reader went away (`fastres ... | head`): stop quietly, as Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -7,6 +7,7 @@ writes the resolved config as ``config.json``, which ``--config`` reads back.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import typing
@@ -94,6 +95,7 @@ class TrainConfig:
     preset: str = field(default="", metadata={"help": "the preset this config came from (informational)"})
 
     def __post_init__(self) -> None:
+        _validate_types(self)
         # Accept lists (from JSON) and normalise to a tuple so the config stays hashable.
         object.__setattr__(self, "milestones", tuple(float(m) for m in self.milestones))
         object.__setattr__(self, "res_ramp", tuple(float(m) for m in self.res_ramp))
@@ -119,6 +121,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config must be a JSON object of TrainConfig fields, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -146,6 +150,50 @@ class TrainConfig:
     def recipe(self) -> dict[str, Any]:
         """The fields that define the training recipe (everything but the machine)."""
         return {k: v for k, v in self.to_dict().items() if k not in MACHINE_FIELDS | {"preset"}}
+
+    def recipe_digest(self) -> str:
+        """SHA-256 of the recipe and the preset name: what a report files a run under."""
+        text = json.dumps({**self.recipe(), "preset": self.preset}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+# Bounds that keep a value inside what the training can compute: larger seeds overflow numpy's
+# and FFCV's seeding, larger learning rates overflow float32 in the optimizer step, larger
+# sizes only reach the kernel's out-of-memory killer.
+MAXIMUM: dict[str, float] = {
+    "seed": 2**31 - 1, "width": 1024, "epochs": 100_000, "batch_size": 1_000_000,
+    "lr": 1e3, "muon_lr": 1e3, "bn_bias_lr": 1e3, "weight_decay": 1e3, "lr_gamma": 1,
+    "warmup_epochs": 100_000, "crop_padding": 16, "train_subset": 10**9, "test_subset": 10**9,
+    "num_workers": 1024, "threads": 4096, "eval_every": 100_000,
+}
+
+
+def _validate_types(c: TrainConfig) -> None:
+    """Each field holds a value of its type (JSON and the Python API can pass anything), finite
+    numbers, paths without NUL bytes, and nothing above ``MAXIMUM``."""
+    for f in fields(c):
+        name, value, kind = f.name, getattr(c, f.name), _FIELD_TYPES[f.name]
+        flag = option_flag(name)
+        if kind is bool:
+            ok = isinstance(value, bool)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind is float:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)  # NaN: each field's check
+        elif kind is str:
+            ok = isinstance(value, str) and "\x00" not in value
+        else:  # a list of numbers
+            ok = isinstance(value, list | tuple) and len(value) <= 64 and all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        if not ok:
+            what = {bool: "true or false", int: "an integer", float: "a number",
+                    str: "a string without NUL bytes"}.get(kind, "a list of at most 64 finite numbers")
+            raise ConfigError(f"{name} must be {what}, got {value!r:.80}: fix it in the config file or pass {flag}")
+        if name in MAXIMUM and not math.isnan(value) and (value > MAXIMUM[name] or (name == "seed" and value < 0)):
+            high = MAXIMUM[name]
+            bound = ("from 0 to " if name == "seed" else "at most ") + (f"{high:_}" if isinstance(high, int)
+                                                                       else f"{high:g}")
+            raise ConfigError(f"{name} must be {bound}, got {value!r:.80}: pass {flag} with a value in that range")
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...] | Any) -> None:
@@ -398,7 +446,7 @@ def load_config_file(path: str | Path) -> TrainConfig:
         data = json.loads(p.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {p} does not exist: pass a run's config.json or its run directory") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
         raise ConfigError(f"cannot read config file {p}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a JSON object of TrainConfig fields")

@@ -8,11 +8,14 @@ only when complete, so an interrupted conversion never leaves a file that looks 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ from .provenance import versions
 MANIFEST = "cifar10_manifest.json"
 BETONS = {"train": "cifar10_train.beton", "test": "cifar10_test.beton"}
 MANIFEST_VERSION = 1
+LOCK = ".cifar10_prepare.lock"
 
 
 def beton_path(data_dir: str | Path, split: str) -> Path:
@@ -116,6 +120,47 @@ def write_beton(split: cifar.Split, path: Path, num_workers: int = 1) -> None:
             raise
 
 
+class PrepareInterrupted(FastresError):
+    """Ctrl-C or SIGTERM stopped the conversion; nothing it left counts as prepared data."""
+
+
+class StopRequest:
+    """The first stop signal that arrived during a conversion, if any."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def error(self) -> PrepareInterrupted:
+        signum = self.signum or signal.SIGINT
+        return PrepareInterrupted(
+            f"prepare-data stopped by {signal.Signals(signum).name}; nothing it wrote counts as "
+            "prepared data: run the same command again", exit_code=128 + signum)
+
+    def on_signal(self, signum: int, frame: Any) -> None:
+        if self.signum is None:  # a second signal must not cut short the cleanup of the first
+            self.signum = signum
+            raise self.error()
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise self.error()
+
+
+@contextlib.contextmanager
+def stop_signals(request: StopRequest) -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM stop the block with ``PrepareInterrupted`` (exit status
+    128 + signal), also when the shell started it with SIGINT ignored (a background job)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, request.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def prepare_data(
     data_dir: str | Path = "data",
     source: str | Path | None = None,
@@ -135,18 +180,41 @@ def prepare_data(
             "(or pip install 'fastres[ffcv]'), or train with --loader memory, which needs no betons"
         )
     data_dir = Path(data_dir)
+    created = _missing_folders(data_dir)
     ensure_writable_dir(data_dir, "data directory", "--data-dir")
+    lock = data_dir / LOCK
+    stopped = StopRequest()
+    try:
+        # One conversion per data dir at a time; the lock dies with its holder, so a killed
+        # conversion never blocks the next one, which then clears the temporary files it left.
+        with stop_signals(stopped), FileLock(lock):
+            for stale in data_dir.glob(f".cifar10_*{TMP_INFIX}*"):
+                stale.unlink(missing_ok=True)
+            return _prepare_locked(data_dir, source, force=force, allow_small=allow_small, log=log,
+                                   stopped=stopped)
+    except BaseException as exc:
+        # A refusal leaves no trace: the folders this call made go again, if nothing else is in them.
+        if created and not any(p.name != LOCK for p in data_dir.iterdir()):
+            lock.unlink(missing_ok=True)
+            for folder in created:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        if stopped.signum is not None and not isinstance(exc, PrepareInterrupted):
+            raise stopped.error() from None  # what the stop set off (a writer's error) is not the news
+        raise
 
-    # One conversion per data dir at a time; the lock dies with its holder, so a killed
-    # conversion never blocks the next one, which then clears the temporary files it left.
-    with FileLock(data_dir / ".cifar10_prepare.lock"):
-        for stale in data_dir.glob(f".cifar10_*{TMP_INFIX}*"):
-            stale.unlink(missing_ok=True)
-        return _prepare_locked(data_dir, source, force=force, allow_small=allow_small, log=log)
+
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
 
 
 def _prepare_locked(data_dir: Path, source: str | Path | None, *, force: bool, allow_small: bool,
-                    log: Callable[[str], None]) -> dict[str, Any]:
+                    log: Callable[[str], None], stopped: StopRequest) -> dict[str, Any]:
     src = cifar.locate_source(source, data_dir) or cifar.download(data_dir, log=log)
     checksum = cifar.source_checksum(src)
 
@@ -176,6 +244,7 @@ def _prepare_locked(data_dir: Path, source: str | Path | None, *, force: bool, a
         path = data_dir / BETONS[split_name]
         log(f"writing {path} ({len(split)} images)")
         write_beton(split, path, num_workers=min(4, os.cpu_count() or 1))
+        stopped.check()
         files[split_name] = {
             "name": path.name, "count": len(split), "bytes": path.stat().st_size, "sha256": file_sha256(path),
             "label_counts": np.bincount(split.labels, minlength=len(cifar.CLASSES)).tolist(),
@@ -190,6 +259,9 @@ def _prepare_locked(data_dir: Path, source: str | Path | None, *, force: bool, a
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": versions(),
     }
+    # A stop signal that landed where FFCV swallows exceptions (its writer catches everything
+    # in places) still stops the conversion here, before the manifest makes the betons count.
+    stopped.check()
     atomic_write_text(data_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     log(f"done in {time.perf_counter() - t0:.1f}s: {data_dir / BETONS['train']}, {data_dir / BETONS['test']}, {data_dir / MANIFEST}")
     return manifest

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import contention, seedstats
+from . import contention, record, seedstats
 from .config import PRESETS, TrainConfig
 from .errors import FastresError
 from .files import atomic_path, atomic_write_text
@@ -103,20 +103,26 @@ def load_runs(root: str | Path, skipped: list[dict[str, str]] | None = None, pre
     found += [(RunDir(path), f"{setting}/seed{seed}", os.path.relpath(path, root), True)
               for setting, seed, path in reused_runs(root) if f"{setting}/seed{seed}" not in own]
     runs = []
+    unread: list[dict[str, str]] = []
     for rd, inside, name, reused in found:
         # Through several folders, a reused run is named by its own path: runs/a/../b/x is runs/b/x.
         name = os.path.normpath(prefix + name) if prefix and name.startswith("..") else prefix + name
         try:
-            config = TrainConfig.from_dict(rd.read_config())
+            config = record.read_config(rd)
             state = rd.state()
             summary = rd.read_summary() if rd.summary.exists() else None
         except FastresError as exc:
+            unread.append({"run": name, "reason": f"reused by this study as {inside}, but {exc}" if reused
+                           else str(exc)})
             if skipped is not None:
-                skipped.append({"run": name, "reason": f"reused by this study as {inside}, but {exc}" if reused
-                                else str(exc)})
+                skipped.append(unread[-1])
             continue
         runs.append(Run(rd.path, name, config, state, summary, rd.read_metrics(),
                         folder=inside.split("/")[0] if "/" in inside else ""))
+    if not runs and unread:
+        more = f" (and {len(unread) - 1} more)" if len(unread) > 1 else ""
+        raise FastresError(f"{root} holds no fastres run this fastres can count: {unread[0]['run']}: "
+                           f"{unread[0]['reason']}{more}")
     if not runs:
         raise FastresError(f"{root} holds no fastres runs (no run directories with a config.json below it): "
                            f"pass the --out folder of an ablation, e.g. fastres report {STUDY_ROOT}")

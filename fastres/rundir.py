@@ -4,6 +4,9 @@
 
     <run_dir>/
       config.json          resolved TrainConfig
+      recipe.sha256        SHA-256 of its recipe and preset when the run started: a config.json
+                           edited since is named and refused by resume, report and ablate --reuse
+                           (runs from before it was kept have none and count as unverified)
       metrics.jsonl        one JSON object per finished epoch
       summary.json         written when the run ends (also after an interruption)
       val_split.json       with --val-split: the held-out training images' indices and their hash
@@ -43,6 +46,7 @@ from .files import (
 )
 
 CONFIG = "config.json"
+RECIPE_DIGEST = "recipe.sha256"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 VAL_SPLIT = "val_split.json"
@@ -117,6 +121,7 @@ class RunDir:
         self.path = Path(path)
 
     config = property(lambda self: self.path / CONFIG)
+    recipe_digest = property(lambda self: self.path / RECIPE_DIGEST)
     metrics = property(lambda self: self.path / METRICS)
     summary = property(lambda self: self.path / SUMMARY)
     tensorboard = property(lambda self: self.path / TENSORBOARD)
@@ -134,9 +139,9 @@ class RunDir:
         ``RunDirBusy`` at once, naming the holder, and has written nothing. A folder this call
         created and left without a run (the run failed before it began) is removed again.
         """
-        created = not self.path.exists()
         lock = FileLock(self.lock_file)
         try:
+            created = not self.path.exists()  # a name too long for the file system fails here
             self.path.mkdir(parents=True, exist_ok=True)
             acquired = lock.acquire(wait=False)
         except OSError:
@@ -193,8 +198,21 @@ class RunDir:
             )
         ensure_writable_dir(self.checkpoints, "run directory", "--run-dir")
 
-    def write_config(self, config: dict[str, Any]) -> None:
+    def write_config(self, config: dict[str, Any], recipe_digest: str | None = None) -> None:
+        """config.json, and the digest of its recipe that readers check it against (first, so
+        that no config.json of a new run is ever without it)."""
+        if recipe_digest is not None:
+            atomic_write_text(self.recipe_digest, recipe_digest + "\n")
         atomic_write_text(self.config, json.dumps(config, indent=2) + "\n")
+
+    def recorded_digest(self) -> str | None:
+        """The recipe digest written when the run started; None for runs from before it was kept."""
+        try:
+            return self.recipe_digest.read_text().strip()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise FastresError(f"{self.recipe_digest} is unreadable ({exc})") from None
 
     def read_config(self) -> dict[str, Any]:
         return _read_json(self.config, "config")
@@ -310,5 +328,5 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise FastresError(f"{path.parent} holds no fastres run ({path.name} is missing)") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
         raise FastresError(f"the {what} file {path} is unreadable ({exc})") from None

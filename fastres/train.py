@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from . import checkpoint, contention, distributed, recipe, split
+from . import checkpoint, contention, distributed, recipe, record, split
 from .augment import BatchAugment
 from .config import MACHINE_FIELDS, TrainConfig, describe_differences, recipe_differences
 from .data import DataSource, choose_loader, open_data
@@ -579,8 +579,20 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print, progress: 
             if resume:
                 config = _check_resume(config, log)
             return _train(config, runtime, d, started, log, progress, resume)
+    except Exception as exc:
+        if isinstance(exc, FastresError) or not is_out_of_memory(exc):
+            raise
+        raise _out_of_memory_at_start(config, runtime) from None  # fit() explains one later on
     finally:
         distributed.shutdown()
+
+
+def _out_of_memory_at_start(config: TrainConfig, runtime: Runtime) -> TrainingFailed:
+    """The one-line error for memory running out before the first step (building the model,
+    the optimizer or the data on the device)."""
+    return TrainingFailed(
+        f"out of memory setting up {config.model} (width {config.width}, batch size {config.batch_size}) "
+        f"on {runtime.device_name}, before training began: pass a smaller --width or --batch-size")
 
 
 @contextlib.contextmanager
@@ -630,7 +642,7 @@ def _train(config: TrainConfig, runtime: Runtime, d: distributed.Dist, started: 
         log(f"{run.path} has no checkpoint yet; starting it from epoch 1")
     elif d.is_main:
         run.create()
-        run.write_config(config.to_dict())
+        record.start_record(run, config)
         _record_val_split(run, data)
     scale = f"; {d.world_size} processes, {config.batch_size // d.world_size} images each per step" if d.enabled else ""
     log(f"run {run.path}: {config.model} (width {config.width}, {trainer.params / 1e6:.2f}M params), "
@@ -671,11 +683,11 @@ def _record_val_split(run: RunDir, data: DataSource) -> None:
     """Write which training images the run holds out (val_split.json), when it holds any out."""
     if data.val_indices is None:
         return
-    record = {"images": len(data.val_indices), "digest": split.digest(data.val_indices),
-              "rule": f"split.held_out: class-balanced, fixed permutation (seed {split.SPLIT_SEED})",
-              "indices": data.val_indices.tolist()}
+    held_out = {"images": len(data.val_indices), "digest": split.digest(data.val_indices),
+                "rule": f"split.held_out: class-balanced, fixed permutation (seed {split.SPLIT_SEED})",
+                "indices": data.val_indices.tolist()}
     with writing(run.path / VAL_SPLIT):
-        atomic_write_text(run.path / VAL_SPLIT, json.dumps(record) + "\n")
+        atomic_write_text(run.path / VAL_SPLIT, json.dumps(held_out) + "\n")
 
 
 def _check_val_split(run: RunDir, data: DataSource) -> None:
@@ -754,14 +766,22 @@ def parameter_hash(model: nn.Module) -> str:
 def _check_resume(config: TrainConfig, log: Callable[[str], None]) -> TrainConfig:
     """The recorded config of ``config.run_dir`` with the machine fields of ``config``.
 
-    A different recipe is refused, naming each differing field.
+    A different recipe is refused, naming each differing field; so is a config.json that no
+    longer says what the run's checkpoint trained (edited by hand), and more epochs for a
+    finished run (a new run trains longer: see docs/faults.md).
     """
     run = RunDir(config.run_dir).require_run()
     recorded = TrainConfig.from_dict(run.read_config())
+    if run.last_checkpoint.exists():
+        record.check_checkpoint(run, recorded, run.last_checkpoint,
+                                checkpoint.recorded_config(run.last_checkpoint), action="resume")
+    record.read_config(run)  # the digest names an edit even before the first checkpoint
     diffs = recipe_differences(recorded, config)
     if diffs:
+        longer = (f" (a run is not extended: train a longer one with fastres train --config {run.config} "
+                  "--epochs N --run-dir NEW_DIR)" if "epochs" in diffs else "")
         raise FastresError(f"cannot resume {run.path} with a different recipe: {describe_differences(diffs, 'given')}; "
-                           "drop those options or start a new --run-dir")
+                           f"drop those options or start a new --run-dir{longer}")
     machine = {k: v for k, v in config.to_dict().items() if k in MACHINE_FIELDS and k != "run_dir"
                and recorded.to_dict()[k] != v}
     if machine:
@@ -784,19 +804,28 @@ def evaluate_run(run_dir: str | Path, *, tta: bool | None = None, translate: int
         config = config.replace(data_dir=str(data_dir))
     tta = config.eval_tta if tta is None else tta
     translate = config.tta_translate if translate is None else translate
+    if not isinstance(translate, int) or isinstance(translate, bool) or not 0 <= translate <= 4:
+        raise ConfigError(f"--tta-translate must be 0 to 4 pixels, got {translate!r}: pass e.g. --tta-translate 1")
     path = run.last_checkpoint if which == "last" else run.best_checkpoint
     if not path.exists():
         raise FastresError(f"{run.path} has no {path.name} yet: train it first (fastres train --resume {run.path})")
     runtime = resolve_runtime(config)
     state = checkpoint.load(path, map_location=runtime.device, log=log)
+    record.check_checkpoint(run, config, path, state.get("config"), action="evaluate")
     if weights == "averaged" and "ema" not in state:
         raise FastresError(f"{path} holds no weight average (the run trained without --ema): drop --weights averaged")
     averaged = weights != "raw" and "ema" in state
     model = runtime.place(build_model(config.model, norm=config.norm, width=config.width))
-    if averaged:  # AveragedModel's keys: the module's under "module.", and its update count
-        model.load_state_dict({k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")})
-    else:
-        model.load_state_dict(state["model"])
+    try:
+        if averaged:  # AveragedModel's keys: the module's under "module.", and its update count
+            model.load_state_dict({k.removeprefix("module."): v for k, v in state["ema"].items()
+                                   if k.startswith("module.")})
+        else:
+            model.load_state_dict(state["model"])
+    except RuntimeError as exc:  # a checkpoint of another run copied in: torch lists every tensor
+        raise FastresError(f"{path} does not hold weights of the model {run.config} describes "
+                           f"({config.model}, width {config.width}, norm {config.norm}): "
+                           f"{str(exc).splitlines()[0][:160]}; evaluate the run the checkpoint came from") from None
     data = _open(config, runtime, log)
     augment = BatchAugment(runtime.device, runtime.amp_dtype, channels_last=runtime.channels_last)
     result = evaluate(model, data, augment, runtime, tta=tta, translate=translate)

@@ -485,7 +485,7 @@ def test_variants_of_a_preset_run_next_to_it_over_the_same_seeds(tmp_path):
     (["--config", "quick", "--variant", "ema"], '--variant takes NAME:"OPTIONS"'),
     (["--config", "quick", "--variant", "ema:--emma 0.99"], "--variant ema: unrecognized arguments: --emma 0.99"),
     (["--config", "quick", "--variant", "ema:--ema 2"], "ema must be a decay in [0, 1)"),
-    (["--config", "quick", "--variant", "ema:--seed 3"], "seed cannot be overridden in an ablation"),
+    (["--config", "quick", "--variant", "ema:--seed 3"], "--variant ema cannot set --seed: every setting runs over the same seeds"),
     (["--config", "quick", "--variant", "quick:--ema 0.9"], "variant name 'quick' cannot name a folder"),
     (["--config", "quick", "--variant", "a/b:--ema 0.9"], "variant name 'a/b' cannot name a folder"),
     (["--config", "quick", "--variant", "x:"], "variant 'x' changes nothing"),
