@@ -337,7 +337,7 @@ NON_DEFAULT = {
     "sync_bn": True, "seed": 7, "train_subset": 1000, "test_subset": 100, "precision": "fp32",
     "channels_last": False, "compile": "off", "loader": "memory", "num_workers": 3, "threads": 3, "device": "cpu",
     "deterministic": True, "data_dir": "my data/cifar 10", "run_dir": "study with spaces",
-    "preset": "cosine",
+    "preset": "cosine", "cuda_graph": "on", "val_split": 500,
 }
 # Fields that are valid only together with another non-default value.
 COMPANIONS = {"min_res": {"res_ramp": (0.2, 0.8)}, "tta_final_only": {"tta_translate": 1}}
