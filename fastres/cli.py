@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import sys
 import traceback
@@ -267,9 +268,53 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume and (args.preset or args.config):
         raise FastresError("--resume continues a recorded run: drop --preset/--config")
     config, resume = _config_from_args(args)
+    if not resume and (note := _cpu_hours_note(config)) is not None:
+        _log(note)
     _stop_cleanly_on_signals()
-    train(config, log=_log, progress=args.progress, resume=resume)
+    summary = train(config, log=_log, progress=args.progress, resume=resume)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
+        _log(_next_steps(summary["run_dir"]))
     return 0
+
+
+# A full-width ResNet-18 step trains roughly 50 images/s per core on a CPU (BENCHMARKS.md, "CPU,
+# 2 cores"); the others cost about this many times as much per image.
+_CPU_IMAGES_PER_S_PER_CORE = 50.0
+_MODEL_COST = {"resnet18": 1.0, "resnet34": 2.0, "resnet50": 3.0}
+
+
+def _cpu_hours_note(config: TrainConfig) -> str | None:
+    """One line when a run is about to train on the CPU for an hour or more (a bare `fastres
+    train` is baseline: full width, 200 epochs): a rough guess, not a refusal."""
+    if config.device == "cuda" or (config.device == "auto" and _cuda_available()):
+        return None
+    cores = config.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    images = config.epochs * (config.train_subset or 50_000)
+    work = images * _MODEL_COST.get(config.model, 1.0) * (config.width / 64) ** 2
+    hours = work / (_CPU_IMAGES_PER_S_PER_CORE * (cores or 1)) / 3600
+    if hours < 1:
+        return None
+    return (f"note: {config.model} at width {config.width} for {config.epochs} epochs on the CPU takes hours "
+            f"(roughly {hours:.0f} h on {cores} cores; machines vary); --preset quick trains in minutes")
+
+
+def _command(name: str) -> str:
+    """How to call NAME, a command installed beside this Python (fastres, tensorboard), from
+    here: bare when the shell finds this one, else by its path (e.g. .venv/bin/tensorboard)."""
+    exe = Path(sys.executable).parent / name
+    found = shutil.which(name)
+    if not exe.exists() or (found is not None and Path(found).resolve() == exe.resolve()):
+        return name
+    relative = os.path.relpath(exe)
+    return relative if not relative.startswith("..") else str(exe)
+
+
+def _next_steps(run_dir: str) -> str:
+    run = RunDir(run_dir)
+    fastres = _command("fastres")
+    return (f"next: {fastres} eval {shlex.quote(str(run.path))} (test its saved weights); "
+            f"{fastres} report {shlex.quote(str(run.path.parent))} (compare the runs there); "
+            f"{_command('tensorboard')} --logdir {shlex.quote(str(run.tensorboard))} (the curves)")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

@@ -303,7 +303,7 @@ BASELINE = TrainConfig(preset="baseline")
 # each `baseline` plus exactly the change its name says.
 ABLATIONS: dict[str, tuple[str, TrainConfig]] = {
     "baseline": ("ResNet-18, SGD 0.9, lr 0.1, MultiStep x0.1 at 50%/75%, batch 128, wd 5e-4", BASELINE),
-    "cosine": ("baseline with a cosine schedule (recommended)", BASELINE.replace(lr_schedule="cosine", preset="cosine")),
+    "cosine": ("baseline with a cosine schedule", BASELINE.replace(lr_schedule="cosine", preset="cosine")),
     "no_schedule": ("baseline with a constant learning rate", BASELINE.replace(lr_schedule="none", preset="no_schedule")),
     "resnet34": ("baseline with ResNet-34", BASELINE.replace(model="resnet34", preset="resnet34")),
     "resnet50": ("baseline with ResNet-50 (Bottleneck)", BASELINE.replace(model="resnet50", preset="resnet50")),

@@ -606,8 +606,7 @@ def _train(config: TrainConfig, runtime: Runtime, d: distributed.Dist, started: 
         sys.stdout.flush()
     best = summary["best_val_acc"]
     log(f"finished: final val acc {100 * summary['final_val_acc']:.2f}% (best {100 * best:.2f}% at epoch "
-        f"{summary['best_epoch']}), {summary['train_time_s']:.0f}s; logs in {run.path} "
-        f"(tensorboard --logdir {run.tensorboard})")
+        f"{summary['best_epoch']}), {summary['train_time_s']:.0f}s; logs in {run.path}")
     if (account := loop_account(trainer.rows)) is not None:
         log(account)
     if (note := contention.shared_note(summary["cpu_wait"])) is not None:
