@@ -37,7 +37,7 @@ from .config import (
 from .errors import FastresError
 from .files import ensure_writable_dir, ensure_writable_file
 from .models import check_model_name, model_names
-from .rundir import STUDY_ROOT, RunDir
+from .rundir import STUDY, STUDY_ROOT, RunDir
 
 
 class _Parser(argparse.ArgumentParser):
@@ -312,8 +312,10 @@ def _command(name: str) -> str:
 def _next_steps(run_dir: str) -> str:
     run = RunDir(run_dir)
     fastres = _command("fastres")
+    study = run.path.parent.parent  # a study's run is OUT/<setting>/seed<S>: its report is OUT's
+    folder = study if (study / STUDY).exists() else run.path.parent
     return (f"next: {fastres} eval {shlex.quote(str(run.path))} (test its saved weights); "
-            f"{fastres} report {shlex.quote(str(run.path.parent))} (compare the runs there); "
+            f"{fastres} report {shlex.quote(str(folder))} (compare the runs there); "
             f"{_command('tensorboard')} --logdir {shlex.quote(str(run.tensorboard))} (the curves)")
 
 

@@ -74,3 +74,10 @@ def test_commands_are_named_so_that_they_run_after_the_set_up(monkeypatch, tmp_p
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}/usr/bin:/bin")  # activated: the bare name
     assert cli._command("tensorboard") == "tensorboard"
     assert cli._command("not-installed-here") == "not-installed-here"
+
+
+def test_a_run_of_a_study_names_the_study_s_report(tmp_path):
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "study.json").write_text("{}")
+    assert " report " + str(tmp_path / "study") + " " in cli._next_steps(str(tmp_path / "study" / "quick" / "seed0"))
+    assert " report " + str(tmp_path / "runs") + " " in cli._next_steps(str(tmp_path / "runs" / "quick-1"))
