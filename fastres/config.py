@@ -311,10 +311,10 @@ ABLATIONS: dict[str, tuple[str, TrainConfig]] = {
     "small_batch": ("baseline with batch size 32", BASELINE.replace(batch_size=32, preset="small_batch")),
 }
 
-# Sized for a CPU without a GPU (measured in BENCHMARKS.md, "quick preset" and "quick
-# retuned"): a quarter-width ResNet-18 for 6 epochs. Short runs underfit, so what regularises
-# a long run costs accuracy here: the random crop is off (flip only; padding 4 cost ~2 points
-# at this length), the peak lr is high (0.8 beat 0.4, 0.6, 1.2) and decays linearly to zero
+# Sized for a CPU without a GPU (measured in BENCHMARKS.md, "quick's frontier", and
+# docs/history/benchmarks-2026-11.md): a quarter-width ResNet-18 for 6 epochs. Short runs
+# underfit, so what regularises a long run costs accuracy here: the random crop is off (flip
+# only; padding 4 cost ~2 points at this length), the peak lr is high (0.8 beat 0.4, 0.6, 1.2) and decays linearly to zero
 # (1.2 points better than cosine). Progressive resizing trains the first epochs at 16 px; the
 # epochs at 24-32 px carry the accuracy (16-px epochs in their place lost 0.5-1.2 points).
 # Mirroring each image on alternate epochs beat coin flips; testing only after the last epoch
