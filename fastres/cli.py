@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one run", formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train a CIFAR-10 ResNet from a preset plus overrides.\n\n" + _presets_table(),
-                       epilog="examples:\n  fastres train --preset cosine\n  fastres train --preset quick --epochs 4\n"
+                       epilog="examples:\n  fastres train --preset fast          # on a GPU\n"
+                              "  fastres train --preset quick         # on a CPU\n"
                               "  fastres train --preset baseline --model resnet34 --lr 0.05\n"
                               "  fastres train --resume runs/cosine-20260101-120000")
     p.add_argument("--preset", help="start from this preset (default: baseline)")
