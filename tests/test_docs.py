@@ -33,6 +33,9 @@ def _fastres_argv(tokens: list[str]) -> list[str] | None:
     for i, token in enumerate(tokens):
         if token in STOP:
             return None
+        if Path(token).name == "train.sh":  # scripts/train.sh passes its arguments to fastres train
+            rest = tokens[i + 1:]
+            return ["train", *rest[:next((j for j, t in enumerate(rest) if t in STOP), len(rest))]]
         if Path(token).name == "fastres" and (i == 0 or tokens[i - 1] == "-m" or "/" in token
                                               or "=" in tokens[i - 1] or tokens[i - 1] in STOP):
             rest = tokens[i + 1:]
@@ -43,7 +46,8 @@ def _fastres_argv(tokens: list[str]) -> list[str] | None:
 
 def documented_commands(page: Path) -> list[tuple[str, list[str]]]:
     """(where, argv) of every fastres command line in a page's shell code blocks, and of every
-    inline `fastres SUBCOMMAND ARG...` span that is a whole command (no "..." in it)."""
+    inline `fastres SUBCOMMAND ARG...` span that is a whole command (no "..." in it); a
+    `bash scripts/train.sh ARGS` counts as `fastres train ARGS`."""
     found, fence, pending = [], None, ""
     lines = page.read_text().splitlines()
     for number, line in enumerate(lines, 1):
@@ -65,11 +69,11 @@ def documented_commands(page: Path) -> list[tuple[str, list[str]]]:
             if argv is not None:
                 found.append((where, argv))
             continue
-        for span in re.findall(r"`((?:\.venv/bin/)?fastres [^`]+)`", line):
-            tokens = shlex.split(span)
-            if "..." in span or len(tokens) < 3 or tokens[1].startswith("-"):
+        for span in re.findall(r"`((?:\.venv/bin/)?fastres [^`]+|bash scripts/train\.sh [^`]+)`", line):
+            argv = _fastres_argv(shlex.split(span))
+            if "..." in span or argv is None or len(argv) < 2 or argv[0].startswith("-"):
                 continue
-            found.append((where, tokens[1:]))
+            found.append((where, argv))
     return found
 
 
