@@ -269,11 +269,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume and (args.preset or args.config):
         raise FastresError("--resume continues a recorded run: drop --preset/--config")
     config, resume = _config_from_args(args)
-    if not resume and (note := _cpu_hours_note(config)) is not None:
+    speaks = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for the run
+    if speaks and not resume and (note := _cpu_hours_note(config)) is not None:
         _log(note)
     _stop_cleanly_on_signals()
     summary = train(config, log=_log, progress=args.progress, resume=resume)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
+    if speaks:
         _log(_next_steps(summary["run_dir"]))
     return 0
 

@@ -81,3 +81,12 @@ def test_a_run_of_a_study_names_the_study_s_report(tmp_path):
     (tmp_path / "study" / "study.json").write_text("{}")
     assert " report " + str(tmp_path / "study") + " " in cli._next_steps(str(tmp_path / "study" / "quick" / "seed0"))
     assert " report " + str(tmp_path / "runs") + " " in cli._next_steps(str(tmp_path / "runs" / "quick-1"))
+
+
+def test_under_torchrun_only_rank_0_speaks(on_cpu, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(sys.modules["fastres.train"], "train", lambda config, **_: {"run_dir": str(tmp_path / "r")})
+    for rank, expected in (("1", 0), ("0", 1)):
+        monkeypatch.setenv("RANK", rank)
+        res = run_main(capsys, "train", "--threads", "1", "--run-dir", str(tmp_path / "r"))
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.count("next: ") == expected and res.stdout.count("takes hours") == expected, res.stdout
