@@ -288,13 +288,11 @@ _MODEL_COST = {"resnet18": 1.0, "resnet34": 2.0, "resnet50": 3.0}
 def _cpu_hours_note(config: TrainConfig) -> str | None:
     """One line when a run is about to train on the CPU for an hour or more (a bare `fastres
     train` is baseline: full width, 200 epochs): a rough guess, not a refusal."""
-    if config.device == "cuda" or (config.device == "auto" and _cuda_available()):
-        return None
     cores = config.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     images = config.epochs * (config.train_subset or 50_000)
     work = images * _MODEL_COST.get(config.model, 1.0) * (config.width / 64) ** 2
     hours = work / (_CPU_IMAGES_PER_S_PER_CORE * (cores or 1)) / 3600
-    if hours < 1:
+    if hours < 1 or config.device == "cuda" or (config.device == "auto" and _cuda_available()):
         return None
     return (f"note: {config.model} at width {config.width} for {config.epochs} epochs on the CPU takes hours "
             f"(roughly {hours:.0f} h on {cores} cores; machines vary); --preset quick trains in minutes")
