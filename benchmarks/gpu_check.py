@@ -27,7 +27,7 @@ skipped.
 7. End to end, with its own time budget (``--e2e-budget-s``, default 240 s): one seed of the
    GPU preset ``fast`` through ``fastres train --loader memory`` (no ffcv needed), reading the
    CIFAR-10 source named by ``--cifar`` (a ``cifar-10-batches-py`` folder, its parent, or a
-   ``.tar.gz`` of it, read by fastres as any source; README "Benchmarks" says how to get it
+   ``.tar.gz`` of it, read by fastres as any source; docs/benchmarks.md says how to get it
    there in pieces). Recorded under
    ``end_to_end``: final accuracy, epochs, ``train_time_s``, compile time and compiles, each
    epoch's time and the time outside the epochs (``time``: start-up included). A run the

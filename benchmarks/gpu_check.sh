@@ -5,7 +5,7 @@
 # installed, ffcv is not used, no network; the repository is put on PYTHONPATH as it is.
 #
 # Then, with its own time budget, end to end: one seed of the GPU preset `fast` from the
-# CIFAR-10 source (--cifar PATH; README "GPU check" says how to get it there) to its final
+# CIFAR-10 source (--cifar PATH; docs/benchmarks.md says how to get it there) to its final
 # accuracy, with --loader memory.
 #
 #   bash benchmarks/gpu_check.sh OUTDIR [--cifar PATH]   on an NVIDIA GPU (< 5 + 4 minutes)

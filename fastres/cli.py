@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import sys
 import traceback
@@ -36,7 +37,7 @@ from .config import (
 from .errors import FastresError
 from .files import ensure_writable_dir, ensure_writable_file
 from .models import IMAGENET_MODELS, check_model_name, check_width, model_names, standard_width
-from .rundir import STUDY_ROOT, RunDir
+from .rundir import STUDY, STUDY_ROOT, RunDir
 
 
 class _Parser(argparse.ArgumentParser):
@@ -133,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one run", formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train a CIFAR-10 ResNet from a preset plus overrides.\n\n" + _presets_table(),
-                       epilog="examples:\n  fastres train --preset cosine\n  fastres train --preset quick --epochs 4\n"
+                       epilog="examples:\n  fastres train --preset fast          # on a GPU\n"
+                              "  fastres train --preset quick         # on a CPU\n"
                               "  fastres train --preset baseline --model resnet34 --lr 0.05\n"
                               "  fastres train --resume runs/cosine-20260101-120000")
     p.add_argument("--preset", help="start from this preset (default: baseline)")
@@ -293,9 +295,54 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume and (args.preset or args.config):
         raise FastresError("--resume continues a recorded run: drop --preset/--config")
     config, resume = _config_from_args(args)
+    speaks = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for the run
+    if speaks and not resume and (note := _cpu_hours_note(config)) is not None:
+        _log(note)
     _stop_cleanly_on_signals()
-    train(config, log=_log, progress=args.progress, resume=resume)
+    summary = train(config, log=_log, progress=args.progress, resume=resume)
+    if speaks:
+        _log(_next_steps(summary["run_dir"]))
     return 0
+
+
+# A full-width ResNet-18 step trains roughly 50 images/s per core on a CPU (BENCHMARKS.md, "CPU,
+# 2 cores"); the others cost about this many times as much per image.
+_CPU_IMAGES_PER_S_PER_CORE = 50.0
+_MODEL_COST = {"resnet18": 1.0, "resnet34": 2.0, "resnet50": 3.0}
+
+
+def _cpu_hours_note(config: TrainConfig) -> str | None:
+    """One line when a run is about to train on the CPU for an hour or more (a bare `fastres
+    train` is baseline: full width, 200 epochs): a rough guess, not a refusal."""
+    cores = config.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    images = config.epochs * (config.train_subset or 50_000)
+    work = images * _MODEL_COST.get(config.model, 1.0) * (config.width / 64) ** 2
+    hours = work / (_CPU_IMAGES_PER_S_PER_CORE * (cores or 1)) / 3600
+    if hours < 1 or config.device == "cuda" or (config.device == "auto" and _cuda_available()):
+        return None
+    return (f"note: {config.model} at width {config.width} for {config.epochs} epochs on the CPU takes hours "
+            f"(roughly {hours:.0f} h on {cores} cores; machines vary); --preset quick trains in minutes")
+
+
+def _command(name: str) -> str:
+    """How to call NAME, a command installed beside this Python (fastres, tensorboard), from
+    here: bare when the shell finds this one, else by its path (e.g. .venv/bin/tensorboard)."""
+    exe = Path(sys.executable).parent / name
+    found = shutil.which(name)
+    if not exe.exists() or (found is not None and Path(found).resolve() == exe.resolve()):
+        return name
+    relative = os.path.relpath(exe)
+    return relative if not relative.startswith("..") else str(exe)
+
+
+def _next_steps(run_dir: str) -> str:
+    run = RunDir(run_dir)
+    fastres = _command("fastres")
+    study = run.path.parent.parent  # a study's run is OUT/<setting>/seed<S>: its report is OUT's
+    folder = study if (study / STUDY).exists() else run.path.parent
+    return (f"next: {fastres} eval {shlex.quote(str(run.path))} (test its saved weights); "
+            f"{fastres} report {shlex.quote(str(folder))} (compare the runs there); "
+            f"{_command('tensorboard')} --logdir {shlex.quote(str(run.tensorboard))} (the curves)")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

@@ -373,7 +373,7 @@ BASELINE = TrainConfig(preset="baseline")
 # each `baseline` plus exactly the change its name says.
 ABLATIONS: dict[str, tuple[str, TrainConfig]] = {
     "baseline": ("ResNet-18, SGD 0.9, lr 0.1, MultiStep x0.1 at 50%/75%, batch 128, wd 5e-4", BASELINE),
-    "cosine": ("baseline with a cosine schedule (recommended)", BASELINE.replace(lr_schedule="cosine", preset="cosine")),
+    "cosine": ("baseline with a cosine schedule", BASELINE.replace(lr_schedule="cosine", preset="cosine")),
     "no_schedule": ("baseline with a constant learning rate", BASELINE.replace(lr_schedule="none", preset="no_schedule")),
     "resnet34": ("baseline with ResNet-34", BASELINE.replace(model="resnet34", preset="resnet34")),
     "resnet50": ("baseline with ResNet-50 (Bottleneck)", BASELINE.replace(model="resnet50", preset="resnet50")),
@@ -381,10 +381,10 @@ ABLATIONS: dict[str, tuple[str, TrainConfig]] = {
     "small_batch": ("baseline with batch size 32", BASELINE.replace(batch_size=32, preset="small_batch")),
 }
 
-# Sized for a CPU without a GPU (measured in BENCHMARKS.md, "quick preset" and "quick
-# retuned"): a quarter-width ResNet-18 for 6 epochs. Short runs underfit, so what regularises
-# a long run costs accuracy here: the random crop is off (flip only; padding 4 cost ~2 points
-# at this length), the peak lr is high (0.8 beat 0.4, 0.6, 1.2) and decays linearly to zero
+# Sized for a CPU without a GPU (measured in BENCHMARKS.md, "quick's frontier", and
+# docs/history/benchmarks-2026-11.md): a quarter-width ResNet-18 for 6 epochs. Short runs
+# underfit, so what regularises a long run costs accuracy here: the random crop is off (flip
+# only; padding 4 cost ~2 points at this length), the peak lr is high (0.8 beat 0.4, 0.6, 1.2) and decays linearly to zero
 # (1.2 points better than cosine). Progressive resizing trains the first epochs at 16 px; the
 # epochs at 24-32 px carry the accuracy (16-px epochs in their place lost 0.5-1.2 points).
 # Mirroring each image on alternate epochs beat coin flips; testing only after the last epoch

@@ -667,11 +667,10 @@ def _train(config: TrainConfig, runtime: Runtime, d: distributed.Dist, started: 
         best = (f"held-out acc {100 * summary['val_split_acc']:.2f}%, best {100 * summary['best_val_split_acc']:.2f}% "
                 f"at epoch {summary['best_epoch']}, which best.pt holds")
         log(f"finished: test acc {100 * summary['final_val_acc']:.2f}% ({best}), {summary['train_time_s']:.0f}s; "
-            f"logs in {run.path} (tensorboard --logdir {run.tensorboard})")
+            f"logs in {run.path}")
     else:
         log(f"finished: final val acc {100 * summary['final_val_acc']:.2f}% (best {100 * summary['best_val_acc']:.2f}% "
-            f"at epoch {summary['best_epoch']}), {summary['train_time_s']:.0f}s; logs in {run.path} "
-            f"(tensorboard --logdir {run.tensorboard})")
+            f"at epoch {summary['best_epoch']}), {summary['train_time_s']:.0f}s; logs in {run.path}")
     if (account := loop_account(trainer.rows)) is not None:
         log(account)
     if (note := contention.shared_note(summary["cpu_wait"])) is not None:

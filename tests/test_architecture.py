@@ -1,4 +1,4 @@
-"""The package's layers: the README's architecture table is the one the import contracts in
+"""The package's layers: the architecture page's table (docs/architecture.md) is the one the import contracts in
 setup.cfg check, and those contracts catch an upward import, even one inside a function."""
 
 from __future__ import annotations
@@ -22,17 +22,17 @@ def contract_layers() -> list[set[str]]:
     return [{m.strip() for m in line.split("|")} for line in text.strip().splitlines()]
 
 
-def readme_layers() -> list[set[str]]:
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## Architecture", 1)[1].split("\n## ", 1)[0]
+def documented_layers() -> list[set[str]]:
+    page = (REPO / "docs" / "architecture.md").read_text()
+    section = page.split("# Architecture", 1)[1].split("\n## ", 1)[0]
     layers: dict[int, set[str]] = {}
     for number, module in re.findall(r"^\| (\d+) \| `([\w/]+)` \|", section, flags=re.M):
         layers.setdefault(int(number), set()).add(module.rstrip("/"))
     return [layers[n] for n in sorted(layers)]
 
 
-def test_readme_architecture_lists_the_checked_layers_and_every_module():
-    assert readme_layers() == contract_layers()
+def test_the_architecture_page_lists_the_checked_layers_and_every_module():
+    assert documented_layers() == contract_layers()
     modules = {p.stem for p in (REPO / "fastres").glob("*.py") if p.stem != "__init__"}
     modules |= {p.name for p in (REPO / "fastres").iterdir() if (p / "__init__.py").exists()}
     assert set().union(*contract_layers()) == modules
