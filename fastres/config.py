@@ -107,7 +107,7 @@ class TrainConfig:
         family's standard width: ResNet-20 at ResNet-18's 64 channels would be 16x its size."""
         unknown = sorted(set(changes) - {f.name for f in fields(self)})
         if unknown:
-            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+            raise ConfigError(f"unknown config field(s): {_field_names(unknown)}")
         model = changes.get("model", self.model)
         if "width" not in changes and model in MODELS and family(model) != family(self.model):
             changes = {**changes, "width": standard_width(model)}
@@ -126,7 +126,7 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}; valid fields: {', '.join(sorted(known))}")
+            raise ConfigError(f"unknown config field(s): {_field_names(unknown)}; valid fields: {', '.join(sorted(known))}")
         return cls(**data)
 
     def milestone_epochs(self) -> list[float]:
@@ -194,6 +194,11 @@ def _validate_types(c: TrainConfig) -> None:
             bound = ("from 0 to " if name == "seed" else "at most ") + (f"{high:_}" if isinstance(high, int)
                                                                        else f"{high:g}")
             raise ConfigError(f"{name} must be {bound}, got {value!r:.80}: pass {flag} with a value in that range")
+
+
+def _field_names(names: list[str]) -> str:
+    """Field names for a one-line message: an odd one (a newline, a space) is quoted so it shows."""
+    return ", ".join(n if n.isidentifier() else repr(n) for n in names)
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...] | Any) -> None:

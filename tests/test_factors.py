@@ -69,7 +69,10 @@ def test_overrides_change_the_base_and_the_rules_follow_it(tmp_path, capsys):
 def test_a_config_file_base_gives_its_recipe_not_its_seed_or_machine(tmp_path, capsys):
     config = get_preset("quick").replace(epochs=4, ema=0.9, seed=7, data_dir="/elsewhere", threads=3,
                                          run_dir="/old/run")
-    path = tmp_path / "config.json"
+    # A config file kept apart from the study's folder (a folder holding config.json is a run,
+    # and a study inside a run is refused).
+    path = tmp_path / "recorded" / "config.json"
+    path.parent.mkdir()
     path.write_text(json.dumps(config.to_dict()))
     base = factors.resolve_base(str(path))
     assert base.preset == "quick" and base.changes == {"epochs": 4, "ema": 0.9}

@@ -135,13 +135,13 @@ def test_damaged_checkpoints_are_refused(reference_run, tmp_path, capsys):
 def test_divergence_stops_with_a_clear_message(synthetic_data, tmp_path):
     run_dir = tmp_path / "run"
     res = run_cli("train", "--width", "8", "--batch-size", "100", "--epochs", "2", "--norm", "none",
-                  "--lr", "1e6", "--lr-schedule", "none", "--precision", "fp32", "--data-dir", str(synthetic_data),
+                  "--lr", "1000", "--lr-schedule", "none", "--precision", "fp32", "--data-dir", str(synthetic_data),
                   "--run-dir", str(run_dir), "--no-progress")
     assert res.returncode == 3
     assert "Traceback" not in res.stderr
     line = res.stderr.strip()
     assert "training diverged: non-finite loss at epoch 1, step" in line
-    assert "lr 1e+06" in line and "--lr" in line and "BatchNorm" in line
+    assert "lr 1000" in line and "--lr" in line and "BatchNorm" in line
     assert RunDir(run_dir).read_summary()["status"] == "diverged"
     assert RunDir(run_dir).read_metrics() == []
 
