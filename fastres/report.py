@@ -8,6 +8,7 @@ read through ``fastres.rundir`` only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -173,6 +174,21 @@ def study_variants(*roots: str | Path) -> frozenset[str]:
     return frozenset(names)
 
 
+def study_reference(*roots: str | Path) -> str | None:
+    """The setting a study of ``--variant``s compares with when no --reference is named: its
+    varied preset, as the report that ``fastres ablate`` writes at the end does."""
+    for root in roots:
+        if not (Path(root) / STUDY).exists():
+            continue
+        try:
+            study = read_study(root)
+        except FastresError:
+            continue
+        if study.get("variants") and study.get("presets"):
+            return str(study["presets"][0])
+    return None
+
+
 def study_rules(*roots: str | Path) -> dict[str, str]:
     """How the ``fastres ablate --base`` studies in ``roots`` chose a setting's learning rate:
     setting -> the rule's text (none elsewhere)."""
@@ -320,6 +336,10 @@ def aggregate(roots: str | Path | Sequence[str | Path], runs: list[Run] | None =
     skipped = [] if skipped is None else skipped
     runs = load_studies(folders, skipped) if runs is None else runs
     groups = group_runs(runs, study_variants(*folders))
+    if reference is None and (varied := study_reference(*folders)) is not None:
+        with contextlib.suppress(FastresError):  # the varied preset's runs may not be there
+            find_reference(groups, varied)
+            reference = varied
     ref = find_reference(groups, reference)
     out_groups = []
     for g in groups:

@@ -224,6 +224,21 @@ def test_a_studys_variants_are_named_and_a_clear_gain_is_marked(tmp_path, capsys
     assert [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| `")][:2] == ["`quick`", "`ema`"]
 
 
+def test_a_variant_studys_report_compares_with_its_varied_preset_without_being_told(tmp_path, capsys):
+    """`fastres report OUT` on a study of --variants, as `ablate` ends it: Δ against the varied
+    preset, not against a baseline the study never ran."""
+    root = tmp_path / "study"
+    for seed, (ref, ema) in enumerate([(0.80, 0.83), (0.82, 0.84), (0.81, 0.835)]):
+        make_run(root, "quick", seed, [0.5, ref], folder="quick")
+        make_run(root, "quick", seed, [0.5, ema], folder="ema", ema=0.99)
+    record_study(root, {"presets": ["quick"], "variants": {"ema": {"ema": 0.99}}, "runs": []}, {"pid": 1})
+    res = run_main(capsys, "report", str(root))
+    assert res.returncode == 0, res.stderr
+    text = (root / "report.md").read_text()
+    assert "Δ final vs quick" in text
+    assert row(text, "ema")[3] == "**+2.50 [+1.26, +3.74]** (paired, n=3)"
+
+
 def test_settings_without_common_seeds_get_welchs_interval_and_a_single_run_none(tmp_path, capsys):
     root = tmp_path / "runs"
     for seed, acc in zip((10, 11, 12), (0.81, 0.82, 0.83), strict=True):
