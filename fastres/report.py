@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import contention, record, seedstats
-from .config import PRESETS, TrainConfig
+from .config import MACHINE_FIELDS, PRESETS, TrainConfig
 from .errors import FastresError
 from .files import atomic_path, atomic_write_text
 from .formatting import compact, duration
@@ -189,6 +189,21 @@ def study_reference(*roots: str | Path) -> str | None:
     return None
 
 
+def machine_variants(*roots: str | Path) -> frozenset[str]:
+    """The variants of the studies in ``roots`` that change only machine fields (``--compile
+    on``, ``--threads 1``): their recipe is their preset's, so only their folder sets them apart."""
+    names: set[str] = set()
+    for root in roots:
+        if not (Path(root) / STUDY).exists():
+            continue
+        try:
+            variants = read_study(root).get("variants", {})
+        except FastresError:
+            continue
+        names |= {name for name, options in variants.items() if options and set(options) <= MACHINE_FIELDS}
+    return frozenset(names)
+
+
 def study_rules(*roots: str | Path) -> dict[str, str]:
     """How the ``fastres ablate --base`` studies in ``roots`` chose a setting's learning rate:
     setting -> the rule's text (none elsewhere)."""
@@ -208,13 +223,15 @@ def _setting(run: Run) -> dict[str, Any]:
     return {k: v for k, v in run.config.recipe().items() if k not in _NOT_SETTING}
 
 
-def group_runs(runs: list[Run], variants: frozenset[str] = frozenset()) -> list[Group]:
+def group_runs(runs: list[Run], variants: frozenset[str] = frozenset(),
+               apart: frozenset[str] = frozenset()) -> list[Group]:
     """One group per (preset, recipe without the seed), in the ablation table's order; a group
-    living in the folder of one of the study's ``variants`` is labelled with its name."""
-    groups: dict[tuple[str, str], Group] = {}
+    living in the folder of one of the study's ``variants`` is labelled with its name. Runs in
+    the folder of a variant in ``apart`` (``machine_variants``) form a group of their own."""
+    groups: dict[tuple[str, str, str], Group] = {}
     for run in runs:
         recipe = _setting(run)
-        key = (run.config.preset, json.dumps(recipe, sort_keys=True))
+        key = (run.config.preset, json.dumps(recipe, sort_keys=True), run.folder if run.folder in apart else "")
         if key not in groups:
             groups[key] = Group(run.config.preset, run.config.preset or "custom", recipe, run.config)
         groups[key].runs.append(run)
@@ -335,7 +352,7 @@ def aggregate(roots: str | Path | Sequence[str | Path], runs: list[Run] | None =
     folders = _folders(roots)
     skipped = [] if skipped is None else skipped
     runs = load_studies(folders, skipped) if runs is None else runs
-    groups = group_runs(runs, study_variants(*folders))
+    groups = group_runs(runs, study_variants(*folders), machine_variants(*folders))
     if reference is None and (varied := study_reference(*folders)) is not None:
         with contextlib.suppress(FastresError):  # the varied preset's runs may not be there
             find_reference(groups, varied)
@@ -716,14 +733,15 @@ def _splits_note(held: bool) -> str:
     return note
 
 
-def plot_val_acc(runs: list[Run], path: Path, variants: frozenset[str] = frozenset()) -> None:
+def plot_val_acc(runs: list[Run], path: Path, variants: frozenset[str] = frozenset(),
+                 apart: frozenset[str] = frozenset()) -> None:
     """Val accuracy per epoch for each setting: mean over finished seeds, min-max band."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.add_subplot()
-    for i, g in enumerate(group_runs(runs, variants)):
+    for i, g in enumerate(group_runs(runs, variants, apart)):
         curves = [[row["val_acc"] for row in r.metrics] for r in g.done]
         if not curves:
             continue
@@ -750,7 +768,8 @@ def plot_val_acc(runs: list[Run], path: Path, variants: frozenset[str] = frozens
     _save_png(fig, path)
 
 
-def plot_lr(runs: list[Run], path: Path, variants: frozenset[str] = frozenset()) -> None:
+def plot_lr(runs: list[Run], path: Path, variants: frozenset[str] = frozenset(),
+            apart: frozenset[str] = frozenset()) -> None:
     """The learning rate against (fractional) epoch for each setting, as the trainer applies it."""
     from matplotlib.figure import Figure
 
@@ -759,7 +778,7 @@ def plot_lr(runs: list[Run], path: Path, variants: frozenset[str] = frozenset())
     # Settings with the same schedule share one curve (and one legend entry).
     # Colours follow the settings' order, as in the accuracy plot.
     curves: dict[str, tuple[TrainConfig, int, list[str]]] = {}
-    for i, g in enumerate(group_runs(runs, variants)):
+    for i, g in enumerate(group_runs(runs, variants, apart)):
         c = g.config
         key = json.dumps([c.lr, c.lr_schedule, list(c.milestones), c.lr_gamma, c.warmup_epochs, c.epochs])
         curves.setdefault(key, (c, i, []))[2].append(g.label)
@@ -849,11 +868,11 @@ def write_report(roots: str | Path | Sequence[str | Path], reference: str | None
     skipped: list[dict[str, str]] = []
     runs = load_studies(folders, skipped)
     data = aggregate(folders, runs, reference, skipped)
-    variants = study_variants(*folders)
+    variants, apart = study_variants(*folders), machine_variants(*folders)
     try:
         target.mkdir(parents=True, exist_ok=True)
-        plot_val_acc(runs, target / VAL_PLOT, variants)
-        plot_lr(runs, target / LR_PLOT, variants)
+        plot_val_acc(runs, target / VAL_PLOT, variants, apart)
+        plot_lr(runs, target / LR_PLOT, variants, apart)
         plot_time_accuracy(data, target / TIME_PLOT)
         atomic_write_text(target / REPORT_MD, render_markdown(data))
         atomic_write_text(target / REPORT_JSON, json.dumps(data, indent=2) + "\n")

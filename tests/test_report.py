@@ -239,6 +239,21 @@ def test_a_variant_studys_report_compares_with_its_varied_preset_without_being_t
     assert row(text, "ema")[3] == "**+2.50 [+1.26, +3.74]** (paired, n=3)"
 
 
+def test_a_variant_that_changes_only_the_machine_is_a_setting_of_its_own(tmp_path, capsys):
+    """`--variant compiled:"--compile on"` trains the preset's recipe on another machine setting:
+    the report keeps its runs apart from the preset's instead of counting them as n=6."""
+    root = tmp_path / "study"
+    for seed, (ref, fast) in enumerate([(0.80, 0.81), (0.82, 0.815), (0.81, 0.80)]):
+        make_run(root, "quick", seed, [0.5, ref], folder="quick")
+        make_run(root, "quick", seed, [0.5, fast], folder="compiled", compile="on")
+    record_study(root, {"presets": ["quick"], "variants": {"compiled": {"compile": "on"}}, "runs": []},
+                 {"pid": 1})
+    assert run_main(capsys, "report", str(root)).returncode == 0
+    text = (root / "report.md").read_text()
+    assert row(text, "quick")[1] == "3" and row(text, "compiled")[1] == "3"
+    assert "(paired, n=3)" in row(text, "compiled")[3]
+
+
 def test_settings_without_common_seeds_get_welchs_interval_and_a_single_run_none(tmp_path, capsys):
     root = tmp_path / "runs"
     for seed, acc in zip((10, 11, 12), (0.81, 0.82, 0.83), strict=True):
