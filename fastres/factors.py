@@ -26,15 +26,24 @@ from .errors import ConfigError
 from .formatting import compact
 
 SETTINGS: tuple[str, ...] = tuple(name for name in ABLATIONS if name != "baseline")
-# The learning rate the original study used without BatchNorm (with lr 0.1 elsewhere), and
-# the one no-BatchNorm lr fastres has seen train (docs/ablation-cpu, width 16).
-NO_BN_MAX_LR = ABLATIONS["no_batchnorm"][1].lr
+# The largest lr measured to train without BatchNorm, per base preset: on `quick` a sweep
+# (docs/ablations.md, "The rules") found where training stops learning; elsewhere the original
+# study's lr without BatchNorm, the only one measured at full width.
+NO_BN_MAX_LR: dict[str, float] = {"quick": 0.4}
+NO_BN_DEFAULT_MAX_LR = ABLATIONS["no_batchnorm"][1].lr
+
+
+def no_bn_max_lr(preset: str) -> float:
+    """The cap on a no-BatchNorm run's lr for a base of this preset (``NO_BN_MAX_LR``)."""
+    return NO_BN_MAX_LR.get(preset, NO_BN_DEFAULT_MAX_LR)
+
 
 RULES = {
     "small_batch": "every learning rate of the base (lr, and muon_lr with Muon) scaled linearly with the "
                    "batch size (Goyal et al. 2017), so each image moves the weights as far as in the base",
-    "no_batchnorm": f"the base's lr, capped at {NO_BN_MAX_LR:g} (the original study's lr without BatchNorm); "
-                    "Muon's muon_lr is kept",
+    "no_batchnorm": "the base's lr, capped at the largest lr measured to train without BatchNorm "
+                    f"({', '.join(f'{k} {v:g}' for k, v in NO_BN_MAX_LR.items())}; other bases "
+                    f"{NO_BN_DEFAULT_MAX_LR:g}, the original study's); Muon's muon_lr is kept",
 }
 
 
@@ -103,7 +112,7 @@ def setting_changes(name: str, base: TrainConfig, base_name: str = "this base") 
         if base.optimizer == "muon":
             change["muon_lr"] = base.muon_lr * factor
     elif name == "no_batchnorm":
-        change["lr"] = min(base.lr, NO_BN_MAX_LR)
+        change["lr"] = min(base.lr, no_bn_max_lr(base.preset))
     return change
 
 

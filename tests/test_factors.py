@@ -44,13 +44,16 @@ def test_each_setting_is_the_base_plus_exactly_its_change(tmp_path, capsys):
     assert commands[("no_schedule", "43")] == base | {"--lr-schedule": "none"}
     assert commands[("resnet34", "42")] == base | {"--model": "resnet34"}
     assert commands[("resnet50", "42")] == base | {"--model": "resnet50"}
-    assert commands[("no_batchnorm", "42")] == base | {"--norm": "none", "--lr": "0.01"}, "capped at 0.01"
+    assert commands[("no_batchnorm", "42")] == base | {"--norm": "none", "--lr": "0.4"}, "quick's cap: 0.4"
     assert commands[("small_batch", "42")] == base | {"--batch-size": "32", "--lr": "0.1"}, "0.8 x 32/256"
     # --dry-run and --list say what each changes on this base, and the rules.
     assert "#   small_batch   batch_size 256 -> 32, lr 0.8 -> 0.1 (rule: every learning rate" in res.stderr
     assert "projected" not in res.stderr, "no finished run to project from, and none asked for"
     listing = run_main(capsys, "ablate", "--list", "--base", "quick").stdout
-    assert "no_batchnorm  norm batch -> none, lr 0.8 -> 0.01 (rule: the base's lr, capped at 0.01" in listing
+    assert "no_batchnorm  norm batch -> none, lr 0.8 -> 0.4 (rule: the base's lr, capped at the largest" in listing
+    assert "quick 0.4; other bases 0.01" in listing
+    # On baseline the cap is the original study's 0.01: the setting is the no_batchnorm preset.
+    assert factors.setting_changes("no_batchnorm", get_preset("baseline")) == {"norm": "none", "lr": 0.01}
 
 
 def test_overrides_change_the_base_and_the_rules_follow_it(tmp_path, capsys):
