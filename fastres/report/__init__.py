@@ -73,17 +73,17 @@ def write_report(roots: str | Path | Sequence[str | Path], reference: str | None
     reported), every setting compared with ``reference`` (default ``baseline``); return the
     report's data. Several folders are reported as one study (``load_studies``): seeds of a
     setting run in different studies, on different days or machines, count together."""
-    roots = folders(roots)
-    if out is None and len(roots) > 1:
-        raise FastresError(f"a report of {len(roots)} folders needs --out DIR: the folder its "
+    paths = folders(roots)
+    if out is None and len(paths) > 1:
+        raise FastresError(f"a report of {len(paths)} folders needs --out DIR: the folder its "
                            "report.md goes to")
-    target = Path(out) if out is not None else roots[0]
+    target = Path(out) if out is not None else paths[0]
     if target.exists() and not target.is_dir():
         raise FastresError(f"--out {target} is a file, not a folder: pass a folder for the report")
     skipped: list[dict[str, str]] = []
-    runs = load_studies(roots, skipped)
-    data = aggregate(roots, runs, reference, skipped)
-    variants, apart = study_variants(*roots), machine_variants(*roots)
+    runs = load_studies(paths, skipped)
+    data = aggregate(paths, runs, reference, skipped)
+    variants, apart = study_variants(*paths), machine_variants(*paths)
     try:
         target.mkdir(parents=True, exist_ok=True)
         plot_val_acc(runs, target / VAL_PLOT, variants, apart)

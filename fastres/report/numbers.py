@@ -226,17 +226,17 @@ def aggregate(roots: str | Path | Sequence[str | Path], runs: list[Run] | None =
     for the runs of one folder or of several taken as one study (``load_studies``). Every
     setting is compared with ``reference`` (see ``find_reference``); ``skipped`` are the
     folders that were not counted, and why."""
-    roots = folders(roots)
+    paths = folders(roots)
     skipped = [] if skipped is None else skipped
-    runs = load_studies(roots, skipped) if runs is None else runs
-    groups = group_runs(runs, study_variants(*roots), machine_variants(*roots))
-    if reference is None and (varied := study_reference(*roots)) is not None:
+    runs = load_studies(paths, skipped) if runs is None else runs
+    groups = group_runs(runs, study_variants(*paths), machine_variants(*paths))
+    if reference is None and (varied := study_reference(*paths)) is not None:
         with contextlib.suppress(FastresError):  # the varied preset's runs may not be there
             find_reference(groups, varied)
             reference = varied
     ref = find_reference(groups, reference)
     return {
-        "root": " + ".join(str(f) for f in roots),
+        "root": " + ".join(str(f) for f in paths),
         "reference": ref.label if ref is not None else None,
         "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": [_setting_entry(g, ref) for g in groups],
@@ -244,7 +244,7 @@ def aggregate(roots: str | Path | Sequence[str | Path], runs: list[Run] | None =
         "unfinished": [_unfinished(r) for r in runs if not r.complete],
         "skipped": skipped,
         "common_changes": _common_changes(runs),
-        "rules": study_rules(*roots),
+        "rules": study_rules(*paths),
         "provenance": _provenance(runs),
         "files": {"markdown": REPORT_MD, "json": REPORT_JSON, "val_plot": VAL_PLOT,
                   "lr_plot": LR_PLOT, "time_plot": TIME_PLOT},
