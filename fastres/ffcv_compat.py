@@ -34,10 +34,11 @@ def keep_torch_threads() -> Iterator[None]:
 @contextlib.contextmanager
 def _plain_image_modes() -> Iterator[None]:
     """ffcv.fields.rgb_image builds ``IMAGE_MODES = numba.typed.Dict()`` at import ({'jpg': 0,
-    'raw': 1}), which JIT-compiles numba's dictionary machinery: ~2 of the ~3 seconds its
-    import costs in every process, a training run's included. The dictionary is only ever
-    read from Python (when a pipeline's code is generated, and by the writer), never inside
-    compiled code, so a plain dict serves it the same. Only ffcv's own import sees it."""
+    'raw': 1}), which JIT-compiles numba's dictionary machinery: about half of what its import
+    costs in every process, a training run's included (BENCHMARKS.md, "End to end", the start
+    of a run). The dictionary is only ever read from Python (when a pipeline's code is
+    generated, and by the writer), never inside compiled code, so a plain dict serves it the
+    same. Only ffcv's own import sees it."""
     import numba.typed
 
     if "ffcv.fields.rgb_image" in sys.modules:  # imported already: nothing left to save
