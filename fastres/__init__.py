@@ -9,9 +9,10 @@ Python API (the CLI is a thin layer over it)::
 
 from .config import PRESETS, TrainConfig, get_preset
 from .errors import ConfigError, FastresError
+from .evaluation import evaluate_run
 from .models import build_model, model_names
 from .prepare import prepare_data
-from .train import evaluate_run, train
+from .train import train
 
 __version__ = "0.1.0"
 

@@ -148,8 +148,9 @@ def to_cpu(state: Any) -> Any:
 class BackgroundWriter:
     """Writes checkpoints on a thread, so the training loop only pays for the CPU snapshot.
 
-    On a GPU an epoch of ResNet-18 takes seconds and a synchronous 90 MB write would cost
-    several percent of it. One write is in flight at a time; ``wait`` blocks until it is on disk.
+    On a GPU an epoch of ResNet-18 takes seconds, and a synchronous write of its state would be
+    a visible part of it (BENCHMARKS.md, "Checkpoint cost"). One write is in flight at a time;
+    ``wait`` blocks until it is on disk.
     """
 
     def __init__(self) -> None:

@@ -386,29 +386,29 @@ ABLATIONS: dict[str, tuple[str, TrainConfig]] = {
     "small_batch": ("baseline with batch size 32", BASELINE.replace(batch_size=32, preset="small_batch")),
 }
 
-# Sized for a CPU without a GPU (measured in BENCHMARKS.md, "quick's frontier", and
-# docs/history/benchmarks-2026-11.md): a quarter-width ResNet-18 for 6 epochs. Short runs
-# underfit, so what regularises a long run costs accuracy here: the random crop is off (flip
-# only; padding 4 cost ~2 points at this length), the peak lr is high (0.8 beat 0.4, 0.6, 1.2) and decays linearly to zero
-# (1.2 points better than cosine). Progressive resizing trains the first epochs at 16 px; the
-# epochs at 24-32 px carry the accuracy (16-px epochs in their place lost 0.5-1.2 points).
-# Mirroring each image on alternate epochs beat coin flips; testing only after the last epoch
-# (flip TTA, ~0.8 points) pays for the sixth epoch.
+# Sized for a CPU without a GPU: a quarter-width ResNet-18 for 6 epochs. Short runs underfit,
+# so what regularises a long run costs accuracy here: no random crop (flip only), a high peak
+# lr decaying linearly to zero. Progressive resizing trains the first epochs at 16 px; the
+# epochs at 24-32 px carry the accuracy. Mirroring each image on alternate epochs beat coin
+# flips, and testing once, after the last epoch (with flip TTA), pays for the sixth epoch.
+# The runs behind each choice: BENCHMARKS.md, "`quick`'s frontier, interleaved";
+# docs/history/benchmarks-2026-11.md, "`quick` preset: accuracy and wall time" (crop, lr,
+# schedule, TTA); docs/recipes-cpu/README.md, "Study 2" (lr, resizing, flips).
 QUICK = BASELINE.replace(
     width=16, epochs=6, batch_size=256, lr=0.8, lr_schedule="linear", warmup_epochs=1.0,
     nesterov=True, label_smoothing=0.2, crop_padding=0, alternate_flip=True, min_res=16, res_ramp=(0.2, 0.8),
     eval_tta=True, eval_every=0, preset="quick",
 )
 
-# Time to accuracy on a GPU (BENCHMARKS.md "NVIDIA H200"): the full-width ResNet-18 in 20
-# epochs instead of 200, aimed at >= 94% (public records: 94% in 26 epochs with batch 500,
+# Time to accuracy on a GPU: the full-width ResNet-18 in 20 epochs instead of 200, aimed at
+# 94% (the public record in the README's time-to-accuracy table, whose recipe this builds on:
 # label smoothing and flip TTA). What the quick-scale ablations kept (alternating flips,
-# multi-view TTA at the end) on top of that record's recipe; a 2-pixel crop because 20 epochs
-# want some augmentation where 6 want none. Muon for the filters: on an H200 the same recipe
-# with SGD reached 93.71% in 20 epochs and with Muon 94.69% (3 paired seeds, +0.98 +- 0.11),
-# at about twice the time per epoch (its optimizer step is launch-bound there). No
-# progressive resizing: under torch.compile every new input size is a recompile, which costs
-# more than the smaller epochs save on a GPU.
+# multi-view TTA at the end) on top; a 2-pixel crop because 20 epochs want some augmentation
+# where 6 want none. Muon for the filters: it beat SGD on the same recipe, paired by seed,
+# at about twice the time per epoch (its optimizer step is launch-bound there); see
+# BENCHMARKS.md, "`fast` end to end: accuracy and time". No progressive resizing: under
+# torch.compile every new input size is a recompile, which costs more than the smaller
+# epochs save on a GPU.
 FAST = BASELINE.replace(
     epochs=20, batch_size=512, lr=0.4, lr_schedule="linear", warmup_epochs=2.0, nesterov=True,
     label_smoothing=0.2, crop_padding=2, alternate_flip=True, eval_tta=True, tta_translate=1,

@@ -3,9 +3,8 @@
 Another process on the same cores slows a run without changing its results, so its times then
 measure the machine's load, not the recipe. Linux counts, per thread, how long the thread was
 runnable but waiting for a CPU (``/proc/self/task/*/schedstat``); summed over the process's
-threads and divided by the wall time, that is the average number of its threads kept waiting.
-On the 2-core development host: ~0.01 for a compute loop alone, 0.74 beside one CPU-bound
-process, 1.00 beside two (BENCHMARKS.md "Sharing the CPU").
+threads and divided by the wall time, that is the average number of its threads kept waiting:
+near 0 for a run alone, near 1 beside busy processes (BENCHMARKS.md, "Sharing the CPU").
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from . import cifar, prepare, split
+from .config import TrainConfig
 from .errors import FastresError
 from .ffcv_compat import ffcv_available, keep_torch_threads
 
@@ -175,6 +176,18 @@ def choose_loader(requested: str, log=print) -> str:
         log("notice: ffcv is not installed (or does not import); using --loader memory (the data set stays in device memory)")
         return "memory"
     return requested
+
+
+def open_config_data(config: TrainConfig, device: torch.device, log=print, *, rank: int = 0,
+                     world_size: int = 1) -> DataSource:
+    """Open the data ``config`` trains on (or a finished run of it evaluates), as ``rank`` of
+    ``world_size`` processes: its loader resolved first (``choose_loader``)."""
+    loader = choose_loader(config.loader, log=log)
+    return open_data(loader=loader, data_dir=config.data_dir, batch_size=config.batch_size,
+                     device=device, seed=config.seed, num_workers=config.num_workers,
+                     train_subset=config.train_subset, test_subset=config.test_subset,
+                     shuffle=config.shuffle, rank=rank, world_size=world_size,
+                     val_split=config.val_split, log=log)
 
 
 def open_data(*, loader: str, data_dir: str | Path, batch_size: int, device: torch.device, seed: int,

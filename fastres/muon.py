@@ -3,8 +3,8 @@
 ``torch.optim.Muon`` orthogonalises one 2-D matrix at a time: for every filter a momentum
 update, a bf16 cast, a norm and five Newton-Schulz iterations of three matrix products, each
 its own small kernel. A ResNet-18 has 21 filters, 12 distinct shapes among them, so its step
-is several hundred small operations (on an H200 ~16 ms of launches a step, judged from epoch
-times; BENCHMARKS.md "Muon's step, batched").
+is several hundred small operations, which on a GPU cost launches (BENCHMARKS.md, "Muon's
+step, batched").
 :class:`FilterMuon` runs the same algorithm on each set of same-shaped filters at once
 (stacked, with batched matrix products and ``torch._foreach`` updates), and takes filters of
 any shape: a convolution's (out, in, kh, kw) bank is the (out, in * kh * kw) matrix that
@@ -12,11 +12,9 @@ Muon orthogonalises, as it would be flattened for ``torch.optim.Muon``.
 
 Same algorithm, same defaults, same ``state_dict`` as ``torch.optim.Muon`` on those flattened
 filters (momentum buffers of shape (out, in * kh * kw) under the same keys), so checkpoints of
-either load into the other. Results agree to rounding, not bit for bit: on the 2-core CPU
-where this was written a step gives the same weights, but over many steps last-bit differences
-appear (in a 60-step check with random gradients, first at step 17, 5e-5 in one filter) and
-grow as any rounding difference does in training (`quick --optimizer muon`, seed 0: 86.12%
-against 86.15% per filter).
+either load into the other. Results agree to rounding, not bit for bit: a step gives the same
+weights, but over many steps last-bit differences appear and grow as any rounding difference
+does in training, within a seed's noise (measured: BENCHMARKS.md, "Muon's step, batched").
 """
 
 from __future__ import annotations
@@ -45,8 +43,8 @@ def _channels_last(t: Tensor) -> bool:
 
 class _Batch:
     """Same-shaped filters stepped together: their stacked momentum, and the buffers they reuse
-    every step (fresh buffers of this size cost page faults on a CPU, 13% of the Newton-Schulz
-    time of ResNet-18's largest filters; on a GPU allocator calls are host time too)."""
+    every step (fresh buffers of this size cost page faults on a CPU, BENCHMARKS.md "Muon's
+    step, batched"; on a GPU allocator calls are host time too)."""
 
     def __init__(self, params: list[Tensor]) -> None:
         self.params = params

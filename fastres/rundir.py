@@ -67,7 +67,7 @@ STUDY_JOBS = "jobs"  # in a study's folder: submitit's job scripts, pickles and 
 METRIC_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "epoch_time_s")
 # metrics.jsonl keys that are wall times, so differ between two runs of one recipe (the rest of
 # a row is the same for the same seed). loop_time_s: seconds per part of the training loop
-# (load, augment, step, other), measured on a CPU only (None elsewhere: see train.LoopClock).
+# (load, augment, step, other), measured on a CPU only (None elsewhere: see loop_clock.LoopClock).
 # cpu_wait: how many of the process's threads waited for a CPU on average (contention.py).
 TIMING_KEYS = ("images_per_s", "epoch_time_s", "epoch_train_s", "loop_time_s", "checkpoint_time_s", "cpu_wait")
 # summary.json's "finished": when the run ended, local time with its UTC offset.

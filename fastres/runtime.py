@@ -96,7 +96,8 @@ def resolve_precision(requested: str, device: torch.device) -> str:
 def resolve_runtime(config: TrainConfig, local_rank: int | None = None) -> Runtime:
     device = resolve_device(config.device, local_rank)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    # compile pays on CUDA; on CPU it costs 25-45 s cold and gains nothing for bf16.
+    # compile pays on CUDA; on the CPU it costs a long cold compile and gains nothing for bf16
+    # (BENCHMARKS.md, "torch.compile for `quick`, with a warm inductor cache").
     compile_ = config.compile == "on" or (config.compile == "auto" and device.type == "cuda")
     return Runtime(device, name, resolve_precision(config.precision, device), compile_, config.channels_last)
 
@@ -165,7 +166,7 @@ def compile_stats() -> dict[str, Any]:
 
 # A run's input sizes are few and known (progressive resizing: at most 7, plus evaluation), so
 # each gets its own static graph. Left to dynamo, the second size switches to one
-# shape-generic graph, which ran ~3.7x slower on the CPU (BENCHMARKS.md, "torch.compile and
+# shape-generic graph, which ran much slower on the CPU (BENCHMARKS.md, "torch.compile and
 # progressive resizing"); the limit leaves room for every size before dynamo gives up.
 RECOMPILE_LIMIT = 16
 

@@ -385,7 +385,7 @@ def test_every_field_round_trips_through_ablates_train_command(name, tmp_path):
 
 @pytest.mark.parametrize("name", list(NON_DEFAULT))
 def test_every_field_round_trips_through_ablates_resume_command(name, tmp_path):
-    from fastres.train import _check_resume
+    from fastres.resume import check_resume
 
     planned = _plan_one(name, tmp_path)
     run = RunDir(planned.run_dir)
@@ -399,7 +399,7 @@ def test_every_field_round_trips_through_ablates_resume_command(name, tmp_path):
     assert again.action == "resume" and again.command[4:6] == ("--resume", str(planned.run_dir))
     config, resume = _parse_train_command(again)
     assert resume and config == planned.config
-    assert _check_resume(config, log=lambda m: None) == planned.config
+    assert check_resume(config, log=lambda m: None) == planned.config
 
 
 def test_two_studies_on_one_folder_share_out_the_runs_and_train_each_once(synthetic_data, memory_source, tmp_path):

@@ -128,9 +128,8 @@ def estimate_memory_bytes(model: str, batch_size: int, mode: str, precision: str
 
     Training keeps most layers' outputs for the backward pass, plus gradient buffers of the
     largest layers and fp32 weights, gradients and momentum; inference keeps a few layers
-    alive at a time. Deliberately on the high side: on the 2-core CPU the measured peaks of
-    ResNet-18/50 at batch 16-64 were 70-90% of this estimate, and an underestimate there
-    means the OOM killer. ResNet-50 at batch 512 in fp32 comes out at ~22 GB.
+    alive at a time. Deliberately on the high side, since an underestimate on a CPU means the
+    OOM killer (measured peaks against it: docs/benchmarks.md, "Method").
     """
     params, per_image, largest = _activation_profile(model, width)
     elem = 4 if precision == "fp32" else 2

@@ -78,19 +78,9 @@ def count_step_ops(
             group["foreach"] = True
     average = recipe.build_ema(net, ema)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
     graph = (
-        GraphStep(
-            net,
-            net,
-            criterion,
-            opt,
-            runtime,
-            batch_size=batch_size,
-            ema=average,
-            ema_decay=ema,
-            capture=False,
-        )
+        GraphStep(net, net, criterion, opt, runtime, batch_size=batch_size, ema=average,
+                  ema_decay=ema, capture=False)
         if step == "graph"
         else None
     )
@@ -99,19 +89,7 @@ def count_step_ops(
         runtime.amp_dtype, memory_format=torch.channels_last
     )
     labels = torch.randint(0, 10, (batch_size,), generator=gen)
-
-    def one_step() -> None:
-        if graph is not None:
-            graph(x, labels)
-            return
-        train_step(net, criterion, opt, scaler, runtime, x, labels)
-        if average is not None:
-            average.update_parameters(net)
-
-    for _ in range(2):
-        one_step()
-    with OpCounter() as counter:
-        one_step()
+    counter = _count_third_step(net, criterion, opt, runtime, average, graph, x, labels)
     opt.zero_grad(set_to_none=True)  # as the step does: backward then creates the gradients
     with OpCounter() as model_only:
         with torch.autocast("cpu", dtype=runtime.amp_dtype):
@@ -131,3 +109,25 @@ def count_step_ops(
     if graph is not None:
         result["host_ops_with_graph"] = len(graph.lrs) + 3
     return result
+
+
+def _count_third_step(net: nn.Module, criterion: nn.Module, opt: torch.optim.Optimizer,
+                      runtime: Runtime, average: Any, graph: GraphStep | None, x: torch.Tensor,
+                      labels: torch.Tensor) -> OpCounter:
+    """The operators of the third step (the first ones create optimizer state): ``graph``'s
+    body, or the eager step and the weight average's update."""
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+
+    def one_step() -> None:
+        if graph is not None:
+            graph(x, labels)
+            return
+        train_step(net, criterion, opt, scaler, runtime, x, labels)
+        if average is not None:
+            average.update_parameters(net)
+
+    for _ in range(2):
+        one_step()
+    with OpCounter() as counter:
+        one_step()
+    return counter
