@@ -71,7 +71,7 @@ def test_a_registered_launcher_runs_a_real_study(one_by_one, synthetic_data, tmp
     out = tmp_path / "study"
     lines: list[str] = []
     started: list[bool] = []
-    request = StudyRequest(presets=["quick"], variants={"ema": {"ema": 0.9}}, seeds=1, seed=0,
+    request = StudyRequest(presets=["baseline"], variants={"ema": {"ema": 0.9}}, seeds=1, seed=0,
                            overrides={**TINY, "data_dir": str(synthetic_data)}, out=str(out),
                            launcher="one-by-one")
     result = run_study(request, log=lines.append, on_start=lambda: started.append(True))
@@ -79,14 +79,14 @@ def test_a_registered_launcher_runs_a_real_study(one_by_one, synthetic_data, tmp
     assert result.launcher == "one-by-one" and started == [True]
     assert result.outcome.summary == "ablation finished: 2 run(s) one by one"
     assert f"ablation in {out}: 2 run(s) (2 setting(s) x 1 seed(s)): 2 to train" in lines[0]
-    for folder in ("quick/seed0", "ema/seed0"):
+    for folder in ("baseline/seed0", "ema/seed0"):
         assert RunDir(out / folder).state() == "completed", folder
     study = json.loads((out / "study.json").read_text())
     assert study["launcher"] == "one-by-one" and study["variants"] == {"ema": {"ema": 0.9}}
-    assert [r["run_dir"] for r in study["runs"]] == ["quick/seed0", "ema/seed0"]
+    assert [r["run_dir"] for r in study["runs"]] == ["baseline/seed0", "ema/seed0"]
     report = json.loads((out / "report.json").read_text())
-    assert {g["label"] for g in report["settings"]} == {"quick", "ema"}
-    assert report["reference"] == "quick", "a study of variants compares them with their preset"
+    assert {g["label"] for g in report["settings"]} == {"baseline", "ema"}
+    assert report["reference"] == "baseline", "a study of variants compares them with their preset"
     assert any(line.startswith(f"report: {out}/report.md") for line in lines), lines
 
 

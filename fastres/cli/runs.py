@@ -135,8 +135,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-# A full-width ResNet-18 step trains roughly 50 images/s per core on a CPU (BENCHMARKS.md, "CPU,
-# 2 cores"); the others cost about this many times as much per image.
+# What a full-width ResNet-18 step trains per second per CPU core, roughly (BENCHMARKS.md, "CPU,
+# 2 cores"), and what the other models cost per image relative to it.
 _CPU_IMAGES_PER_S_PER_CORE = 50.0
 _MODEL_COST = {"resnet18": 1.0, "resnet34": 2.0, "resnet50": 3.0}
 
