@@ -18,11 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from fastres import ablate
-from fastres.ablate import PlannedRun, check_devices, plan_ablation, run_ablation
-from fastres.cli import _config_from_args, build_parser
+from fastres.cli import build_parser
+from fastres.cli.options import config_from_args
 from fastres.errors import FastresError
 from fastres.rundir import RunDir
+from fastres.study import devices
+from fastres.study.devices import check_devices
+from fastres.study.planning import PlannedRun, plan
+from fastres.study.pool import run_pool
 
 from .conftest import REPO, run_cli, run_main
 
@@ -146,7 +149,7 @@ def test_rerun_resumes_the_interrupted_run_skips_the_finished_and_trains_the_res
 def test_run_made_from_a_dry_run_line_is_the_ablations_own_run(study):
     out, args, _ = study
     by_hand = json.loads((out / FOLDERS[1] / "config.json").read_text())
-    planned = plan_ablation(["baseline"], seeds=2, overrides={"width": 8, "batch_size": 50, "epochs": 3,
+    planned = plan(["baseline"], seeds=2, overrides={"width": 8, "batch_size": 50, "epochs": 3,
                             "train_subset": 1000, "test_subset": 100, "lr": 0.05, "loader": "memory",
                             "data_dir": args[args.index("--data-dir") + 1]}, out=out)
     assert by_hand == planned[1].config.to_dict()
@@ -251,7 +254,7 @@ def test_a_run_the_gpu_failed_under_is_resumed_once(synthetic_data, memory_sourc
 def test_commands_reproduce_the_planned_configs(tmp_path):
     overrides = {"width": 16, "lr": 1e-05, "nesterov": True, "augment": False, "milestones": (0.3, 0.6, 0.9),
                  "norm": "none", "precision": "fp32", "label_smoothing": 0.1, "epochs": 7}
-    runs = plan_ablation(["cosine_schedule", "no_bn", "small_batch", "cosine"], seeds=3, seed=7,
+    runs = plan(["cosine_schedule", "no_bn", "small_batch", "cosine"], seeds=3, seed=7,
                          overrides=overrides, out=tmp_path / "o")
     assert [(r.preset, r.seed) for r in runs] == [(p, s) for p in ("cosine", "no_batchnorm", "small_batch")
                                                   for s in (7, 8, 9)]
@@ -259,18 +262,18 @@ def test_commands_reproduce_the_planned_configs(tmp_path):
     for run in runs:
         assert run.action == "train" and run.run_dir == tmp_path / "o" / run.preset / f"seed{run.seed}"
         args = parser.parse_args(list(run.command[3:]))
-        config, resume = _config_from_args(args)
+        config, resume = config_from_args(args)
         assert not resume and config == run.config
 
 
 def test_runs_go_one_per_device_at_a_time_each_pinned(tmp_path):
     code = "import os, time; print('pinned', os.environ['CUDA_VISIBLE_DEVICES']); time.sleep(1.5)"
-    base = plan_ablation(["baseline"], seeds=4, out=tmp_path)
+    base = plan(["baseline"], seeds=4, out=tmp_path)
     runs = [PlannedRun(r.preset, r.seed, r.run_dir, r.config, "train", "new", (sys.executable, "-c", code))
             for r in base]
     lines: list[str] = []
     t0 = time.monotonic()
-    run_ablation(runs, devices=["5", "7"], log=lines.append, poll_s=0.05)
+    run_pool(runs, devices=["5", "7"], log=lines.append, poll_s=0.05)
     elapsed = time.monotonic() - t0
     assert elapsed < 4 * 1.5, "two devices: the four runs go two at a time"
     pinned = [line for line in lines if "pinned" in line]
@@ -363,7 +366,7 @@ def _plan_one(name: str, out: Path) -> PlannedRun:
         preset = value if name == "preset" else preset
         seed = value if name == "seed" else None
         out = out / value if name == "run_dir" else out
-    (run,) = plan_ablation([preset], seeds=1, seed=seed, overrides=overrides, out=out)
+    (run,) = plan([preset], seeds=1, seed=seed, overrides=overrides, out=out)
     expected = value if name != "run_dir" else str(out / "baseline" / "seed42")
     assert getattr(run.config, name) == expected, f"the plan itself lost {name}"
     return run
@@ -372,7 +375,7 @@ def _plan_one(name: str, out: Path) -> PlannedRun:
 def _parse_train_command(run: PlannedRun):
     argv = shlex.split(run.shell())  # what --dry-run prints, as a shell would split it
     assert argv[:4] == [sys.executable, "-m", "fastres", "train"]
-    return _config_from_args(build_parser().parse_args(argv[3:]))
+    return config_from_args(build_parser().parse_args(argv[3:]))
 
 
 @pytest.mark.parametrize("name", list(NON_DEFAULT))
@@ -392,7 +395,7 @@ def test_every_field_round_trips_through_ablates_resume_command(name, tmp_path):
     run.checkpoints.mkdir(parents=True)
     run.write_config(planned.config.to_dict())
     run.write_summary({"status": "interrupted", "epochs": 0})
-    (again,) = plan_ablation([planned.preset], seeds=1, seed=planned.seed,
+    (again,) = plan([planned.preset], seeds=1, seed=planned.seed,
                              overrides={name: NON_DEFAULT[name], **COMPANIONS.get(name, {})}
                              if name not in ("preset", "seed", "run_dir") else {},
                              out=planned.run_dir.parent.parent)
@@ -424,14 +427,14 @@ def test_two_studies_on_one_folder_share_out_the_runs_and_train_each_once(synthe
 
 
 def test_runs_per_device_interleaves_gpus_and_shares_the_cpu_cores():
-    assert ablate.expand_slots(["0", "1"], 2) == ["0", "1", "0", "1"]
-    assert ablate.expand_slots(None, 3) == [None, None, None]
-    assert ablate.share_cores({"lr": 0.1}, 2, cores=4) == {"lr": 0.1, "threads": 2}
-    assert ablate.share_cores({"threads": 3}, 2, cores=4) == {"threads": 3}, "a given --threads is kept"
+    assert devices.expand_slots(["0", "1"], 2) == ["0", "1", "0", "1"]
+    assert devices.expand_slots(None, 3) == [None, None, None]
+    assert devices.share_cores({"lr": 0.1}, 2, cores=4) == {"lr": 0.1, "threads": 2}
+    assert devices.share_cores({"threads": 3}, 2, cores=4) == {"threads": 3}, "a given --threads is kept"
     with pytest.raises(FastresError, match="--runs-per-device 3 on 2 CPU core"):
-        ablate.share_cores({}, 3, cores=2)
+        devices.share_cores({}, 3, cores=2)
     with pytest.raises(FastresError, match="--runs-per-device must be a whole number"):
-        ablate.expand_slots(None, 0)
+        devices.expand_slots(None, 0)
 
 
 def test_dry_run_pins_k_runs_to_each_gpu(tmp_path):
@@ -470,7 +473,7 @@ def test_variants_of_a_preset_run_next_to_it_over_the_same_seeds(tmp_path):
     assert all(c[c.index("--preset") + 1] == "quick" for c in commands)
     assert commands[2][commands[2].index("--ema") + 1] == "0.99" and "--ema" not in commands[0]
     assert "--no-decay-norm-bias" in commands[4] and commands[4][commands[4].index("--bn-momentum") + 1] == "0.4"
-    runs = plan_ablation(["quick"], seeds=1, out=out, variants={"ema": {"ema": 0.99}})
+    runs = plan(["quick"], seeds=1, out=out, variants={"ema": {"ema": 0.99}})
     assert [(r.name, r.config.ema) for r in runs] == [("quick/seed42", 0.0), ("ema/seed42", 0.99)]
     # --interleave: seed by seed, so a drifting machine slows every setting alike.
     res = in_process("ablate", "--config", "quick", "--seeds", "2", "--seed", "0", "--dry-run", "--out", str(out),
@@ -577,7 +580,7 @@ def test_bad_reuse_folders_are_refused_in_one_line(reuse, message, tmp_path):
 
 
 def test_a_depth_study_of_the_papers_resnets_with_a_held_out_split(tmp_path):
-    runs = plan_ablation(["quick"], seeds=2, overrides={"val_split": 5000}, out=tmp_path,
+    runs = plan(["quick"], seeds=2, overrides={"val_split": 5000}, out=tmp_path,
                          variants={"resnet20": {"model": "resnet20"}, "resnet56": {"model": "resnet56"}})
     by_setting = {(r.group, r.seed): r for r in runs}
     assert sorted({g for g, _ in by_setting}) == ["quick", "resnet20", "resnet56"]

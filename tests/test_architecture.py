@@ -19,7 +19,7 @@ def contract_layers() -> list[set[str]]:
     cfg = configparser.ConfigParser()
     cfg.read(REPO / "setup.cfg")
     text = cfg["importlinter:contract:layers"]["layers"]
-    return [{m.strip() for m in line.split("|")} for line in text.strip().splitlines()]
+    return [{m.strip() for m in re.split(r"[|:]", line)} for line in text.strip().splitlines()]
 
 
 def documented_layers() -> list[set[str]]:

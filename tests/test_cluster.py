@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from fastres.cluster import parse_extra, parse_time_limit
 from fastres.errors import FastresError
 from fastres.rundir import RunDir
+from fastres.study.jobs import parse_extra, parse_time_limit
 
 from .conftest import REPO, run_cli
 from .test_ablate import FOLDERS, in_process

@@ -49,7 +49,7 @@ def test_a_runs_value_weighs_its_epochs_by_their_time_and_flags_sharing():
 
 
 def test_an_ablations_line_for_a_run_says_when_it_shared_its_cpu():
-    from fastres.ablate import finished_message
+    from fastres.study.pool import finished_message
 
     assert finished_message({"final_val_acc": 0.8612, "cpu_wait": 0.01}) == "final val acc 86.12%"
     assert finished_message({"final_val_acc": 0.8612}) == "final val acc 86.12%", "runs from before cpu_wait"

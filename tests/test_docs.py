@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from fastres import cli
+from fastres.cli.ablate import parse_variants
+from fastres.cli.options import config_from_args
 from fastres.config import get_preset
 
 from .conftest import REPO
@@ -108,12 +110,12 @@ def check_command(argv: list[str]) -> None:
     if args.command == "train" and not args.resume and (not args.config or Path(REPO / args.config).exists()):
         if args.config:
             args.config = str(REPO / args.config)
-        cli._config_from_args(args)  # the preset exists and the options make a valid config
+        config_from_args(args)  # the preset exists and the options make a valid config
     if args.command == "ablate":
         for name in args.config or []:
             get_preset(name)
         if args.variant:
-            cli._parse_variants(args.variant)  # each variant's options are fastres train's
+            parse_variants(args.variant)  # each variant's options are fastres train's
 
 
 @pytest.mark.parametrize("where, argv", COMMANDS, ids=[where for where, _ in COMMANDS])

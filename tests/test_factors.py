@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fastres import factors
 from fastres.config import get_preset
+from fastres.study import factors
 
 from .conftest import REPO, run_cli, run_main
 from .test_report import make_run, row

@@ -408,14 +408,15 @@ def test_out_of_memory_in_training_is_one_line_with_the_fix(memory_loader, tmp_p
 
 
 def test_a_study_leaves_a_run_taken_by_another_process_to_it(tmp_path):
-    from fastres.ablate import PlannedRun, plan_ablation, run_ablation
+    from fastres.study.planning import PlannedRun, plan
+    from fastres.study.pool import run_pool
 
     # Planned as new, then taken by another process before its turn: the child exits 75.
-    (planned,) = plan_ablation(["baseline"], seeds=1, out=tmp_path)
+    (planned,) = plan(["baseline"], seeds=1, out=tmp_path)
     taken = PlannedRun(planned.preset, planned.seed, planned.run_dir, planned.config, "train", "new",
                        (sys.executable, "-c", "import sys; print('held by pid 1', file=sys.stderr); sys.exit(75)"))
     lines: list[str] = []
-    result = run_ablation([taken], log=lines.append, poll_s=0.05)
+    result = run_pool([taken], log=lines.append, poll_s=0.05)
     assert [r.status for r in result.results] == ["elsewhere"] and not result.failed
     assert any("left baseline/seed42 to the process that holds it: held by pid 1" in line for line in lines), lines
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import fastres.train  # noqa: F401  (the module whose train() a test replaces)
-from fastres import cli
+from fastres.cli import runs as cli
 from fastres.config import get_preset
 
 from .conftest import run_main

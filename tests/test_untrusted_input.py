@@ -308,8 +308,8 @@ def test_report_of_folders_whose_configs_are_garbage_says_why(tmp_path, capsys):
 
 
 def test_ablate_reuse_names_an_edited_run_and_trains_it_again_instead(finished_run, tmp_path, capsys):
-    from fastres import ablate
     from fastres.config import TrainConfig
+    from fastres.study import plan
 
     earlier = tmp_path / "earlier"
     config = TrainConfig.from_dict({**__import__("json").loads((finished_run / "config.json").read_text())})
@@ -318,7 +318,7 @@ def test_ablate_reuse_names_an_edited_run_and_trains_it_again_instead(finished_r
     shutil.move(run, earlier / "baseline" / f"seed{config.seed}")
     overrides = {k: v for k, v in config.recipe().items() if v != getattr(TrainConfig(), k)}
     overrides["weight_decay"] = 0.01
-    runs = ablate.plan_ablation(["baseline"], seed=config.seed, overrides=overrides, out=tmp_path / "new",
+    runs = plan(["baseline"], seed=config.seed, overrides=overrides, out=tmp_path / "new",
                                 reuse=[earlier])
     assert [r.action for r in runs] == ["train"]
     assert "was edited after the run started" in runs[0].note

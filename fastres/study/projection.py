@@ -16,24 +16,43 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import contention
-from .config import TrainConfig
-from .errors import FastresError
-from .formatting import duration
-from .rundir import find_runs
+from .. import contention
+from ..config import TrainConfig
+from ..errors import FastresError
+from ..formatting import duration
+from ..rundir import find_runs
 
 # Recipe fields that leave an epoch's cost unchanged: runs differing only in them share a
 # measurement (an optimizer's choice does change it: Muon's step costs more than SGD's).
-COST_NEUTRAL = frozenset({
-    "seed", "epochs", "lr", "lr_schedule", "milestones", "lr_gamma", "warmup_epochs", "momentum", "nesterov",
-    "weight_decay", "label_smoothing", "bn_momentum", "decay_norm_bias", "bn_bias_lr", "muon_lr", "muon_momentum",
-})
+COST_NEUTRAL = frozenset(
+    {
+        "seed",
+        "epochs",
+        "lr",
+        "lr_schedule",
+        "milestones",
+        "lr_gamma",
+        "warmup_epochs",
+        "momentum",
+        "nesterov",
+        "weight_decay",
+        "label_smoothing",
+        "bn_momentum",
+        "decay_norm_bias",
+        "bn_bias_lr",
+        "muon_lr",
+        "muon_momentum",
+    }
+)
 
 
 def cost_key(config: TrainConfig) -> str:
     """What an epoch's cost depends on, as a key: the recipe without COST_NEUTRAL fields."""
-    return json.dumps({k: v for k, v in config.recipe().items() if k not in COST_NEUTRAL}, sort_keys=True,
-                      default=list)
+    return json.dumps(
+        {k: v for k, v in config.recipe().items() if k not in COST_NEUTRAL},
+        sort_keys=True,
+        default=list,
+    )
 
 
 @dataclass
@@ -102,18 +121,36 @@ def describe(p: Projection, total: int, slots: int, folders: Sequence[str | Path
     what it lacks."""
     where = ", ".join(str(f) for f in folders)
     if not p.measured_runs:
-        return [f"projected time: no finished runs found below {where or 'any folder'} to project from; pass "
-                "--times-from DIR with finished runs of these settings (one seed of each is enough)"]
+        return [
+            f"projected time: no finished runs found below {where or 'any folder'} to project "
+            "from; pass --times-from DIR with finished runs of these settings (one seed of each "
+            "is enough)"
+        ]
     lines = []
     if p.runs:
-        side = (f"; {slots} at a time, about {duration(p.seconds / slots)} if each keeps the speed it was "
-                "measured at (runs sharing a CPU do not)" if slots > 1 else "")
-        partial = f" for {p.runs} of the {total} runs to train" if p.runs < total else f" for its {total} runs"
-        lines.append(f"projected training time{partial}: {duration(p.seconds)} one after another{side} "
-                     f"(from {p.measured_runs} finished run(s) below {where}, on {', '.join(p.devices)}; "
-                     "start-up not included)")
+        side = (
+            (
+                f"; {slots} at a time, about {duration(p.seconds / slots)} if each keeps the "
+                "speed it was measured at (runs sharing a CPU do not)"
+            )
+            if slots > 1
+            else ""
+        )
+        partial = (
+            f" for {p.runs} of the {total} runs to train"
+            if p.runs < total
+            else f" for its {total} runs"
+        )
+        lines.append(
+            f"projected training time{partial}: {duration(p.seconds)} one after another{side} "
+            f"(from {p.measured_runs} finished run(s) below {where}, on {', '.join(p.devices)}; "
+            "start-up not included)"
+        )
     if p.unmeasured:
-        lines.append(f"projected time: no finished run of {', '.join(p.unmeasured)} (same model, width, data, "
-                     "batch, resolution, evaluation) below " + where + "; pass --times-from DIR with one")
+        lines.append(
+            f"projected time: no finished run of {', '.join(p.unmeasured)} (same model, width, "
+            "data, batch, resolution, evaluation) below "
+            + where
+            + "; pass --times-from DIR with one"
+        )
     return lines
-

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import (
+from ..config import (
     ABLATIONS,
     ALIASES,
     PRESETS,
@@ -22,8 +22,8 @@ from .config import (
     load_config_file,
     preset_differences,
 )
-from .errors import ConfigError
-from .formatting import compact
+from ..errors import ConfigError
+from ..formatting import compact
 
 SETTINGS: tuple[str, ...] = tuple(name for name in ABLATIONS if name != "baseline")
 # The largest lr measured to train without BatchNorm, per base preset: on `quick` a sweep
@@ -39,11 +39,15 @@ def no_bn_max_lr(preset: str) -> float:
 
 
 RULES = {
-    "small_batch": "every learning rate of the base (lr, and muon_lr with Muon) scaled linearly with the "
-                   "batch size (Goyal et al. 2017), so each image moves the weights as far as in the base",
-    "no_batchnorm": "the base's lr, capped at the largest lr measured to train without BatchNorm "
-                    f"({', '.join(f'{k} {v:g}' for k, v in NO_BN_MAX_LR.items())}; other bases "
-                    f"{NO_BN_DEFAULT_MAX_LR:g}, the original study's); Muon's muon_lr is kept",
+    "small_batch": (
+        "every learning rate of the base (lr, and muon_lr with Muon) scaled linearly with the "
+        "batch size (Goyal et al. 2017), so each image moves the weights as far as in the base"
+    ),
+    "no_batchnorm": (
+        "the base's lr, capped at the largest lr measured to train without BatchNorm "
+        f"({', '.join(f'{k} {v:g}' for k, v in NO_BN_MAX_LR.items())}; other bases "
+        f"{NO_BN_DEFAULT_MAX_LR:g}, the original study's); Muon's muon_lr is kept"
+    ),
 }
 
 
@@ -74,8 +78,10 @@ def resolve_base(text: str, overrides: Mapping[str, Any] | None = None) -> Base:
         mine, theirs = recorded.recipe(), PRESETS[preset].recipe()
         changes = {k: v for k, v in mine.items() if k != "seed" and theirs[k] != v}
     else:
-        raise ConfigError(f"--base {text!r} is neither a preset ({', '.join(PRESETS)}) nor a config file: pass a "
-                          "preset name or a run's config.json (or run directory)")
+        raise ConfigError(
+            f"--base {text!r} is neither a preset ({', '.join(PRESETS)}) nor a config file: pass a "
+            "preset name or a run's config.json (or run directory)"
+        )
     config = get_preset(preset).replace(**{**changes, **overrides})
     return Base(preset, config, changes, text)
 
@@ -89,8 +95,10 @@ def choose_settings(names: Sequence[str]) -> list[str]:
         if key == "baseline":
             continue
         if key not in SETTINGS:
-            raise ConfigError(f"{name!r} is not a setting of the original study: with --base, --config names "
-                              f"settings to run on the base ({', '.join(SETTINGS)}), or pass --all")
+            raise ConfigError(
+                f"{name!r} is not a setting of the original study: with --base, --config names "
+                f"settings to run on the base ({', '.join(SETTINGS)}), or pass --all"
+            )
         chosen.append(key)
     return [s for s in SETTINGS if s in chosen]
 
@@ -104,8 +112,11 @@ def setting_changes(name: str, base: TrainConfig, base_name: str = "this base") 
     change = {k: new for k, (_, new) in preset_differences(name).items() if k != "lr"}
     if all(getattr(base, k) == v for k, v in change.items()):
         what = ", ".join(f"{k} is already {compact(v)}" for k, v in change.items())
-        raise ConfigError(f"setting {name} cannot apply to {base_name}: its {what}; leave it out (name the "
-                          f"settings to run with --config, e.g. --config {' '.join(s for s in SETTINGS if s != name)})")
+        raise ConfigError(
+            f"setting {name} cannot apply to {base_name}: its {what}; leave it out (name the "
+            "settings to run with --config, e.g. --config "
+            f"{' '.join(s for s in SETTINGS if s != name)})"
+        )
     if name == "small_batch":
         factor = change["batch_size"] / base.batch_size
         change["lr"] = base.lr * factor
@@ -116,7 +127,9 @@ def setting_changes(name: str, base: TrainConfig, base_name: str = "this base") 
     return change
 
 
-def study_variants(base: TrainConfig, settings: Sequence[str], base_name: str = "this base") -> dict[str, dict[str, Any]]:
+def study_variants(
+    base: TrainConfig, settings: Sequence[str], base_name: str = "this base"
+) -> dict[str, dict[str, Any]]:
     """Each setting as a named variant of ``base`` (``ablate --variant``'s form): the fields it
     sets, only those that differ from the base."""
     variants = {}
@@ -127,16 +140,26 @@ def study_variants(base: TrainConfig, settings: Sequence[str], base_name: str = 
 
 
 def describe(base: Base, settings: Sequence[str]) -> list[str]:
-    """One line for the base and one per setting: what it changes on this base, and by which rule."""
-    source = f"preset {base.preset}" if not base.changes else f"{base.source} (preset {base.preset} with " + \
-        ", ".join(f"{k}={compact(v)}" for k, v in base.changes.items()) + ")"
-    lines = [f"base: {source}; every setting is the base plus exactly its change, paired with it by seed"]
+    """One line for the base and one per setting: what it changes on this base, and by which
+    rule."""
+    source = (
+        f"preset {base.preset}"
+        if not base.changes
+        else f"{base.source} (preset {base.preset} with "
+        + ", ".join(f"{k}={compact(v)}" for k, v in base.changes.items())
+        + ")"
+    )
+    lines = [
+        f"base: {source}; every setting is the base plus exactly its change, paired with it by seed"
+    ]
     width = max((len(s) for s in settings), default=0)
     for name in settings:
         change = setting_changes(name, base.config)
-        text = ", ".join(f"{k} {compact(getattr(base.config, k))} -> {compact(v)}" for k, v in change.items()
-                         if getattr(base.config, k) != v)
+        text = ", ".join(
+            f"{k} {compact(getattr(base.config, k))} -> {compact(v)}"
+            for k, v in change.items()
+            if getattr(base.config, k) != v
+        )
         rule = f" (rule: {RULES[name]})" if name in RULES else ""
         lines.append(f"  {name:<{width}}  {text}{rule}")
     return lines
-

@@ -1,0 +1,63 @@
+"""The ``fastres`` command: a thin layer over the Python API. Each subcommand's module reads
+its options, calls the API and prints what it returns (setup.cfg's ``fastres.cli`` contract).
+
+Every ``TrainConfig`` field is a ``fastres train`` option (``--field-name``), generated from
+the dataclass so the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from ..errors import FastresError
+from .ablate import cmd_ablate
+from .bench import cmd_bench
+from .parser import build_parser
+from .report import cmd_report
+from .runs import cmd_eval, cmd_prepare, cmd_train
+
+COMMANDS = {
+    "prepare-data": cmd_prepare,
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "bench": cmd_bench,
+    "ablate": cmd_ablate,
+    "report": cmd_report,
+}
+
+__all__ = ["COMMANDS", "build_parser", "main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except FastresError as exc:
+        if args.debug:
+            traceback.print_exc()
+        # One write with its newline, so that the lines of several failing torchrun ranks
+        # never run into each other (unbuffered, print() writes the newline apart).
+        sys.stderr.write(f"fastres: error: {exc}\n")
+        sys.stderr.flush()
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("fastres: interrupted", file=sys.stderr, flush=True)
+        return 130
+    except OSError as exc:
+        if exc.filename is None or args.debug:
+            raise
+        # A path the OS refused where no check foresaw it (a name too long, a loop of links).
+        sys.stderr.write(
+            f"fastres: error: cannot use {exc.filename}: {exc.strerror or exc}; "
+            "pass a path this system accepts\n"
+        )
+        return 1
+    except BrokenPipeError:
+        # The reader went away (`fastres ... | head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
