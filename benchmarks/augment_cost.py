@@ -46,12 +46,20 @@ def main() -> None:
     images = torch.randint(0, 256, (BATCH, 32, 32, 3), dtype=torch.uint8)
     indices = torch.randperm(50_000)[:BATCH]
     mirror = torch.rand(BATCH) < 0.5
-    out = {"flip_only_gather_ms": timed(lambda: flip_by_gather(images, mirror)),
-           "flip_only_select_ms": timed(lambda: random_crop_flip(images, 0, True, None, mirror))}
+    out = {
+        "flip_only_gather_ms": timed(lambda: flip_by_gather(images, mirror)),
+        "flip_only_select_ms": timed(lambda: random_crop_flip(images, 0, True, None, mirror)),
+    }
     quick = {"padding": 0, "alternate_flip": True}
-    for label, options, size in [("quick_32", quick, 32), ("quick_24", quick, 24), ("quick_16", quick, 16),
-                                 ("pad4_coin_32", {"padding": 4}, 32)]:
-        augment = BatchAugment("cpu", torch.bfloat16, channels_last=True, seed=0, dataset_size=50_000, **options)
+    for label, options, size in [
+        ("quick_32", quick, 32),
+        ("quick_24", quick, 24),
+        ("quick_16", quick, 16),
+        ("pad4_coin_32", {"padding": 4}, 32),
+    ]:
+        augment = BatchAugment(
+            "cpu", torch.bfloat16, channels_last=True, seed=0, dataset_size=50_000, **options
+        )
         out[label + "_ms"] = timed(lambda a=augment, s=size: a.train(images, s, indices))
     test = BatchAugment("cpu", torch.bfloat16, channels_last=True, seed=0)
     out["test_32_ms"] = timed(lambda: test.test(images))

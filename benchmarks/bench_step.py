@@ -29,12 +29,37 @@ def test_step(benchmark, settings, device, results, model, mode, batch_size, con
     def repeat(run, steps, repeats):
         benchmark.pedantic(run, args=(steps,), rounds=repeats, iterations=1, warmup_rounds=0)
 
-    record = bench.measure_step(model, batch_size, mode, config, device=device, width=settings.width,
-                                timing=settings.timing, repeat=repeat)
+    record = bench.measure_step(
+        model,
+        batch_size,
+        mode,
+        config,
+        device=device,
+        width=settings.width,
+        timing=settings.timing,
+        repeat=repeat,
+    )
     results["step"].append(record)
     if record["status"] != "ok":
         benchmark.skipped = True  # not measured on purpose: no "fixture not used" warning
         pytest.skip(record["reason"])
-    benchmark.extra_info.update({k: record[k] for k in (
-        "images_per_s", "step_ms", "steps_per_repeat", "first_step_s", "compile_s", "peak_memory_mb",
-        "precision", "channels_last", "compile", "width", "threads", "config", "batch_size")})
+    benchmark.extra_info.update(
+        {
+            k: record[k]
+            for k in (
+                "images_per_s",
+                "step_ms",
+                "steps_per_repeat",
+                "first_step_s",
+                "compile_s",
+                "peak_memory_mb",
+                "precision",
+                "channels_last",
+                "compile",
+                "width",
+                "threads",
+                "config",
+                "batch_size",
+            )
+        }
+    )

@@ -26,8 +26,14 @@ def main() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     optimizer.step()  # so the momentum buffers exist, as in a real checkpoint
-    state = checkpoint.to_cpu({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 1,
-                               "rng": checkpoint.capture_rng()})
+    state = checkpoint.to_cpu(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": 1,
+            "rng": checkpoint.capture_rng(),
+        }
+    )
     with tempfile.TemporaryDirectory() as tmp:
         last, plain = Path(tmp) / "last.pt", Path(tmp) / "plain.pt"
         for _ in range(args.repeats):
@@ -38,8 +44,12 @@ def main() -> None:
             t2 = time.perf_counter()
             checkpoint.load(last)
             t3 = time.perf_counter()
-            print(f"{args.model}: fastres save {t1 - t0:.3f}s (digest, fsync, rename), bare torch.save "
-                  f"{t2 - t1:.3f}s, verified load {t3 - t2:.3f}s, {last.stat().st_size / 1e6:.1f} MB", flush=True)
+            print(
+                f"{args.model}: fastres save {t1 - t0:.3f}s (digest, fsync, rename), bare "
+                "torch.save "
+                f"{t2 - t1:.3f}s, verified load {t3 - t2:.3f}s, {last.stat().st_size / 1e6:.1f} MB",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -42,21 +42,47 @@ class Settings:
     e2e_epochs: int
     e2e_test_subset: int
     e2e_block: int  # steps per block when the step inside the loop alternates with the step alone
-    e2e_sizes: tuple[int, ...]  # input sizes at which the step inside the loop is measured (16: resizing's small epochs)
+    e2e_sizes: tuple[
+        int, ...
+    ]  # input sizes at which the step inside the loop is measured (16: resizing's small epochs)
     threads: int | None  # torch threads for every suite; None: torch's default
 
 
 # The full-width model, and quick's width 16 at its batch 256, where per-step host work and the
 # loader weigh most against a step that is ~16x cheaper.
-FULL = Settings(full=True, threads=None, width=64, timing=bench.FULL_TIMING, data_batch=128, data_subset=0, data_repeats=3,
-                e2e_cases=((64, 128, 128 * 40), (16, 256, 256 * 80)), e2e_repeats=3, e2e_epochs=2,
-                e2e_test_subset=500, e2e_block=10, e2e_sizes=(32, 16))
+FULL = Settings(
+    full=True,
+    threads=None,
+    width=64,
+    timing=bench.FULL_TIMING,
+    data_batch=128,
+    data_subset=0,
+    data_repeats=3,
+    e2e_cases=((64, 128, 128 * 40), (16, 256, 256 * 80)),
+    e2e_repeats=3,
+    e2e_epochs=2,
+    e2e_test_subset=500,
+    e2e_block=10,
+    e2e_sizes=(32, 16),
+)
 # One thread in quick mode: the smoke test's tiny steps are mostly synchronisation, and with
 # the cores shared (parallel jobs, a training next door) OpenMP barriers then stall for
 # whole scheduler slices, turning milliseconds into seconds.
-QUICK = Settings(full=False, threads=1, width=bench.QUICK_WIDTH, timing=bench.QUICK_TIMING, data_batch=64, data_subset=512,
-                 data_repeats=2, e2e_cases=((bench.QUICK_WIDTH, 32, 256),), e2e_repeats=1, e2e_epochs=2,
-                 e2e_test_subset=100, e2e_block=4, e2e_sizes=(32,))
+QUICK = Settings(
+    full=False,
+    threads=1,
+    width=bench.QUICK_WIDTH,
+    timing=bench.QUICK_TIMING,
+    data_batch=64,
+    data_subset=512,
+    data_repeats=2,
+    e2e_cases=((bench.QUICK_WIDTH, 32, 256),),
+    e2e_repeats=1,
+    e2e_epochs=2,
+    e2e_test_subset=100,
+    e2e_block=4,
+    e2e_sizes=(32,),
+)
 
 
 def pytest_generate_tests(metafunc) -> None:
@@ -104,14 +130,20 @@ def _synthetic(n: int, seed: int) -> cifar.Split:
 @pytest.fixture(scope="session")
 def data(settings: Settings, tmp_path_factory) -> Data:
     if not settings.full:
-        source = cifar.write_source(tmp_path_factory.mktemp("bench-source") / cifar.FOLDER,
-                                    _synthetic(1024, 0), _synthetic(256, 1))
+        source = cifar.write_source(
+            tmp_path_factory.mktemp("bench-source") / cifar.FOLDER,
+            _synthetic(1024, 0),
+            _synthetic(256, 1),
+        )
         betons = tmp_path_factory.mktemp("bench-betons")
         prepare_data(betons, source, allow_small=True, log=lambda m: None)
         return Data(betons, source)
     value = os.environ.get(cifar.ENV_VAR)
     if not value or not (Path(value) / cifar.TEST_BATCH).exists():
-        pytest.skip(f"full data benchmarks need the real CIFAR-10: set {cifar.ENV_VAR} to a cifar-10-batches-py folder")
+        pytest.skip(
+            f"full data benchmarks need the real CIFAR-10: set {cifar.ENV_VAR} to a "
+            "cifar-10-batches-py folder"
+        )
     betons = os.environ.get("FASTRES_BENCH_DATA")
     if betons:
         verify_betons(betons)
@@ -126,26 +158,45 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     if not res or not any(res.values()):
         return
     tr = terminalreporter
-    mode = "full" if bench.full_mode() else f"quick: smoke test, not a measurement ({bench.FULL_ENV}=1 for numbers)"
+    mode = (
+        "full"
+        if bench.full_mode()
+        else f"quick: smoke test, not a measurement ({bench.FULL_ENV}=1 for numbers)"
+    )
     tr.section(f"fastres throughput, images/s ({mode})")
     if res["step"]:
         tr.write_line(bench.format_table(res["step"]))
     for d in res["data"]:
-        tr.write_line(f"data loading, batch {d['fastres']['batch_size']}, {d['fastres']['images_per_epoch']} images/epoch: "
-                      f"fastres FFCV + device augmentation {d['fastres']['images_per_s']:,.0f}, "
-                      f"torchvision DataLoader ({d['torchvision']['workers']} workers) {d['torchvision']['images_per_s']:,.0f}: "
-                      f"{d['speedup']:.1f}x")
+        tr.write_line(
+            f"data loading, batch {d['fastres']['batch_size']}, {d['fastres']['images_per_epoch']} "
+            "images/epoch: "
+            f"fastres FFCV + device augmentation {d['fastres']['images_per_s']:,.0f}, "
+            f"torchvision DataLoader ({d['torchvision']['workers']} workers) "
+            f"{d['torchvision']['images_per_s']:,.0f}: "
+            f"{d['speedup']:.1f}x"
+        )
     for e in res["e2e"]:
         kept = ", ".join(f"{100 * k:.1f}" for k in e["kept_all"])
-        tr.write_line(f"end to end, {e['model']} width {e['width']} batch {e['batch_size']}: epoch "
-                      f"{e['epoch_images_per_s']:,.1f} vs train step {e['step_images_per_s']:,.1f} images/s: "
-                      f"the loop keeps {100 * e['kept']:.1f}% (median of {len(e['kept_all'])}: {kept}; "
-                      f"spread {100 * e['kept_spread']:.1f} points)")
+        tr.write_line(
+            f"end to end, {e['model']} width {e['width']} batch {e['batch_size']}: epoch "
+            f"{e['epoch_images_per_s']:,.1f} vs train step {e['step_images_per_s']:,.1f} images/s: "
+            f"the loop keeps {100 * e['kept']:.1f}% (median of {len(e['kept_all'])}: {kept}; "
+            f"spread {100 * e['kept_spread']:.1f} points)"
+        )
         if "loop_shares_median" in e:
-            shares = ", ".join(f"{part} {100 * v:.1f}%" for part, v in e["loop_shares_median"].items())
+            shares = ", ".join(
+                f"{part} {100 * v:.1f}%" for part, v in e["loop_shares_median"].items()
+            )
             steps = ", ".join(f"{100 * v:.1f}" for v in e["step_share_all"])
-            tr.write_line(f"  inside the epoch (median of {len(e['step_share_all'])}): {shares}; step share per repeat: {steps}")
+            tr.write_line(
+                f"  inside the epoch (median of {len(e['step_share_all'])}): {shares}; step share "
+                f"per repeat: {steps}"
+            )
         for size, kept_at in e.get("step_kept", {}).items():
             each = ", ".join(f"{100 * v:.1f}" for v in e["step_kept_all"][size])
-            tr.write_line(f"  at {size} px the step inside the loop runs at {100 * kept_at:.1f}% of its speed alone "
-                          f"(alternating blocks in one epoch; median of {len(e['step_kept_all'][size])}: {each})")
+            tr.write_line(
+                f"  at {size} px the step inside the loop runs at {100 * kept_at:.1f}% of its "
+                "speed alone "
+                f"(alternating blocks in one epoch; median of {len(e['step_kept_all'][size])}: "
+                f"{each})"
+            )

@@ -65,27 +65,80 @@ CUDAGRAPHS = "fastres_cudagraphs"  # the compiled fastres path with mode="reduce
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("outdir", help="folder for gpu_check.json")
-    p.add_argument("--tiny", action="store_true", default=os.environ.get("FASTRES_GPU_CHECK_TINY", "") == "1",
-                   help="run every code path on the CPU in seconds (width 8, tiny batches)")
-    p.add_argument("--budget-s", type=float, default=float(os.environ.get("FASTRES_GPU_CHECK_BUDGET_S", 270)),
-                   help="stop starting new measurements after this many seconds (default 270)")
-    p.add_argument("--cifar", default=os.environ.get("FASTRES_GPU_CHECK_CIFAR", ""),
-                   help="CIFAR-10 source for the end-to-end run: cifar-10-batches-py, its parent folder, or a "
-                        ".tar.gz of it (default $FASTRES_GPU_CHECK_CIFAR; none: the section is skipped)")
-    p.add_argument("--e2e-budget-s", type=float, default=float(os.environ.get("FASTRES_GPU_CHECK_E2E_BUDGET_S", 240)),
-                   help="time limit of the end-to-end run (default 240)")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        default=os.environ.get("FASTRES_GPU_CHECK_TINY", "") == "1",
+        help="run every code path on the CPU in seconds (width 8, tiny batches)",
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=float(os.environ.get("FASTRES_GPU_CHECK_BUDGET_S", 270)),
+        help="stop starting new measurements after this many seconds (default 270)",
+    )
+    p.add_argument(
+        "--cifar",
+        default=os.environ.get("FASTRES_GPU_CHECK_CIFAR", ""),
+        help="CIFAR-10 source for the end-to-end run: cifar-10-batches-py, its parent folder, or a "
+        ".tar.gz of it (default $FASTRES_GPU_CHECK_CIFAR; none: the section is skipped)",
+    )
+    p.add_argument(
+        "--e2e-budget-s",
+        type=float,
+        default=float(os.environ.get("FASTRES_GPU_CHECK_E2E_BUDGET_S", 240)),
+        help="time limit of the end-to-end run (default 240)",
+    )
     p.add_argument("--e2e-only", action="store_true", help="run only the end-to-end section")
-    p.add_argument("--e2e-seed", type=int, default=0,
-                   help="the seed the end-to-end run trains (default 0; another adds a seed to those measured)")
+    p.add_argument(
+        "--e2e-seed",
+        type=int,
+        default=0,
+        help=(
+            "the seed the end-to-end run trains (default 0; another adds a seed to those measured)"
+        ),
+    )
     return p.parse_args(argv)
 
 
 E2E_PRESET = "fast"
-E2E_TINY = ["--width", "8", "--epochs", "2", "--warmup-epochs", "0.5", "--batch-size", "50", "--train-subset", "500", "--test-subset", "100",
-            "--device", "cpu", "--compile", "off", "--threads", "1"]
-E2E_FIELDS = ("status", "epochs", "epochs_planned", "final_val_acc", "best_val_acc", "train_time_s", "images_per_s",
-              "compile", "compile_time_s", "compiles", "recompile_limit_hit", "precision", "device", "loader",
-              "cpu_wait")
+E2E_TINY = [
+    "--width",
+    "8",
+    "--epochs",
+    "2",
+    "--warmup-epochs",
+    "0.5",
+    "--batch-size",
+    "50",
+    "--train-subset",
+    "500",
+    "--test-subset",
+    "100",
+    "--device",
+    "cpu",
+    "--compile",
+    "off",
+    "--threads",
+    "1",
+]
+E2E_FIELDS = (
+    "status",
+    "epochs",
+    "epochs_planned",
+    "final_val_acc",
+    "best_val_acc",
+    "train_time_s",
+    "images_per_s",
+    "compile",
+    "compile_time_s",
+    "compiles",
+    "recompile_limit_hit",
+    "precision",
+    "device",
+    "loader",
+    "cpu_wait",
+)
 
 
 class Check:
@@ -110,30 +163,57 @@ class Check:
             self.cudagraph_batches = (4, 2)
         else:
             if not torch.cuda.is_available():
-                raise SystemExit("gpu_check: no CUDA GPU is visible; run with --tiny for the CPU mode")
+                raise SystemExit(
+                    "gpu_check: no CUDA GPU is visible; run with --tiny for the CPU mode"
+                )
             self.device = torch.device("cuda", torch.cuda.current_device())
-            self.models, self.batch_sizes, self.width = list(bench.MODEL_NAMES), list(bench.DEFAULT_BATCH_SIZES), 64
-            # GPU steps take milliseconds: short repeats give a stable median and keep the sweep short.
+            self.models, self.batch_sizes, self.width = (
+                list(bench.MODEL_NAMES),
+                list(bench.DEFAULT_BATCH_SIZES),
+                64,
+            )
+            # GPU steps take milliseconds: short repeats give a stable median and keep the sweep
+            # short.
             self.timing = bench.Timing(warmup=3, repeats=5, min_repeat_s=0.15, max_steps=100)
-            self.compile_backend, self.compile_batch, self.data_batch = "inductor", COMPILE_BATCH, COMPILE_BATCH
+            self.compile_backend, self.compile_batch, self.data_batch = (
+                "inductor",
+                COMPILE_BATCH,
+                COMPILE_BATCH,
+            )
             self.cudagraph_batches = (COMPILE_BATCH, 128)
         fast = bench.fastres_runtime(self.device)
         if tiny:
-            fast = dataclasses.replace(fast, precision="bf16")  # the GPU's precision, whatever this CPU has
+            fast = dataclasses.replace(
+                fast, precision="bf16"
+            )  # the GPU's precision, whatever this CPU has
         self.fast_eager = dataclasses.replace(fast, compile=False)
         self.fast_compiled = dataclasses.replace(fast, compile=True)
         self.doc: dict[str, Any] = {
-            "schema": SCHEMA, "mode": "tiny" if tiny else "full", "complete": False,
+            "schema": SCHEMA,
+            "mode": "tiny" if tiny else "full",
+            "complete": False,
             "machine": bench.machine_info(self.device),
             "settings": {
-                "models": self.models, "batch_sizes": self.batch_sizes, "width": self.width,
-                "warmup": self.timing.warmup, "repeats": self.timing.repeats,
-                "min_repeat_s": self.timing.min_repeat_s, "compile_batch_size": self.compile_batch,
-                "compile_backend": self.compile_backend, "budget_s": budget_s,
+                "models": self.models,
+                "batch_sizes": self.batch_sizes,
+                "width": self.width,
+                "warmup": self.timing.warmup,
+                "repeats": self.timing.repeats,
+                "min_repeat_s": self.timing.min_repeat_s,
+                "compile_batch_size": self.compile_batch,
+                "compile_backend": self.compile_backend,
+                "budget_s": budget_s,
                 "fastres": {"precision": fast.precision, "channels_last": fast.channels_last},
             },
-            "target": {"model": "resnet18", "batch_size": COMPILE_BATCH, "images_per_s": TARGET_IMAGES_PER_S},
-            "records": [], "data_path": [], "errors": [], "elapsed_s": 0.0,
+            "target": {
+                "model": "resnet18",
+                "batch_size": COMPILE_BATCH,
+                "images_per_s": TARGET_IMAGES_PER_S,
+            },
+            "records": [],
+            "data_path": [],
+            "errors": [],
+            "elapsed_s": 0.0,
         }
         self.write()
 
@@ -149,28 +229,64 @@ class Check:
         self.doc["elapsed_s"] = round(self.elapsed(), 2)
         atomic_write_text(self.path, json.dumps(self.doc, indent=2) + "\n")
 
-    def skipped(self, model: str, batch: int, config: str, runtime: Any, reason: str, **extra: Any) -> dict:
-        record = self.bench.base_record(model, batch, "train", config, runtime, self.width, extra.get("augment", False))
+    def skipped(
+        self, model: str, batch: int, config: str, runtime: Any, reason: str, **extra: Any
+    ) -> dict:
+        record = self.bench.base_record(
+            model, batch, "train", config, runtime, self.width, extra.get("augment", False)
+        )
         record.update(status="skipped", reason=reason)
         return record
 
-    def measure(self, model: str, batch: int, config: str, runtime: Any, *, augment: bool = False,
-                needs_s: float = 0.0, compile_mode: str | None = None) -> dict:
+    def measure(
+        self,
+        model: str,
+        batch: int,
+        config: str,
+        runtime: Any,
+        *,
+        augment: bool = False,
+        needs_s: float = 0.0,
+        compile_mode: str | None = None,
+    ) -> dict:
         label = f"{model} b{batch} {config}{' +augment' if augment else ''}"
         if self.left() < needs_s:
-            record = self.skipped(model, batch, config, runtime, f"skipped: time budget ({self.budget_s:.0f}s) spent",
-                                  augment=augment)
+            record = self.skipped(
+                model,
+                batch,
+                config,
+                runtime,
+                f"skipped: time budget ({self.budget_s:.0f}s) spent",
+                augment=augment,
+            )
         else:
             try:
                 record = self.bench.measure_step(
-                    model, batch, "train", config, device=self.device, width=self.width, timing=self.timing,
-                    runtime=runtime, compile_backend=self.compile_backend, augment=augment,
-                    compile_mode=compile_mode)
+                    model,
+                    batch,
+                    "train",
+                    config,
+                    device=self.device,
+                    width=self.width,
+                    timing=self.timing,
+                    runtime=runtime,
+                    compile_backend=self.compile_backend,
+                    augment=augment,
+                    compile_mode=compile_mode,
+                )
             except Exception as exc:  # noqa: BLE001 - one failure must not lose the rest of the check
-                record = self.skipped(model, batch, config, runtime, f"error: {type(exc).__name__}: {exc}"[:300],
-                                      augment=augment)
+                record = self.skipped(
+                    model,
+                    batch,
+                    config,
+                    runtime,
+                    f"error: {type(exc).__name__}: {exc}"[:300],
+                    augment=augment,
+                )
                 record["status"] = "error"
-                self.doc["errors"].append({"what": label, "traceback": traceback.format_exc()[-4000:]})
+                self.doc["errors"].append(
+                    {"what": label, "traceback": traceback.format_exc()[-4000:]}
+                )
         print(f"[{self.elapsed():6.1f}s] {label}: {self.bench.short_result(record)}", flush=True)
         return record
 
@@ -189,18 +305,30 @@ class Check:
             for batch in self.batch_sizes:
                 self.add(self.measure(model, batch, "baseline", baseline, needs_s=5))
                 self.add(self.measure(model, batch, "fastres_eager", self.fast_eager, needs_s=5))
-        # 3. The data path: augmentation on the device, then the step; bf16, and fp16 with GradScaler.
+        # 3. The data path: augmentation on the device, then the step; bf16, and fp16 with
+        # GradScaler.
         for precision in ("bf16", "fp16"):
             runtime = dataclasses.replace(self.fast_eager, precision=precision)
             step = self.measure(first, self.data_batch, f"data_{precision}", runtime, needs_s=5)
-            full = self.measure(first, self.data_batch, f"data_{precision}", runtime, augment=True, needs_s=5)
-            entry = {"model": first, "batch_size": self.data_batch, "precision": precision,
-                     "grad_scaler": runtime.grad_scaler, "channels_last": runtime.channels_last,
-                     "status": "ok" if step["status"] == full["status"] == "ok" else "not measured",
-                     "step_images_per_s": step["images_per_s"], "augment_step_images_per_s": full["images_per_s"],
-                     "kept": (full["images_per_s"] / step["images_per_s"]
-                              if step["images_per_s"] and full["images_per_s"] else None),
-                     "records": [step, full]}
+            full = self.measure(
+                first, self.data_batch, f"data_{precision}", runtime, augment=True, needs_s=5
+            )
+            entry = {
+                "model": first,
+                "batch_size": self.data_batch,
+                "precision": precision,
+                "grad_scaler": runtime.grad_scaler,
+                "channels_last": runtime.channels_last,
+                "status": "ok" if step["status"] == full["status"] == "ok" else "not measured",
+                "step_images_per_s": step["images_per_s"],
+                "augment_step_images_per_s": full["images_per_s"],
+                "kept": (
+                    full["images_per_s"] / step["images_per_s"]
+                    if step["images_per_s"] and full["images_per_s"]
+                    else None
+                ),
+                "records": [step, full],
+            }
             self.doc["data_path"].append(entry)
             self.write()
         # 4. Muon's optimizer step: the launches fast's epochs waited on (BENCHMARKS.md, H200).
@@ -209,12 +337,27 @@ class Check:
         # are slow (an H200 VM, BENCHMARKS.md) the step waits on the host; graphs replay it in
         # one launch. At the compile batch and at 128, where launches weigh most.
         for batch in self.cudagraph_batches:
-            self.add(self.measure(first, batch, CUDAGRAPHS, self.fast_compiled, compile_mode="reduce-overhead",
-                                  needs_s=0 if self.tiny else COMPILE_RESERVE_S))
+            self.add(
+                self.measure(
+                    first,
+                    batch,
+                    CUDAGRAPHS,
+                    self.fast_compiled,
+                    compile_mode="reduce-overhead",
+                    needs_s=0 if self.tiny else COMPILE_RESERVE_S,
+                )
+            )
         # 6. The other models compiled, as long as a compile still fits in the budget.
         for model in others:
-            self.add(self.measure(model, self.compile_batch, "fastres", self.fast_compiled,
-                                  needs_s=0 if self.tiny else COMPILE_RESERVE_S))
+            self.add(
+                self.measure(
+                    model,
+                    self.compile_batch,
+                    "fastres",
+                    self.fast_compiled,
+                    needs_s=0 if self.tiny else COMPILE_RESERVE_S,
+                )
+            )
         self.doc["complete"] = True
         self.write()
 
@@ -222,11 +365,20 @@ class Check:
         from muon_cost import optimizer_step
 
         try:
-            entry = {"status": "ok", **optimizer_step(self.device, width=self.width, repeats=2 if self.tiny else 7,
-                                                      steps=1 if self.tiny else 10)}
+            entry = {
+                "status": "ok",
+                **optimizer_step(
+                    self.device,
+                    width=self.width,
+                    repeats=2 if self.tiny else 7,
+                    steps=1 if self.tiny else 10,
+                ),
+            }
         except Exception as exc:  # noqa: BLE001 - one failure must not lose the rest of the check
             entry = {"status": "error", "reason": f"{type(exc).__name__}: {exc}"[:300]}
-            self.doc["errors"].append({"what": "muon_step", "traceback": traceback.format_exc()[-4000:]})
+            self.doc["errors"].append(
+                {"what": "muon_step", "traceback": traceback.format_exc()[-4000:]}
+            )
         self.doc["muon_step"] = entry
         print(f"[{self.elapsed():6.1f}s] muon step: {self.muon_line()}", flush=True)
         self.write()
@@ -235,17 +387,42 @@ class Check:
         m = self.doc.get("muon_step") or {}
         if m.get("status") != "ok":
             return m.get("reason", "not measured")
-        return (f"batched {m['muon_batched_step_ms'][0]} ms ({m['muon_batched_matrix_products']} matrix products)"
-                f" vs per filter {m['muon_per_filter_step_ms'][0]} ms ({m['muon_per_filter_matrix_products']}),"
-                f" SGD {m['sgd_step_ms'][0]} ms; ResNet-18 width {m['width']}, medians of {m['repeats']}")
+        return (
+            f"batched {m['muon_batched_step_ms'][0]} ms ({m['muon_batched_matrix_products']} "
+            "matrix products)"
+            f" vs per filter {m['muon_per_filter_step_ms'][0]} ms "
+            f"({m['muon_per_filter_matrix_products']}),"
+            f" SGD {m['sgd_step_ms'][0]} ms; ResNet-18 width {m['width']}, medians of "
+            f"{m['repeats']}"
+        )
 
     def end_to_end(self, outdir: Path, cifar: str, budget_s: float, seed: int = 0) -> None:
         """One seed of the GPU preset from the CIFAR-10 source to its final accuracy."""
         run_dir = outdir / "e2e"
-        command = [sys.executable, "-m", "fastres", "train", "--preset", E2E_PRESET, "--loader", "memory",
-                   "--seed", str(seed), "--no-progress", "--run-dir", str(run_dir), *(E2E_TINY if self.tiny else [])]
-        entry: dict[str, Any] = {"preset": E2E_PRESET, "seed": seed, "command": command[1:], "budget_s": budget_s,
-                                 "status": "skipped", "wall_s": None}
+        command = [
+            sys.executable,
+            "-m",
+            "fastres",
+            "train",
+            "--preset",
+            E2E_PRESET,
+            "--loader",
+            "memory",
+            "--seed",
+            str(seed),
+            "--no-progress",
+            "--run-dir",
+            str(run_dir),
+            *(E2E_TINY if self.tiny else []),
+        ]
+        entry: dict[str, Any] = {
+            "preset": E2E_PRESET,
+            "seed": seed,
+            "command": command[1:],
+            "budget_s": budget_s,
+            "status": "skipped",
+            "wall_s": None,
+        }
         self.doc["end_to_end"] = entry
         if not cifar:
             entry["reason"] = "no CIFAR-10 source: pass --cifar PATH (or FASTRES_GPU_CHECK_CIFAR)"
@@ -255,12 +432,18 @@ class Check:
         started = time.perf_counter()
         with open(outdir / "e2e.log", "w") as log:
             # fastres itself reads the folder, its parent or the .tar.gz, and names what is wrong.
-            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                    env={**os.environ, "FASTRES_CIFAR10": str(Path(cifar).resolve())})
+            proc = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "FASTRES_CIFAR10": str(Path(cifar).resolve())},
+            )
             try:
                 proc.wait(timeout=budget_s)
             except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGTERM)  # fastres stops cleanly: checkpoint and summary kept
+                proc.send_signal(
+                    signal.SIGTERM
+                )  # fastres stops cleanly: checkpoint and summary kept
                 try:
                     proc.wait(timeout=60)
                 except subprocess.TimeoutExpired:
@@ -276,33 +459,50 @@ class Check:
         if entry["status"] != "completed":
             tail = (outdir / "e2e.log").read_text()[-2000:]
             self.doc["errors"].append({"what": f"end to end: {entry['status']}", "traceback": tail})
-        print(f"[{self.elapsed():6.1f}s] end to end: {E2E_PRESET} {entry['status']} after "
-              f"{entry['epochs']}/{entry['epochs_planned']} epochs, final accuracy "
-              f"{100 * (entry['final_val_acc'] or 0):.2f}%, train_time_s {entry['train_time_s']}, "
-              f"compile {entry['compile_time_s']}s, compiles {entry['compiles']}", flush=True)
+        print(
+            f"[{self.elapsed():6.1f}s] end to end: {E2E_PRESET} {entry['status']} after "
+            f"{entry['epochs']}/{entry['epochs_planned']} epochs, final accuracy "
+            f"{100 * (entry['final_val_acc'] or 0):.2f}%, train_time_s {entry['train_time_s']}, "
+            f"compile {entry['compile_time_s']}s, compiles {entry['compiles']}",
+            flush=True,
+        )
         self.write()
 
     def summary(self) -> str:
         records = self.doc["records"]
         lines = [self.bench.format_table(records, ("baseline", "fastres_eager", "fastres"))]
-        head = next((r for r in records if r["config"] == "fastres" and r["model"] == self.models[0]), None)
+        head = next(
+            (r for r in records if r["config"] == "fastres" and r["model"] == self.models[0]), None
+        )
         if self.tiny:
-            lines.append("\n(tiny mode: every code path on the CPU; the numbers are not measurements)")
+            lines.append(
+                "\n(tiny mode: every code path on the CPU; the numbers are not measurements)"
+            )
         if head and head["status"] == "ok":
-            lines.append(f"\nheadline: {head['model']} b{head['batch_size']} train, {head['precision']} + channels_last"
-                         f" + compile: {head['images_per_s']:,.0f} images/s (aim >= {TARGET_IMAGES_PER_S:,}), "
-                         f"compile {head['compile_s']:.1f}s")
+            lines.append(
+                f"\nheadline: {head['model']} b{head['batch_size']} train, {head['precision']} + "
+                "channels_last"
+                f" + compile: {head['images_per_s']:,.0f} images/s (aim >= "
+                f"{TARGET_IMAGES_PER_S:,}), "
+                f"compile {head['compile_s']:.1f}s"
+            )
         for r in records:
             if r["config"] == CUDAGRAPHS and r["status"] == "ok":
-                lines.append(f"CUDA graphs: {r['model']} b{r['batch_size']} train {r['images_per_s']:,.0f} images/s, "
-                             f"compile {r['compile_s']:.1f}s")
+                lines.append(
+                    f"CUDA graphs: {r['model']} b{r['batch_size']} train {r['images_per_s']:,.0f} "
+                    "images/s, "
+                    f"compile {r['compile_s']:.1f}s"
+                )
         if "muon_step" in self.doc:
             lines.append(f"Muon optimizer step: {self.muon_line()}")
         for d in self.doc["data_path"]:
             if d["status"] == "ok":
-                lines.append(f"data path {d['precision']}{' + GradScaler' if d['grad_scaler'] else ''}: "
-                             f"augment+step {d['augment_step_images_per_s']:,.0f} vs step {d['step_images_per_s']:,.0f}"
-                             f" images/s ({100 * d['kept']:.1f}% kept)")
+                lines.append(
+                    f"data path {d['precision']}{' + GradScaler' if d['grad_scaler'] else ''}: "
+                    f"augment+step {d['augment_step_images_per_s']:,.0f} vs step "
+                    f"{d['step_images_per_s']:,.0f}"
+                    f" images/s ({100 * d['kept']:.1f}% kept)"
+                )
         return "\n".join(lines)
 
 
@@ -313,8 +513,13 @@ def time_breakdown(run_dir: Path, train_time_s: float | None) -> dict[str, Any]:
 
     rows = RunDir(run_dir).read_metrics()
     epochs = [round(r["epoch_time_s"], 3) for r in rows]
-    return {"epoch_time_s": epochs, "train_images_per_s": [round(r["images_per_s"]) for r in rows],
-            "outside_epochs_s": round(train_time_s - sum(epochs), 3) if train_time_s is not None and rows else None}
+    return {
+        "epoch_time_s": epochs,
+        "train_images_per_s": [round(r["images_per_s"]) for r in rows],
+        "outside_epochs_s": round(train_time_s - sum(epochs), 3)
+        if train_time_s is not None and rows
+        else None,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,7 +527,9 @@ def main(argv: list[str] | None = None) -> int:
     outdir = Path(args.outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     check = Check(outdir, args.tiny, args.budget_s)
-    check.doc["sections"] = ["end_to_end"] if args.e2e_only else ["sweep", "data_path", "end_to_end"]
+    check.doc["sections"] = (
+        ["end_to_end"] if args.e2e_only else ["sweep", "data_path", "end_to_end"]
+    )
     if not args.e2e_only:
         check.run()
     check.end_to_end(outdir, args.cifar, args.e2e_budget_s, args.e2e_seed)

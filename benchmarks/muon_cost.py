@@ -57,12 +57,19 @@ class _MatrixProducts(TorchDispatchMode):
         self.count = 0
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm, torch.ops.aten.baddbmm):
+        if func.overloadpacket in (
+            torch.ops.aten.mm,
+            torch.ops.aten.addmm,
+            torch.ops.aten.bmm,
+            torch.ops.aten.baddbmm,
+        ):
             self.count += 1
         return func(*args, **(kwargs or {}))
 
 
-def optimizer_step(device: torch.device, width: int = 64, repeats: int = 7, steps: int = 10) -> dict[str, Any]:
+def optimizer_step(
+    device: torch.device, width: int = 64, repeats: int = 7, steps: int = 10
+) -> dict[str, Any]:
     """ResNet-18's optimizer step alone (channels_last filters, fixed random gradients) for SGD,
     ``FilterMuon`` and ``PerFilterMuon``, each on its own copy of the model, alternating
     ``repeats`` times ``steps`` steps: median and range in ms, matrix products per step, and
@@ -70,9 +77,13 @@ def optimizer_step(device: torch.device, width: int = 64, repeats: int = 7, step
     torch.manual_seed(0)
     base = build_model("resnet18", width=width).to(device, memory_format=torch.channels_last)
     grads = [torch.randn_like(p) for p in base.parameters()]
-    makers = {"sgd": lambda ps, fs: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4),
-              "muon_batched": lambda ps, fs: FilterMuon(fs, **MUON),
-              "muon_per_filter": lambda ps, fs: PerFilterMuon(fs, **MUON)}
+    makers = {
+        "sgd": lambda ps, fs: torch.optim.SGD(
+            ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4
+        ),
+        "muon_batched": lambda ps, fs: FilterMuon(fs, **MUON),
+        "muon_per_filter": lambda ps, fs: PerFilterMuon(fs, **MUON),
+    }
     setups = {}
     for name, make in makers.items():
         model = build_model("resnet18", width=width).to(device, memory_format=torch.channels_last)
@@ -81,14 +92,21 @@ def optimizer_step(device: torch.device, width: int = 64, repeats: int = 7, step
         for p, g in zip(params, grads, strict=True):
             p.grad = g.clone()
         setups[name] = (params, make(params, [p for p in params if p.ndim >= 2]))
-    out: dict[str, Any] = {"device": str(device), "width": width, "repeats": repeats, "steps": steps,
-                           "filters": sum(p.ndim >= 2 for p in base.parameters())}
+    out: dict[str, Any] = {
+        "device": str(device),
+        "width": width,
+        "repeats": repeats,
+        "steps": steps,
+        "filters": sum(p.ndim >= 2 for p in base.parameters()),
+    }
     for name, (_, optimizer) in setups.items():
         with _MatrixProducts() as products:
             optimizer.step()
         out[f"{name}_matrix_products"] = products.count
-    diff = max((a - b).abs().max().item()
-               for a, b in zip(setups["muon_batched"][0], setups["muon_per_filter"][0], strict=True))
+    diff = max(
+        (a - b).abs().max().item()
+        for a, b in zip(setups["muon_batched"][0], setups["muon_per_filter"][0], strict=True)
+    )
     out["muon_max_abs_difference_after_one_step"] = diff
     times: dict[str, list[float]] = {name: [] for name in setups}
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -102,7 +120,11 @@ def optimizer_step(device: torch.device, width: int = 64, repeats: int = 7, step
             sync()
             times[name].append((time.perf_counter() - start) / steps * 1000)
     for name, ms in times.items():
-        out[f"{name}_step_ms"] = [round(statistics.median(ms), 3), round(min(ms), 3), round(max(ms), 3)]
+        out[f"{name}_step_ms"] = [
+            round(statistics.median(ms), 3),
+            round(min(ms), 3),
+            round(max(ms), 3),
+        ]
     return out
 
 
@@ -126,16 +148,28 @@ def train_steps(res: int) -> dict[str, Any]:
             for _ in range(10):
                 train_step(model, criterion, optimizer, scaler, runtime, x, y)
             steps[name].append((time.perf_counter() - t) / 10 * 1000)
-    return {"res": res, **{f"{name}_step_ms": [round(statistics.median(v), 1), round(min(v), 1), round(max(v), 1)]
-                           for name, v in steps.items()}}
+    return {
+        "res": res,
+        **{
+            f"{name}_step_ms": [round(statistics.median(v), 1), round(min(v), 1), round(max(v), 1)]
+            for name, v in steps.items()
+        },
+    }
 
 
 def main() -> None:
     res = int(sys.argv[1]) if len(sys.argv) > 1 else 32
     cpu = torch.device("cpu")
-    print(json.dumps({"train_step": train_steps(res),
-                      "optimizer_step_width16": optimizer_step(cpu, width=16, repeats=6, steps=20),
-                      "optimizer_step_width64": optimizer_step(cpu, width=64, repeats=6, steps=3)}, indent=1))
+    print(
+        json.dumps(
+            {
+                "train_step": train_steps(res),
+                "optimizer_step_width16": optimizer_step(cpu, width=16, repeats=6, steps=20),
+                "optimizer_step_width64": optimizer_step(cpu, width=64, repeats=6, steps=3),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

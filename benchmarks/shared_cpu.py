@@ -16,22 +16,41 @@ import tempfile
 import time
 from pathlib import Path
 
-RUN = ["--preset", "quick", "--epochs", "2", "--train-subset", "10240", "--test-subset", "1000", "--seed", "0"]
+RUN = [
+    "--preset",
+    "quick",
+    "--epochs",
+    "2",
+    "--train-subset",
+    "10240",
+    "--test-subset",
+    "1000",
+    "--seed",
+    "0",
+]
 
 
 def train(run_dir: Path, busy: int) -> dict:
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
     try:
         time.sleep(0.5 if busy else 0)
-        subprocess.run([sys.executable, "-m", "fastres", "train", *RUN, "--run-dir", str(run_dir)],
-                       check=True, capture_output=True, text=True)
+        subprocess.run(
+            [sys.executable, "-m", "fastres", "train", *RUN, "--run-dir", str(run_dir)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
     finally:
         for hog in hogs:
             hog.kill()
             hog.wait()
     summary = json.loads((run_dir / "summary.json").read_text())
-    return {"busy_processes": busy, "cpu_wait": round(summary["cpu_wait"], 3),
-            "train_time_s": round(summary["train_time_s"], 1), "final_val_acc": summary["final_val_acc"]}
+    return {
+        "busy_processes": busy,
+        "cpu_wait": round(summary["cpu_wait"], 3),
+        "train_time_s": round(summary["train_time_s"], 1),
+        "final_val_acc": summary["final_val_acc"],
+    }
 
 
 def main() -> None:
@@ -39,7 +58,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeats):
             for busy in (0, 1, 2):
-                print(json.dumps({"repeat": r, **train(Path(tmp) / f"r{r}-b{busy}", busy)}), flush=True)
+                print(
+                    json.dumps({"repeat": r, **train(Path(tmp) / f"r{r}-b{busy}", busy)}),
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

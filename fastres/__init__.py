@@ -17,6 +17,15 @@ from .train import train
 __version__ = "0.1.0"
 
 __all__ = [
-    "PRESETS", "ConfigError", "FastresError", "TrainConfig", "build_model", "evaluate_run",
-    "get_preset", "model_names", "prepare_data", "train", "__version__",
+    "PRESETS",
+    "ConfigError",
+    "FastresError",
+    "TrainConfig",
+    "build_model",
+    "evaluate_run",
+    "get_preset",
+    "model_names",
+    "prepare_data",
+    "train",
+    "__version__",
 ]

@@ -17,7 +17,10 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
 def random_crop_flip(
-    images: torch.Tensor, padding: int, flip: bool, generator: torch.Generator | None,
+    images: torch.Tensor,
+    padding: int,
+    flip: bool,
+    generator: torch.Generator | None,
     mirror: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-image random crop (zero padding) and horizontal flip of a uint8 NHWC batch; with
@@ -47,8 +50,14 @@ def random_crop_flip(
 class Normalizer:
     """uint8 NHWC -> normalised float NCHW (channels_last or contiguous) in one multiply-add."""
 
-    def __init__(self, device: torch.device, dtype: torch.dtype, channels_last: bool,
-                 mean: tuple[float, ...] = CIFAR10_MEAN, std: tuple[float, ...] = CIFAR10_STD) -> None:
+    def __init__(
+        self,
+        device: torch.device,
+        dtype: torch.dtype,
+        channels_last: bool,
+        mean: tuple[float, ...] = CIFAR10_MEAN,
+        std: tuple[float, ...] = CIFAR10_STD,
+    ) -> None:
         mean_t = torch.tensor(mean, dtype=torch.float32)
         std_t = torch.tensor(std, dtype=torch.float32)
         # (x/255 - mean) / std  ==  x * scale + shift
@@ -63,8 +72,9 @@ class Normalizer:
         if size is not None and size != x.shape[-1]:
             # Antialiased, so a downscaled image looks like a smaller photo, not an aliased one;
             # on fp32 because not every device implements it for bf16.
-            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
-                                                align_corners=False)
+            x = torch.nn.functional.interpolate(
+                x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
             x = x.contiguous(memory_format=torch.channels_last)
         x = x.to(self.dtype)
         return x if self.channels_last else x.contiguous()
@@ -78,9 +88,19 @@ class BatchAugment:
     run draws the same crops without keeping the generator's state in its checkpoints.
     """
 
-    def __init__(self, device: torch.device | str, dtype: torch.dtype = torch.float32, *,
-                 channels_last: bool = True, augment: bool = True, padding: int = 4,
-                 flip: bool = True, seed: int = 0, alternate_flip: bool = False, dataset_size: int = 0) -> None:
+    def __init__(
+        self,
+        device: torch.device | str,
+        dtype: torch.dtype = torch.float32,
+        *,
+        channels_last: bool = True,
+        augment: bool = True,
+        padding: int = 4,
+        flip: bool = True,
+        seed: int = 0,
+        alternate_flip: bool = False,
+        dataset_size: int = 0,
+    ) -> None:
         self.device = torch.device(device)
         self.normalize = Normalizer(self.device, dtype, channels_last)
         self.augment = augment
@@ -89,7 +109,9 @@ class BatchAugment:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
         self.epoch = 0
-        self.first_mirror: torch.Tensor | None = None  # alternating flips: image i's flip in epoch 0
+        self.first_mirror: torch.Tensor | None = (
+            None  # alternating flips: image i's flip in epoch 0
+        )
         if alternate_flip:
             coins = torch.Generator().manual_seed(seed)
             self.first_mirror = (torch.rand(dataset_size, generator=coins) < 0.5).to(self.device)
@@ -101,13 +123,18 @@ class BatchAugment:
         assert self.first_mirror is not None, "built without alternate_flip"
         return self.first_mirror[indices] ^ bool(self.epoch % 2)
 
-    def train(self, images: torch.Tensor, size: int | None = None,
-              indices: torch.Tensor | None = None) -> torch.Tensor:
+    def train(
+        self, images: torch.Tensor, size: int | None = None, indices: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Crop and flip (when on), normalise, and resize to ``size`` x ``size`` (progressive
         resizing) after the crop, so the padding is the same fraction of the image at every size.
         With alternating flips, ``indices`` are the batch's data-set indices."""
         if self.augment:
-            mirror = self.mirrors(indices) if self.first_mirror is not None and indices is not None else None
+            mirror = (
+                self.mirrors(indices)
+                if self.first_mirror is not None and indices is not None
+                else None
+            )
             images = random_crop_flip(images, self.padding, self.flip, self.generator, mirror)
         return self.normalize(images, size)
 

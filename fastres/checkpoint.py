@@ -35,8 +35,13 @@ def capture_rng() -> dict[str, Any]:
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     state: dict[str, Any] = {
         "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
-        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
-                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "numpy": {
+            "name": np_name,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -48,9 +53,15 @@ def restore_rng(state: dict[str, Any]) -> None:
     py = state["python"]
     random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+    if (
+        "cuda" in state
+        and torch.cuda.is_available()
+        and len(state["cuda"]) == torch.cuda.device_count()
+    ):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
@@ -105,8 +116,9 @@ def recorded_config(path: Path) -> dict[str, Any] | None:
     return config if isinstance(config, dict) else None
 
 
-def load(path: Path, map_location: torch.device | str = "cpu",
-         log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def load(
+    path: Path, map_location: torch.device | str = "cpu", log: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Load and verify a checkpoint; a clear FastresError for anything that is not one, or one
     whose content no longer matches its checksum. ``log`` hears about checkpoints written
     before checksums were stored (they load unverified)."""
@@ -114,13 +126,27 @@ def load(path: Path, map_location: torch.device | str = "cpu",
         raise FastresError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except (
+        RuntimeError,
+        EOFError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        ValueError,
+        OSError,
+    ) as exc:
         detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise FastresError(f"checkpoint {path} is truncated or not a fastres checkpoint ({detail})") from None
+        raise FastresError(
+            f"checkpoint {path} is truncated or not a fastres checkpoint ({detail})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise FastresError(f"{path} is not a fastres checkpoint (it loads, but has no fastres training state)")
+        raise FastresError(
+            f"{path} is not a fastres checkpoint (it loads, but has no fastres training state)"
+        )
     if state.get("version") != VERSION:
-        raise FastresError(f"checkpoint {path} has format version {state.get('version')}, this fastres reads {VERSION}")
+        raise FastresError(
+            f"checkpoint {path} has format version {state.get('version')}, this fastres reads "
+            f"{VERSION}"
+        )
     checksum = state.pop("checksum", None)
     if checksum is None:
         if log is not None:
@@ -128,9 +154,12 @@ def load(path: Path, map_location: torch.device | str = "cpu",
     elif content_digest(state) != checksum:
         other = BEST if path.name != BEST else LAST
         raise FastresError(
-            f"checkpoint {path} is damaged: its content no longer matches the checksum written with it; "
-            f"use the run's other checkpoint ({other}: fastres eval RUN --checkpoint {Path(other).stem}; "
-            f"to resume from it, copy it over {LAST}) or train the run again")
+            f"checkpoint {path} is damaged: its content no longer matches the checksum written "
+            "with it; "
+            f"use the run's other checkpoint ({other}: fastres eval RUN --checkpoint "
+            f"{Path(other).stem}; "
+            f"to resume from it, copy it over {LAST}) or train the run again"
+        )
     return state
 
 

@@ -118,7 +118,10 @@ def source_checksum(path: Path) -> str:
                 digest.update(f.name.encode())
                 digest.update(hashlib.file_digest(fh, "sha256").digest())
         except FileNotFoundError:
-            raise FastresError(f"CIFAR-10 source {path} is missing {f.name}: restore it or point --source at a complete copy") from None
+            raise FastresError(
+                f"CIFAR-10 source {path} is missing {f.name}: restore it or point --source at a "
+                "complete copy"
+            ) from None
     return digest.hexdigest()
 
 
@@ -128,17 +131,26 @@ def _read_batches(path: Path) -> dict[str, bytes]:
     if path.is_dir():
         missing = [n for n in names if not (path / n).is_file()]
         if missing:
-            raise FastresError(f"CIFAR-10 source {path} is missing {', '.join(missing)}: restore it or point --source at a complete copy")
+            raise FastresError(
+                f"CIFAR-10 source {path} is missing {', '.join(missing)}: restore it or point "
+                "--source at a complete copy"
+            )
         return {n: (path / n).read_bytes() for n in names}
     try:
         with tarfile.open(path, "r:gz") as tar:
             members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
             missing = [n for n in names if n not in members]
             if missing:
-                raise FastresError(f"archive {path} has no {', '.join(missing)}: download it again or pass a complete '{FOLDER}' folder")
+                raise FastresError(
+                    f"archive {path} has no {', '.join(missing)}: download it again or pass a "
+                    f"complete '{FOLDER}' folder"
+                )
             return {n: tar.extractfile(members[n]).read() for n in names}
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-        raise FastresError(f"{path} is not a readable {ARCHIVE} ({exc}): download it again or pass the extracted '{FOLDER}' folder") from None
+        raise FastresError(
+            f"{path} is not a readable {ARCHIVE} ({exc}): download it again or pass the extracted "
+            f"'{FOLDER}' folder"
+        ) from None
 
 
 # The only globals a CIFAR-10 batch names: numpy's array reconstruction (numpy 1 spells its
@@ -181,27 +193,32 @@ def _parse_batch(raw: bytes, name: str, where: Path) -> Split:
         labels = np.asarray(labels)
     except UnsafePickle as exc:
         raise UnsafePickle(
-            f"{where}/{name} names the Python global {exc}, which a CIFAR-10 batch never holds: refused "
+            f"{where}/{name} names the Python global {exc}, which a CIFAR-10 batch never holds: "
+            "refused "
             "unread (unpickling it could run code); restore the file from the official archive"
         ) from None
     except Exception as exc:  # truncated pickles raise a zoo of exception types
         raise FastresError(
-            f"{where}/{name} is truncated or not a CIFAR-10 batch ({type(exc).__name__}): restore the file from the official archive"
+            f"{where}/{name} is truncated or not a CIFAR-10 batch ({type(exc).__name__}): restore "
+            "the file from the official archive"
         ) from None
     if labels.dtype.kind not in "iu":  # NaN, 3.7, "cat" or True are no class index
         raise FastresError(
-            f"{where}/{name} has labels of type {labels.dtype}, expected integers 0..9: it is not CIFAR-10"
+            f"{where}/{name} has labels of type {labels.dtype}, expected integers 0..9: it is not "
+            "CIFAR-10"
         )
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise FastresError(
-            f"{where}/{name} has images of shape {data.shape} and type {data.dtype}, expected (N, 3072) uint8: "
+            f"{where}/{name} has images of shape {data.shape} and type {data.dtype}, expected (N, "
+            "3072) uint8: "
             "it is not a CIFAR-10 python batch"
         )
     if labels.shape != (data.shape[0],):
         raise FastresError(f"{where}/{name} has {labels.size} labels for {data.shape[0]} images")
     if labels.size and (labels.min() < 0 or labels.max() >= len(CLASSES)):
         raise FastresError(
-            f"{where}/{name} has labels outside 0..9 (found {labels.min()}..{labels.max()}): it is not CIFAR-10"
+            f"{where}/{name} has labels outside 0..9 (found {labels.min()}..{labels.max()}): it is "
+            "not CIFAR-10"
         )
     # Rows are channel-planar (1024 R, 1024 G, 1024 B); store HWC as FFCV and PIL expect.
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
@@ -215,13 +232,15 @@ def load_source(path: str | Path, *, expect_full: bool = True) -> Cifar10:
     train_parts = [_parse_batch(raw[n], n, path) for n in TRAIN_BATCHES]
     test = _parse_batch(raw[TEST_BATCH], TEST_BATCH, path)
     train = Split(
-        np.concatenate([p.images for p in train_parts]), np.concatenate([p.labels for p in train_parts])
+        np.concatenate([p.images for p in train_parts]),
+        np.concatenate([p.labels for p in train_parts]),
     )
     if expect_full:
         for split, n, expected in (("train", len(train), 50_000), ("test", len(test), 10_000)):
             if n != expected:
                 raise FastresError(
-                    f"{path} holds {n} {split} images, CIFAR-10 has {expected}: the copy is incomplete"
+                    f"{path} holds {n} {split} images, CIFAR-10 has {expected}: the copy is "
+                    "incomplete"
                 )
     return Cifar10(train=train, test=test, source=path)
 
@@ -233,8 +252,12 @@ def write_source(path: str | Path, train: Split, test: Split) -> Path:
 
     def dump(name: str, split: Split) -> None:
         rows = split.images.transpose(0, 3, 1, 2).reshape(len(split), -1)
-        batch = {"batch_label": name, "labels": split.labels.tolist(), "data": rows,
-                 "filenames": [f"{name}_{i}.png" for i in range(len(split))]}
+        batch = {
+            "batch_label": name,
+            "labels": split.labels.tolist(),
+            "data": rows,
+            "filenames": [f"{name}_{i}.png" for i in range(len(split))],
+        }
         with open(path / name, "wb") as f:
             pickle.dump(batch, f, protocol=2)
 
@@ -242,5 +265,13 @@ def write_source(path: str | Path, train: Split, test: Split) -> Path:
         dump(TRAIN_BATCHES[i], Split(train.images[chunk], train.labels[chunk]))
     dump(TEST_BATCH, test)
     with open(path / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": list(CLASSES), "num_cases_per_batch": IMAGES_PER_BATCH, "num_vis": 3072}, f, protocol=2)
+        pickle.dump(
+            {
+                "label_names": list(CLASSES),
+                "num_cases_per_batch": IMAGES_PER_BATCH,
+                "num_vis": 3072,
+            },
+            f,
+            protocol=2,
+        )
     return path

@@ -32,8 +32,20 @@ RES_STEP = 4
 # Fields that describe the machine rather than the training recipe: they may differ
 # between a run and its resume, and between runs that are meant to be comparable.
 MACHINE_FIELDS = frozenset(
-    {"precision", "channels_last", "compile", "loader", "num_workers", "threads", "data_dir", "run_dir",
-     "device", "deterministic", "sync_bn", "cuda_graph"}
+    {
+        "precision",
+        "channels_last",
+        "compile",
+        "loader",
+        "num_workers",
+        "threads",
+        "data_dir",
+        "run_dir",
+        "device",
+        "deterministic",
+        "sync_bn",
+        "cuda_graph",
+    }
 )
 
 
@@ -41,58 +53,305 @@ MACHINE_FIELDS = frozenset(
 class TrainConfig:
     """A complete, validated description of one training run."""
 
-    model: str = field(default="resnet18", metadata={"help": f"architecture: {', '.join(MODELS)} (resnet20-110: the paper's CIFAR ResNets, docs/models.md)"})
-    width: int = field(default=64, metadata={"help": "channels of the first stage, doubled at each later one: 64 = the standard ResNet-18/34/50, 16 = the paper's resnet20-110 (even only); a --model of the other family without --width gets that family's standard"})
-    norm: str = field(default="batch", metadata={"help": "normalisation layer: 'batch' or 'none' (no BatchNorm; convs get a bias)"})
+    model: str = field(
+        default="resnet18",
+        metadata={
+            "help": (
+                f"architecture: {', '.join(MODELS)} (resnet20-110: the paper's CIFAR ResNets, "
+                "docs/models.md)"
+            )
+        },
+    )
+    width: int = field(
+        default=64,
+        metadata={
+            "help": (
+                "channels of the first stage, doubled at each later one: 64 = the standard "
+                "ResNet-18/34/50, 16 = the paper's resnet20-110 (even only); a --model of the "
+                "other family without --width gets that family's standard"
+            )
+        },
+    )
+    norm: str = field(
+        default="batch",
+        metadata={
+            "help": "normalisation layer: 'batch' or 'none' (no BatchNorm; convs get a bias)"
+        },
+    )
     epochs: int = field(default=200, metadata={"help": "number of passes over the training set"})
     batch_size: int = field(default=128, metadata={"help": "images per optimizer step"})
     lr: float = field(default=0.1, metadata={"help": "peak learning rate"})
-    lr_schedule: str = field(default="multistep", metadata={"help": "learning-rate schedule: cosine, linear (to zero), multistep or none (constant)"})
-    milestones: tuple[float, ...] = field(default=(0.5, 0.75), metadata={"help": "multistep decay points: fractions of the run (0.5,0.75) or epochs (100,150)", "metavar": "M1,M2"})
-    lr_gamma: float = field(default=0.1, metadata={"help": "multistep decay factor at each milestone"})
-    warmup_epochs: float = field(default=0.0, metadata={"help": "linear warm-up from 0 to lr over this many epochs"})
+    lr_schedule: str = field(
+        default="multistep",
+        metadata={
+            "help": "learning-rate schedule: cosine, linear (to zero), multistep or none (constant)"
+        },
+    )
+    milestones: tuple[float, ...] = field(
+        default=(0.5, 0.75),
+        metadata={
+            "help": "multistep decay points: fractions of the run (0.5,0.75) or epochs (100,150)",
+            "metavar": "M1,M2",
+        },
+    )
+    lr_gamma: float = field(
+        default=0.1, metadata={"help": "multistep decay factor at each milestone"}
+    )
+    warmup_epochs: float = field(
+        default=0.0, metadata={"help": "linear warm-up from 0 to lr over this many epochs"}
+    )
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
     nesterov: bool = field(default=False, metadata={"help": "Nesterov momentum"})
     weight_decay: float = field(default=5e-4, metadata={"help": "L2 weight decay"})
-    label_smoothing: float = field(default=0.0, metadata={"help": "cross-entropy label smoothing in [0, 1)"})
-    augment: bool = field(default=True, metadata={"help": "random crop (zero padding --crop-padding) and horizontal flip on training batches"})
-    alternate_flip: bool = field(default=False, metadata={"help": "mirror each image on alternate epochs (a fair coin decides its first), instead of a coin flip every time it is seen"})
-    crop_padding: int = field(default=4, metadata={"help": "pixels of zero padding for the random crop: it shifts images by up to this much"})
-    min_res: int = field(default=32, metadata={"help": "progressive resizing: train the first epochs at this input size, growing to 32 (32 = off)"})
-    res_ramp: tuple[float, float] = field(default=(0.0, 0.0), metadata={"help": "progressive resizing: the input size grows linearly from --min-res to 32 between these points of the run, as fractions (START,END), so an --epochs override keeps the shape", "metavar": "START,END"})
-    eval_tta: bool = field(default=False, metadata={"help": "evaluate with flip test-time augmentation (the mean of each image's and its mirror's logits)"})
-    tta_translate: int = field(default=0, metadata={"help": "multi-view test-time augmentation: the flip pair plus the image shifted by this many pixels up-left and down-right, each with its mirror (0 = off; airbench uses 1)"})
-    tta_final_only: bool = field(default=False, metadata={"help": "apply --tta-translate only at the last epoch's evaluation (each view costs a test pass; earlier epochs use --eval-tta)"})
-    eval_every: int = field(default=1, metadata={"help": "evaluate on the test set every N epochs and always after the last (0 = after the last only: each evaluation costs a test pass, ~15%% of a short CPU run's time)", "metavar": "N"})
-    whiten_stem: bool = field(default=False, metadata={"help": "initialise the stem convolution by patch whitening of the first training batch (airbench): filters are the top eigenvectors of the 3x3 patch covariance, scaled to unit variance, and their negatives"})
-    ema: float = field(default=0.0, metadata={"help": "exponential moving average of the weights and BatchNorm statistics, this decay per step (0 = off; e.g. 0.99): evaluated, checkpointed and what fastres eval tests"})
-    bn_momentum: float = field(default=0.1, metadata={"help": "BatchNorm running-statistics momentum (PyTorch's default 0.1; airbench uses 0.4 for short runs)"})
-    decay_norm_bias: bool = field(default=True, metadata={"help": "weight decay on BatchNorm parameters and biases too (--no-decay-norm-bias: on filters only)"})
-    bn_bias_lr: float = field(default=1.0, metadata={"help": "learning-rate multiplier for BatchNorm biases (1 = the same lr as everything else)"})
-    optimizer: str = field(default="sgd", metadata={"help": "sgd, or muon: Muon (torch.optim.Muon, orthogonalised momentum) for the convolution and linear filters at --muon-lr, SGD for BatchNorm parameters and biases"})
-    muon_lr: float = field(default=0.05, metadata={"help": "Muon's peak learning rate for the filters (with --optimizer muon; the schedule scales it like --lr)"})
-    muon_momentum: float = field(default=0.95, metadata={"help": "Muon's Nesterov momentum (with --optimizer muon)"})
-    shuffle: bool = field(default=True, metadata={"help": "shuffle the training set every epoch (off: sequential order)"})
-    sync_bn: bool = field(default=False, metadata={"help": "SyncBatchNorm across data-parallel processes (torchrun)"})
-    seed: int = field(default=42, metadata={"help": "seed for initialisation, data order and augmentation"})
-    train_subset: int = field(default=0, metadata={"help": "train on the first N training images only (0 = all 50,000)"})
-    test_subset: int = field(default=0, metadata={"help": "evaluate on the first N test images only (0 = all 10,000)"})
-    val_split: int = field(default=0, metadata={"help": "hold out N training images (the same ones for every seed, class-balanced) to evaluate every epoch and choose the best epoch on; the test set is then evaluated after the last epoch only (0 = off)", "metavar": "N"})
-    precision: str = field(default="auto", metadata={"help": "auto (bf16 where supported, fp16 on older GPUs, else fp32), bf16, fp16 or fp32"})
-    channels_last: bool = field(default=True, metadata={"help": "channels_last memory format for activations and weights"})
-    compile: str = field(default="auto", metadata={"help": "torch.compile the model: auto (on for CUDA, off on CPU), on, off"})
-    cuda_graph: str = field(default="off", metadata={"help": (
-        "on: the training step (forward, backward, optimizer, weight average) replayed as one "
-        "CUDA graph per input size, with fused SGD reading the lr from the GPU; on the CPU the "
-        "same step uncaptured (docs/gpu-step.md); off: the eager step")})
-    loader: str = field(default="ffcv", metadata={"help": "ffcv (read the .beton files) or memory (whole uint8 data set on the device, read from the CIFAR-10 source)"})
-    num_workers: int = field(default=0, metadata={"help": "FFCV decoding threads (0 = 1 on CPU, 8 on CUDA)"})
-    threads: int = field(default=0, metadata={"help": "CPU threads for torch's operators (0 = torch's default, one per core); fastres ablate --runs-per-device sets it to share the cores between runs"})
-    device: str = field(default="auto", metadata={"help": "auto (CUDA when present, else CPU), cuda or cpu"})
-    deterministic: bool = field(default=False, metadata={"help": "deterministic algorithms: identical results for identical configs on the same machine"})
-    data_dir: str = field(default="data", metadata={"help": "where prepare-data wrote the .beton files"})
-    run_dir: str = field(default="", metadata={"help": "output folder (default runs/<preset>-<timestamp>)"})
-    preset: str = field(default="", metadata={"help": "the preset this config came from (informational)"})
+    label_smoothing: float = field(
+        default=0.0, metadata={"help": "cross-entropy label smoothing in [0, 1)"}
+    )
+    augment: bool = field(
+        default=True,
+        metadata={
+            "help": (
+                "random crop (zero padding --crop-padding) and horizontal flip on training batches"
+            )
+        },
+    )
+    alternate_flip: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "mirror each image on alternate epochs (a fair coin decides its first), "
+                "instead of a coin flip every time it is seen"
+            )
+        },
+    )
+    crop_padding: int = field(
+        default=4,
+        metadata={
+            "help": (
+                "pixels of zero padding for the random crop: it shifts images by up to this much"
+            )
+        },
+    )
+    min_res: int = field(
+        default=32,
+        metadata={
+            "help": (
+                "progressive resizing: train the first epochs at this input size, growing to "
+                "32 (32 = off)"
+            )
+        },
+    )
+    res_ramp: tuple[float, float] = field(
+        default=(0.0, 0.0),
+        metadata={
+            "help": (
+                "progressive resizing: the input size grows linearly from --min-res to 32 "
+                "between these points of the run, as fractions (START,END), so an --epochs "
+                "override keeps the shape"
+            ),
+            "metavar": "START,END",
+        },
+    )
+    eval_tta: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "evaluate with flip test-time augmentation (the mean of each image's and its "
+                "mirror's logits)"
+            )
+        },
+    )
+    tta_translate: int = field(
+        default=0,
+        metadata={
+            "help": (
+                "multi-view test-time augmentation: the flip pair plus the image shifted by "
+                "this many pixels up-left and down-right, each with its mirror (0 = off; "
+                "airbench uses 1)"
+            )
+        },
+    )
+    tta_final_only: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "apply --tta-translate only at the last epoch's evaluation (each view costs a "
+                "test pass; earlier epochs use --eval-tta)"
+            )
+        },
+    )
+    eval_every: int = field(
+        default=1,
+        metadata={
+            "help": (
+                "evaluate on the test set every N epochs and always after the last (0 = after "
+                "the last only: each evaluation costs a test pass, ~15%% of a short CPU run's "
+                "time)"
+            ),
+            "metavar": "N",
+        },
+    )
+    whiten_stem: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "initialise the stem convolution by patch whitening of the first training "
+                "batch (airbench): filters are the top eigenvectors of the 3x3 patch "
+                "covariance, scaled to unit variance, and their negatives"
+            )
+        },
+    )
+    ema: float = field(
+        default=0.0,
+        metadata={
+            "help": (
+                "exponential moving average of the weights and BatchNorm statistics, this "
+                "decay per step (0 = off; e.g. 0.99): evaluated, checkpointed and what "
+                "fastres eval tests"
+            )
+        },
+    )
+    bn_momentum: float = field(
+        default=0.1,
+        metadata={
+            "help": (
+                "BatchNorm running-statistics momentum (PyTorch's default 0.1; airbench uses "
+                "0.4 for short runs)"
+            )
+        },
+    )
+    decay_norm_bias: bool = field(
+        default=True,
+        metadata={
+            "help": (
+                "weight decay on BatchNorm parameters and biases too (--no-decay-norm-bias: "
+                "on filters only)"
+            )
+        },
+    )
+    bn_bias_lr: float = field(
+        default=1.0,
+        metadata={
+            "help": (
+                "learning-rate multiplier for BatchNorm biases (1 = the same lr as everything else)"
+            )
+        },
+    )
+    optimizer: str = field(
+        default="sgd",
+        metadata={
+            "help": (
+                "sgd, or muon: Muon (torch.optim.Muon, orthogonalised momentum) for the "
+                "convolution and linear filters at --muon-lr, SGD for BatchNorm parameters "
+                "and biases"
+            )
+        },
+    )
+    muon_lr: float = field(
+        default=0.05,
+        metadata={
+            "help": (
+                "Muon's peak learning rate for the filters (with --optimizer muon; the "
+                "schedule scales it like --lr)"
+            )
+        },
+    )
+    muon_momentum: float = field(
+        default=0.95, metadata={"help": "Muon's Nesterov momentum (with --optimizer muon)"}
+    )
+    shuffle: bool = field(
+        default=True,
+        metadata={"help": "shuffle the training set every epoch (off: sequential order)"},
+    )
+    sync_bn: bool = field(
+        default=False, metadata={"help": "SyncBatchNorm across data-parallel processes (torchrun)"}
+    )
+    seed: int = field(
+        default=42, metadata={"help": "seed for initialisation, data order and augmentation"}
+    )
+    train_subset: int = field(
+        default=0, metadata={"help": "train on the first N training images only (0 = all 50,000)"}
+    )
+    test_subset: int = field(
+        default=0, metadata={"help": "evaluate on the first N test images only (0 = all 10,000)"}
+    )
+    val_split: int = field(
+        default=0,
+        metadata={
+            "help": (
+                "hold out N training images (the same ones for every seed, class-balanced) to "
+                "evaluate every epoch and choose the best epoch on; the test set is then "
+                "evaluated after the last epoch only (0 = off)"
+            ),
+            "metavar": "N",
+        },
+    )
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (bf16 where supported, fp16 on older GPUs, else fp32), bf16, fp16 or fp32"
+        },
+    )
+    channels_last: bool = field(
+        default=True, metadata={"help": "channels_last memory format for activations and weights"}
+    )
+    compile: str = field(
+        default="auto",
+        metadata={"help": "torch.compile the model: auto (on for CUDA, off on CPU), on, off"},
+    )
+    cuda_graph: str = field(
+        default="off",
+        metadata={
+            "help": (
+                "on: the training step (forward, backward, optimizer, weight average) replayed as "
+                "one "
+                "CUDA graph per input size, with fused SGD reading the lr from the GPU; on the CPU "
+                "the "
+                "same step uncaptured (docs/gpu-step.md); off: the eager step"
+            )
+        },
+    )
+    loader: str = field(
+        default="ffcv",
+        metadata={
+            "help": (
+                "ffcv (read the .beton files) or memory (whole uint8 data set on the device, "
+                "read from the CIFAR-10 source)"
+            )
+        },
+    )
+    num_workers: int = field(
+        default=0, metadata={"help": "FFCV decoding threads (0 = 1 on CPU, 8 on CUDA)"}
+    )
+    threads: int = field(
+        default=0,
+        metadata={
+            "help": (
+                "CPU threads for torch's operators (0 = torch's default, one per core); "
+                "fastres ablate --runs-per-device sets it to share the cores between runs"
+            )
+        },
+    )
+    device: str = field(
+        default="auto", metadata={"help": "auto (CUDA when present, else CPU), cuda or cpu"}
+    )
+    deterministic: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "deterministic algorithms: identical results for identical configs on the "
+                "same machine"
+            )
+        },
+    )
+    data_dir: str = field(
+        default="data", metadata={"help": "where prepare-data wrote the .beton files"}
+    )
+    run_dir: str = field(
+        default="", metadata={"help": "output folder (default runs/<preset>-<timestamp>)"}
+    )
+    preset: str = field(
+        default="", metadata={"help": "the preset this config came from (informational)"}
+    )
 
     def __post_init__(self) -> None:
         _validate_types(self)
@@ -122,15 +381,21 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         if not isinstance(data, dict):
-            raise ConfigError(f"a config must be a JSON object of TrainConfig fields, got {type(data).__name__}")
+            raise ConfigError(
+                f"a config must be a JSON object of TrainConfig fields, got {type(data).__name__}"
+            )
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"unknown config field(s): {_field_names(unknown)}; valid fields: {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"unknown config field(s): {_field_names(unknown)}; valid fields: "
+                f"{', '.join(sorted(known))}"
+            )
         return cls(**data)
 
     def milestone_epochs(self) -> list[float]:
-        """Milestones in epochs: fractions are scaled by ``epochs`` so the schedule keeps its shape."""
+        """Milestones in epochs: fractions are scaled by ``epochs`` so the schedule keeps its
+        shape."""
         if self.milestones and all(0 < m < 1 for m in self.milestones):
             return [m * self.epochs for m in self.milestones]
         return list(self.milestones)
@@ -161,10 +426,22 @@ class TrainConfig:
 # and FFCV's seeding, larger learning rates overflow float32 in the optimizer step, larger
 # sizes only reach the kernel's out-of-memory killer.
 MAXIMUM: dict[str, float] = {
-    "seed": 2**31 - 1, "width": 1024, "epochs": 100_000, "batch_size": 1_000_000,
-    "lr": 1e3, "muon_lr": 1e3, "bn_bias_lr": 1e3, "weight_decay": 1e3, "lr_gamma": 1,
-    "warmup_epochs": 100_000, "crop_padding": 16, "train_subset": 10**9, "test_subset": 10**9,
-    "num_workers": 1024, "threads": 4096, "eval_every": 100_000,
+    "seed": 2**31 - 1,
+    "width": 1024,
+    "epochs": 100_000,
+    "batch_size": 1_000_000,
+    "lr": 1e3,
+    "muon_lr": 1e3,
+    "bn_bias_lr": 1e3,
+    "weight_decay": 1e3,
+    "lr_gamma": 1,
+    "warmup_epochs": 100_000,
+    "crop_padding": 16,
+    "train_subset": 10**9,
+    "test_subset": 10**9,
+    "num_workers": 1024,
+    "threads": 4096,
+    "eval_every": 100_000,
 }
 
 
@@ -179,21 +456,43 @@ def _validate_types(c: TrainConfig) -> None:
         elif kind is int:
             ok = isinstance(value, int) and not isinstance(value, bool)
         elif kind is float:
-            ok = isinstance(value, int | float) and not isinstance(value, bool)  # NaN: each field's check
+            ok = isinstance(value, int | float) and not isinstance(
+                value, bool
+            )  # NaN: each field's check
         elif kind is str:
             ok = isinstance(value, str) and "\x00" not in value
         else:  # a list of numbers
-            ok = isinstance(value, list | tuple) and len(value) <= 64 and all(
-                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+            ok = (
+                isinstance(value, list | tuple)
+                and len(value) <= 64
+                and all(
+                    isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                    for v in value
+                )
+            )
         if not ok:
-            what = {bool: "true or false", int: "an integer", float: "a number",
-                    str: "a string without NUL bytes"}.get(kind, "a list of at most 64 finite numbers")
-            raise ConfigError(f"{name} must be {what}, got {value!r:.80}: fix it in the config file or pass {flag}")
-        if name in MAXIMUM and not math.isnan(value) and (value > MAXIMUM[name] or (name == "seed" and value < 0)):
+            what = {
+                bool: "true or false",
+                int: "an integer",
+                float: "a number",
+                str: "a string without NUL bytes",
+            }.get(kind, "a list of at most 64 finite numbers")
+            raise ConfigError(
+                f"{name} must be {what}, got {value!r:.80}: fix it in the config file or pass "
+                f"{flag}"
+            )
+        if (
+            name in MAXIMUM
+            and not math.isnan(value)
+            and (value > MAXIMUM[name] or (name == "seed" and value < 0))
+        ):
             high = MAXIMUM[name]
-            bound = ("from 0 to " if name == "seed" else "at most ") + (f"{high:_}" if isinstance(high, int)
-                                                                       else f"{high:g}")
-            raise ConfigError(f"{name} must be {bound}, got {value!r:.80}: pass {flag} with a value in that range")
+            bound = ("from 0 to " if name == "seed" else "at most ") + (
+                f"{high:_}" if isinstance(high, int) else f"{high:g}"
+            )
+            raise ConfigError(
+                f"{name} must be {bound}, got {value!r:.80}: pass {flag} with a value in that range"
+            )
 
 
 def _field_names(names: list[str]) -> str:
@@ -226,7 +525,10 @@ def _validate(c: TrainConfig) -> None:
     for name in ("width", "epochs", "batch_size"):
         value = getattr(c, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}: pass --{name.replace('_', '-')} N with N >= 1")
+            raise ConfigError(
+                f"{name} must be a positive integer, got {value!r}: pass "
+                f"--{name.replace('_', '-')} N with N >= 1"
+            )
     _positive("lr", c.lr, "--lr")
     _positive("lr_gamma", c.lr_gamma, "--lr-gamma")
     for name in ("momentum", "weight_decay", "warmup_epochs", "label_smoothing"):
@@ -240,8 +542,18 @@ def _validate(c: TrainConfig) -> None:
     if c.label_smoothing >= 1:
         raise ConfigError(f"label_smoothing must be in [0, 1), got {c.label_smoothing}")
     if c.warmup_epochs >= c.epochs:
-        raise ConfigError(f"warmup_epochs ({c.warmup_epochs}) must be shorter than the run ({c.epochs} epochs)")
-    for name in ("train_subset", "test_subset", "num_workers", "threads", "crop_padding", "eval_every", "val_split"):
+        raise ConfigError(
+            f"warmup_epochs ({c.warmup_epochs}) must be shorter than the run ({c.epochs} epochs)"
+        )
+    for name in (
+        "train_subset",
+        "test_subset",
+        "num_workers",
+        "threads",
+        "crop_padding",
+        "eval_every",
+        "val_split",
+    ):
         if getattr(c, name) < 0:
             raise ConfigError(f"{name} must be >= 0, got {getattr(c, name)}")
     try:
@@ -249,8 +561,11 @@ def _validate(c: TrainConfig) -> None:
     except FastresError as exc:
         raise ConfigError(str(exc)) from None
     if c.train_subset and c.val_split >= c.train_subset:
-        raise ConfigError(f"val_split {c.val_split} leaves none of the {c.train_subset} images of --train-subset to "
-                          f"train on: pass a --val-split below {c.train_subset} (e.g. {c.train_subset // 10})")
+        raise ConfigError(
+            f"val_split {c.val_split} leaves none of the {c.train_subset} images of --train-subset "
+            "to "
+            f"train on: pass a --val-split below {c.train_subset} (e.g. {c.train_subset // 10})"
+        )
     _validate_milestones(c)
     _validate_resolution(c)
     _validate_recipe_options(c)
@@ -258,31 +573,65 @@ def _validate(c: TrainConfig) -> None:
 
 def _validate_recipe_options(c: TrainConfig) -> None:
     if not (isinstance(c.ema, int | float) and math.isfinite(c.ema) and 0 <= c.ema < 1):
-        raise ConfigError(f"ema must be a decay in [0, 1) (0 = off), got {c.ema!r}: pass e.g. --ema 0.99")
-    if not (isinstance(c.bn_momentum, int | float) and math.isfinite(c.bn_momentum) and 0 < c.bn_momentum <= 1):
-        raise ConfigError(f"bn_momentum must be in (0, 1], got {c.bn_momentum!r}: pass e.g. --bn-momentum 0.4 "
-                          "(PyTorch's default is 0.1)")
+        raise ConfigError(
+            f"ema must be a decay in [0, 1) (0 = off), got {c.ema!r}: pass e.g. --ema 0.99"
+        )
+    if not (
+        isinstance(c.bn_momentum, int | float)
+        and math.isfinite(c.bn_momentum)
+        and 0 < c.bn_momentum <= 1
+    ):
+        raise ConfigError(
+            f"bn_momentum must be in (0, 1], got {c.bn_momentum!r}: pass e.g. --bn-momentum 0.4 "
+            "(PyTorch's default is 0.1)"
+        )
     _positive("bn_bias_lr", c.bn_bias_lr, "--bn-bias-lr")
     _choice("optimizer", c.optimizer, OPTIMIZERS)
     _positive("muon_lr", c.muon_lr, "--muon-lr")
     if not (isinstance(c.muon_momentum, int | float) and 0 <= c.muon_momentum < 1):
-        raise ConfigError(f"muon_momentum must be in [0, 1), got {c.muon_momentum!r}: pass e.g. --muon-momentum 0.95")
-    if not isinstance(c.tta_translate, int) or isinstance(c.tta_translate, bool) or not 0 <= c.tta_translate <= 4:
-        raise ConfigError(f"tta_translate must be 0 to 4 pixels, got {c.tta_translate!r}: pass e.g. --tta-translate 1")
+        raise ConfigError(
+            f"muon_momentum must be in [0, 1), got {c.muon_momentum!r}: pass e.g. --muon-momentum "
+            "0.95"
+        )
+    if (
+        not isinstance(c.tta_translate, int)
+        or isinstance(c.tta_translate, bool)
+        or not 0 <= c.tta_translate <= 4
+    ):
+        raise ConfigError(
+            f"tta_translate must be 0 to 4 pixels, got {c.tta_translate!r}: pass e.g. "
+            "--tta-translate 1"
+        )
     if c.alternate_flip and not c.augment:
-        raise ConfigError("alternate_flip says how images are mirrored, and --no-augment turns flips off: drop one")
+        raise ConfigError(
+            "alternate_flip says how images are mirrored, and --no-augment turns flips off: drop "
+            "one"
+        )
     if c.tta_final_only and not c.tta_translate:
-        raise ConfigError("tta_final_only needs --tta-translate N: it says when the multi-view TTA applies")
+        raise ConfigError(
+            "tta_final_only needs --tta-translate N: it says when the multi-view TTA applies"
+        )
 
 
 def _validate_resolution(c: TrainConfig) -> None:
-    if (not isinstance(c.min_res, int) or isinstance(c.min_res, bool) or not 8 <= c.min_res <= NATIVE_RES
-            or c.min_res % RES_STEP):
-        raise ConfigError(f"min_res must be a multiple of {RES_STEP} from 8 to {NATIVE_RES}, got {c.min_res!r}: "
-                          f"pass e.g. --min-res 16 (or {NATIVE_RES} to train at full size throughout)")
-    hint = "pass --res-ramp START,END as fractions of the run, 0 <= START <= END <= 1, e.g. --res-ramp 0,0.75"
+    if (
+        not isinstance(c.min_res, int)
+        or isinstance(c.min_res, bool)
+        or not 8 <= c.min_res <= NATIVE_RES
+        or c.min_res % RES_STEP
+    ):
+        raise ConfigError(
+            f"min_res must be a multiple of {RES_STEP} from 8 to {NATIVE_RES}, got {c.min_res!r}: "
+            f"pass e.g. --min-res 16 (or {NATIVE_RES} to train at full size throughout)"
+        )
+    hint = (
+        "pass --res-ramp START,END as fractions of the run, 0 <= START <= END <= 1, e.g. "
+        "--res-ramp 0,0.75"
+    )
     if len(c.res_ramp) != 2:
-        raise ConfigError(f"res_ramp needs two fractions of the run (START,END), got {list(c.res_ramp)}: {hint}")
+        raise ConfigError(
+            f"res_ramp needs two fractions of the run (START,END), got {list(c.res_ramp)}: {hint}"
+        )
     start, end = c.res_ramp
     if not (math.isfinite(start) and math.isfinite(end) and 0 <= start <= end <= 1):
         raise ConfigError(f"res_ramp {list(c.res_ramp)} is not a part of the run: {hint}")
@@ -292,7 +641,10 @@ def _validate_resolution(c: TrainConfig) -> None:
 
 def _validate_milestones(c: TrainConfig) -> None:
     ms = c.milestones
-    hint = "pass --milestones as increasing fractions of the run (0.5,0.75) or increasing epochs (100,150)"
+    hint = (
+        "pass --milestones as increasing fractions of the run (0.5,0.75) or increasing epochs "
+        "(100,150)"
+    )
     if c.lr_schedule != "multistep":
         return
     if not ms:
@@ -305,7 +657,9 @@ def _validate_milestones(c: TrainConfig) -> None:
     if list(ms) != sorted(set(ms)):
         raise ConfigError(f"milestones must be strictly increasing, got {list(ms)}: {hint}")
     if not fractions and ms[-1] >= c.epochs:
-        raise ConfigError(f"milestone epoch {int(ms[-1])} is not inside the {c.epochs}-epoch run: {hint}")
+        raise ConfigError(
+            f"milestone epoch {int(ms[-1])} is not inside the {c.epochs}-epoch run: {hint}"
+        )
 
 
 # Fields given on the command line as a list of numbers, with an example of each.
@@ -313,13 +667,15 @@ NUMBER_LISTS = {"milestones": "0.5,0.75 or 100,150", "res_ramp": "0,0.75"}
 
 
 def parse_numbers(text: str, name: str) -> tuple[float, ...]:
-    """Parse ``"0.5,0.75"`` or ``"100 150"`` for the field ``name``; raises ConfigError on anything else."""
+    """Parse ``"0.5,0.75"`` or ``"100 150"`` for the field ``name``; raises ConfigError on
+    anything else."""
     parts = [p for p in text.replace(",", " ").split() if p]
     try:
         return tuple(float(p) for p in parts)
     except ValueError:
         raise ConfigError(
-            f"malformed {name} {text!r}: pass comma-separated numbers, e.g. --{name.replace('_', '-')} "
+            f"malformed {name} {text!r}: pass comma-separated numbers, e.g. "
+            f"--{name.replace('_', '-')} "
             f"{NUMBER_LISTS[name]}"
         ) from None
 
@@ -377,13 +733,31 @@ BASELINE = TrainConfig(preset="baseline")
 # One preset per row of the original study's ablation table (run there at 100 epochs),
 # each `baseline` plus exactly the change its name says.
 ABLATIONS: dict[str, tuple[str, TrainConfig]] = {
-    "baseline": ("ResNet-18, SGD 0.9, lr 0.1, MultiStep x0.1 at 50%/75%, batch 128, wd 5e-4", BASELINE),
-    "cosine": ("baseline with a cosine schedule", BASELINE.replace(lr_schedule="cosine", preset="cosine")),
-    "no_schedule": ("baseline with a constant learning rate", BASELINE.replace(lr_schedule="none", preset="no_schedule")),
+    "baseline": (
+        "ResNet-18, SGD 0.9, lr 0.1, MultiStep x0.1 at 50%/75%, batch 128, wd 5e-4",
+        BASELINE,
+    ),
+    "cosine": (
+        "baseline with a cosine schedule",
+        BASELINE.replace(lr_schedule="cosine", preset="cosine"),
+    ),
+    "no_schedule": (
+        "baseline with a constant learning rate",
+        BASELINE.replace(lr_schedule="none", preset="no_schedule"),
+    ),
     "resnet34": ("baseline with ResNet-34", BASELINE.replace(model="resnet34", preset="resnet34")),
-    "resnet50": ("baseline with ResNet-50 (Bottleneck)", BASELINE.replace(model="resnet50", preset="resnet50")),
-    "no_batchnorm": ("baseline without BatchNorm, lr 0.01", BASELINE.replace(norm="none", lr=0.01, preset="no_batchnorm")),
-    "small_batch": ("baseline with batch size 32", BASELINE.replace(batch_size=32, preset="small_batch")),
+    "resnet50": (
+        "baseline with ResNet-50 (Bottleneck)",
+        BASELINE.replace(model="resnet50", preset="resnet50"),
+    ),
+    "no_batchnorm": (
+        "baseline without BatchNorm, lr 0.01",
+        BASELINE.replace(norm="none", lr=0.01, preset="no_batchnorm"),
+    ),
+    "small_batch": (
+        "baseline with batch size 32",
+        BASELINE.replace(batch_size=32, preset="small_batch"),
+    ),
 }
 
 # Sized for a CPU without a GPU: a quarter-width ResNet-18 for 6 epochs. Short runs underfit,
@@ -395,9 +769,21 @@ ABLATIONS: dict[str, tuple[str, TrainConfig]] = {
 # docs/history/benchmarks-2026-11.md, "`quick` preset: accuracy and wall time" (crop, lr,
 # schedule, TTA); docs/recipes-cpu/README.md, "Study 2" (lr, resizing, flips).
 QUICK = BASELINE.replace(
-    width=16, epochs=6, batch_size=256, lr=0.8, lr_schedule="linear", warmup_epochs=1.0,
-    nesterov=True, label_smoothing=0.2, crop_padding=0, alternate_flip=True, min_res=16, res_ramp=(0.2, 0.8),
-    eval_tta=True, eval_every=0, preset="quick",
+    width=16,
+    epochs=6,
+    batch_size=256,
+    lr=0.8,
+    lr_schedule="linear",
+    warmup_epochs=1.0,
+    nesterov=True,
+    label_smoothing=0.2,
+    crop_padding=0,
+    alternate_flip=True,
+    min_res=16,
+    res_ramp=(0.2, 0.8),
+    eval_tta=True,
+    eval_every=0,
+    preset="quick",
 )
 
 # Time to accuracy on a GPU: the full-width ResNet-18 in 20 epochs instead of 200, aimed at
@@ -410,17 +796,41 @@ QUICK = BASELINE.replace(
 # torch.compile every new input size is a recompile, which costs more than the smaller
 # epochs save on a GPU.
 FAST = BASELINE.replace(
-    epochs=20, batch_size=512, lr=0.4, lr_schedule="linear", warmup_epochs=2.0, nesterov=True,
-    label_smoothing=0.2, crop_padding=2, alternate_flip=True, eval_tta=True, tta_translate=1,
-    tta_final_only=True, optimizer="muon", preset="fast",
+    epochs=20,
+    batch_size=512,
+    lr=0.4,
+    lr_schedule="linear",
+    warmup_epochs=2.0,
+    nesterov=True,
+    label_smoothing=0.2,
+    crop_padding=2,
+    alternate_flip=True,
+    eval_tta=True,
+    tta_translate=1,
+    tta_final_only=True,
+    optimizer="muon",
+    preset="fast",
 )
 
-PRESETS: dict[str, TrainConfig] = {name: cfg for name, (_, cfg) in ABLATIONS.items()} | {"quick": QUICK, "fast": FAST}
-DESCRIPTIONS: dict[str, str] = {name: desc for name, (desc, _) in ABLATIONS.items()} | {
-    "quick": "CPU-sized: ResNet-18 at width 16, 6 epochs growing from 16 to 32 px, alternating flips, tested once with flip TTA (minutes, no GPU)",
-    "fast": "GPU time to accuracy: full-width ResNet-18, 20 epochs, batch 512, Muon, alternating flips, multi-view TTA",
+PRESETS: dict[str, TrainConfig] = {name: cfg for name, (_, cfg) in ABLATIONS.items()} | {
+    "quick": QUICK,
+    "fast": FAST,
 }
-ALIASES: dict[str, str] = {"cosine_schedule": "cosine", "multistep": "baseline", "no_bn": "no_batchnorm"}
+DESCRIPTIONS: dict[str, str] = {name: desc for name, (desc, _) in ABLATIONS.items()} | {
+    "quick": (
+        "CPU-sized: ResNet-18 at width 16, 6 epochs growing from 16 to 32 px, alternating "
+        "flips, tested once with flip TTA (minutes, no GPU)"
+    ),
+    "fast": (
+        "GPU time to accuracy: full-width ResNet-18, 20 epochs, batch 512, Muon, alternating "
+        "flips, multi-view TTA"
+    ),
+}
+ALIASES: dict[str, str] = {
+    "cosine_schedule": "cosine",
+    "multistep": "baseline",
+    "no_bn": "no_batchnorm",
+}
 
 
 def preset_names() -> list[str]:
@@ -450,7 +860,9 @@ def load_config_file(path: str | Path) -> TrainConfig:
     try:
         data = json.loads(p.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"config file {p} does not exist: pass a run's config.json or its run directory") from None
+        raise ConfigError(
+            f"config file {p} does not exist: pass a run's config.json or its run directory"
+        ) from None
     except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
         raise ConfigError(f"cannot read config file {p}: {exc}") from None
     if not isinstance(data, dict):

@@ -58,8 +58,11 @@ class CpuWait:
 def run_average(rows: Iterable[Mapping[str, Any]]) -> float | None:
     """A run's ``cpu_wait`` from its epochs' (metrics.jsonl rows), weighted by their time, so a
     resumed run's value covers every epoch; None when no epoch measured it."""
-    measured = [(r["cpu_wait"], r["epoch_time_s"]) for r in rows
-                if r.get("cpu_wait") is not None and r.get("epoch_time_s")]
+    measured = [
+        (r["cpu_wait"], r["epoch_time_s"])
+        for r in rows
+        if r.get("cpu_wait") is not None and r.get("epoch_time_s")
+    ]
     total = sum(t for _, t in measured)
     return sum(w * t for w, t in measured) / total if total > 0 else None
 
@@ -73,5 +76,9 @@ def shared_note(cpu_wait: float | None) -> str | None:
     """The line a run ends with when it shared its CPU, else None."""
     if not is_shared(cpu_wait):
         return None
-    return (f"note: {cpu_wait:.2f} of this run's threads waited for a CPU on average (other processes used "
-            "its cores): its times measure the machine's load, not the recipe's cost; the results are unaffected")
+    return (
+        f"note: {cpu_wait:.2f} of this run's threads waited for a CPU on average (other processes "
+        "used "
+        "its cores): its times measure the machine's load, not the recipe's cost; the results are "
+        "unaffected"
+    )

@@ -36,9 +36,20 @@ class FFCVBatches:
     so callers that keep a batch must clone it (the training loop consumes it at once).
     """
 
-    def __init__(self, path: Path, batch_size: int, device: torch.device, *, shuffle: bool,
-                 seed: int, drop_last: bool, num_workers: int, subset: int = 0,
-                 distributed: bool = False, indices: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        batch_size: int,
+        device: torch.device,
+        *,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool,
+        num_workers: int,
+        subset: int = 0,
+        distributed: bool = False,
+        indices: np.ndarray | None = None,
+    ) -> None:
         self._threads = torch.get_num_threads()
         with keep_torch_threads():
             from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
@@ -48,13 +59,18 @@ class FFCVBatches:
         image_pipe: list = [SimpleRGBImageDecoder(), ToTensor()]
         label_pipe: list = [IntDecoder(), ToTensor(), Squeeze(1)]
         if device.type == "cuda":
-            # FFCV copies on its own CUDA streams from pinned memory; on CPU there is nothing to move.
+            # FFCV copies on its own CUDA streams from pinned memory; on CPU there is nothing to
+            # move.
             image_pipe.append(ToDevice(device, non_blocking=True))
             label_pipe.append(ToDevice(device, non_blocking=True))
         self.loader = Loader(
-            str(path), batch_size=batch_size, num_workers=num_workers,
+            str(path),
+            batch_size=batch_size,
+            num_workers=num_workers,
             order=OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL,
-            seed=seed, drop_last=drop_last, distributed=distributed,
+            seed=seed,
+            drop_last=drop_last,
+            distributed=distributed,
             indices=indices if indices is not None else np.arange(subset) if subset else None,
             pipelines={"image": image_pipe, "label": label_pipe},
             batches_ahead=2,
@@ -69,7 +85,8 @@ class FFCVBatches:
 
     @property
     def dataset_size(self) -> int:
-        """One past the largest data-set index it yields (with --val-split the indices have gaps)."""
+        """One past the largest data-set index it yields (with --val-split the indices have
+        gaps)."""
         return int(self.loader.indices.max()) + 1
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
@@ -93,13 +110,28 @@ class MemoryBatches:
     (data-set indices, as FFCV's Loader takes them) picks the images it yields, e.g. those
     a validation split leaves; positions in an epoch's order map through it, as FFCV's do."""
 
-    def __init__(self, split: cifar.Split, batch_size: int, device: torch.device, *, shuffle: bool,
-                 seed: int, drop_last: bool, subset: int = 0, rank: int = 0, world_size: int = 1,
-                 indices: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        split: cifar.Split,
+        batch_size: int,
+        device: torch.device,
+        *,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool,
+        subset: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        indices: np.ndarray | None = None,
+    ) -> None:
         size = subset or len(split)
         self.images = torch.from_numpy(split.images[:size]).to(device)
         self.labels = torch.from_numpy(split.labels[:size]).to(device)
-        self.indices = None if indices is None else torch.from_numpy(np.asarray(indices, dtype=np.int64)).to(device)
+        self.indices = (
+            None
+            if indices is None
+            else torch.from_numpy(np.asarray(indices, dtype=np.int64)).to(device)
+        )
         n = size if indices is None else len(indices)
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -109,8 +141,14 @@ class MemoryBatches:
         self.sampler = None
         if world_size > 1:
             # The same sharding (and padding) as FFCV's distributed mode, which uses this sampler.
-            self.sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=shuffle,
-                                              seed=seed, drop_last=False)
+            self.sampler = DistributedSampler(
+                range(n),
+                num_replicas=world_size,
+                rank=rank,
+                shuffle=shuffle,
+                seed=seed,
+                drop_last=False,
+            )
         self.num_images = len(self.sampler) if self.sampler is not None else n
 
     def set_epoch(self, epoch: int) -> None:
@@ -136,12 +174,15 @@ class MemoryBatches:
             return torch.tensor(list(self.sampler), device=self.images.device)
         if self.shuffle:
             # Same recipe as FFCV's RANDOM order: a permutation from default_rng(seed + epoch).
-            order = torch.from_numpy(np.random.default_rng(self.seed + epoch).permutation(self.num_images))
+            order = torch.from_numpy(
+                np.random.default_rng(self.seed + epoch).permutation(self.num_images)
+            )
             return order.to(self.images.device)
         return None
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
-        """The data-set indices of ``epoch``'s images (this rank's), in the order its batches yield them."""
+        """The data-set indices of ``epoch``'s images (this rank's), in the order its batches
+        yield them."""
         order = self._order(epoch)
         if order is None:
             order = torch.arange(self.num_images, device=self.images.device)
@@ -173,27 +214,55 @@ class DataSource:
 
 def choose_loader(requested: str, log=print) -> str:
     if requested == "ffcv" and not ffcv_available():
-        log("notice: ffcv is not installed (or does not import); using --loader memory (the data set stays in device memory)")
+        log(
+            "notice: ffcv is not installed (or does not import); using --loader memory (the data "
+            "set stays in device memory)"
+        )
         return "memory"
     return requested
 
 
-def open_config_data(config: TrainConfig, device: torch.device, log=print, *, rank: int = 0,
-                     world_size: int = 1) -> DataSource:
+def open_config_data(
+    config: TrainConfig, device: torch.device, log=print, *, rank: int = 0, world_size: int = 1
+) -> DataSource:
     """Open the data ``config`` trains on (or a finished run of it evaluates), as ``rank`` of
     ``world_size`` processes: its loader resolved first (``choose_loader``)."""
     loader = choose_loader(config.loader, log=log)
-    return open_data(loader=loader, data_dir=config.data_dir, batch_size=config.batch_size,
-                     device=device, seed=config.seed, num_workers=config.num_workers,
-                     train_subset=config.train_subset, test_subset=config.test_subset,
-                     shuffle=config.shuffle, rank=rank, world_size=world_size,
-                     val_split=config.val_split, log=log)
+    return open_data(
+        loader=loader,
+        data_dir=config.data_dir,
+        batch_size=config.batch_size,
+        device=device,
+        seed=config.seed,
+        num_workers=config.num_workers,
+        train_subset=config.train_subset,
+        test_subset=config.test_subset,
+        shuffle=config.shuffle,
+        rank=rank,
+        world_size=world_size,
+        val_split=config.val_split,
+        log=log,
+    )
 
 
-def open_data(*, loader: str, data_dir: str | Path, batch_size: int, device: torch.device, seed: int,
-              num_workers: int = 0, train_subset: int = 0, test_subset: int = 0,
-              eval_batch_size: int = 500, shuffle: bool = True, source: str | Path | None = None,
-              rank: int = 0, world_size: int = 1, val_split: int = 0, log=print) -> DataSource:
+def open_data(
+    *,
+    loader: str,
+    data_dir: str | Path,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    num_workers: int = 0,
+    train_subset: int = 0,
+    test_subset: int = 0,
+    eval_batch_size: int = 500,
+    shuffle: bool = True,
+    source: str | Path | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    val_split: int = 0,
+    log=print,
+) -> DataSource:
     """Open the training and test batches for one run (``loader`` already resolved).
 
     ``batch_size`` is global: with ``world_size`` > 1 each rank reads its own shard of the
@@ -203,8 +272,10 @@ def open_data(*, loader: str, data_dir: str | Path, batch_size: int, device: tor
     """
     if batch_size % world_size:
         raise FastresError(
-            f"batch size {batch_size} does not divide over {world_size} processes: pass a --batch-size "
-            f"that is a multiple of {world_size} (the batch size is global, split evenly between processes)"
+            f"batch size {batch_size} does not divide over {world_size} processes: pass a "
+            "--batch-size "
+            f"that is a multiple of {world_size} (the batch size is global, split evenly between "
+            "processes)"
         )
     if loader == "ffcv":
         manifest = prepare.verify_betons(data_dir)
@@ -215,39 +286,109 @@ def open_data(*, loader: str, data_dir: str | Path, batch_size: int, device: tor
         beton = prepare.beton_path(data_dir, "train")
         held = _held_out(_beton_labels(beton), train_subset, val_split) if val_split else None
         keep = None if held is None else split.kept(train_subset or counts["train"], held)
-        train = FFCVBatches(beton, batch_size // world_size, shuffle=shuffle, drop_last=True,
-                            subset=train_subset, distributed=world_size > 1, indices=keep, **common)
-        test = FFCVBatches(prepare.beton_path(data_dir, "test"), eval_batch_size, shuffle=False,
-                           drop_last=False, subset=test_subset, **common)
-        val = None if held is None else FFCVBatches(beton, eval_batch_size, shuffle=False, drop_last=False,
-                                                    indices=held, **common)
-        return DataSource(train, test, "ffcv", prepare.manifest_hash(manifest), f"FFCV betons in {data_dir}",
-                          val, held)
+        train = FFCVBatches(
+            beton,
+            batch_size // world_size,
+            shuffle=shuffle,
+            drop_last=True,
+            subset=train_subset,
+            distributed=world_size > 1,
+            indices=keep,
+            **common,
+        )
+        test = FFCVBatches(
+            prepare.beton_path(data_dir, "test"),
+            eval_batch_size,
+            shuffle=False,
+            drop_last=False,
+            subset=test_subset,
+            **common,
+        )
+        val = (
+            None
+            if held is None
+            else FFCVBatches(
+                beton, eval_batch_size, shuffle=False, drop_last=False, indices=held, **common
+            )
+        )
+        return DataSource(
+            train,
+            test,
+            "ffcv",
+            prepare.manifest_hash(manifest),
+            f"FFCV betons in {data_dir}",
+            val,
+            held,
+        )
 
     src = cifar.locate_source(source, data_dir)
     if src is None:
         raise FastresError(
-            f"--loader memory reads the CIFAR-10 source, and none was found (looked at {cifar.searched_locations(data_dir)}): "
+            "--loader memory reads the CIFAR-10 source, and none was found (looked at "
+            f"{cifar.searched_locations(data_dir)}): "
             f"set {cifar.ENV_VAR} or put '{cifar.FOLDER}' in --data-dir"
         )
     data = cifar.load_source(src, expect_full=False)
-    _check_subsets({"train": len(data.train), "test": len(data.test)}, train_subset, test_subset, batch_size, val_split)
+    _check_subsets(
+        {"train": len(data.train), "test": len(data.test)},
+        train_subset,
+        test_subset,
+        batch_size,
+        val_split,
+    )
     held = _held_out(data.train.labels, train_subset, val_split)
     keep = None if held is None else split.kept(train_subset or len(data.train), held)
-    train = MemoryBatches(data.train, batch_size // world_size, device, shuffle=shuffle, seed=seed, drop_last=True,
-                          subset=train_subset, rank=rank, world_size=world_size, indices=keep)
-    test = MemoryBatches(data.test, eval_batch_size, device, shuffle=False, seed=seed, drop_last=False, subset=test_subset)
-    val = None if held is None else MemoryBatches(data.train, eval_batch_size, device, shuffle=False, seed=seed,
-                                                  drop_last=False, subset=train_subset, indices=held)
-    return DataSource(train, test, "memory", cifar.source_checksum(src)[:16], f"CIFAR-10 source {src}, in device memory",
-                      val, held)
+    train = MemoryBatches(
+        data.train,
+        batch_size // world_size,
+        device,
+        shuffle=shuffle,
+        seed=seed,
+        drop_last=True,
+        subset=train_subset,
+        rank=rank,
+        world_size=world_size,
+        indices=keep,
+    )
+    test = MemoryBatches(
+        data.test,
+        eval_batch_size,
+        device,
+        shuffle=False,
+        seed=seed,
+        drop_last=False,
+        subset=test_subset,
+    )
+    val = (
+        None
+        if held is None
+        else MemoryBatches(
+            data.train,
+            eval_batch_size,
+            device,
+            shuffle=False,
+            seed=seed,
+            drop_last=False,
+            subset=train_subset,
+            indices=held,
+        )
+    )
+    return DataSource(
+        train,
+        test,
+        "memory",
+        cifar.source_checksum(src)[:16],
+        f"CIFAR-10 source {src}, in device memory",
+        val,
+        held,
+    )
 
 
 def _held_out(labels: np.ndarray, train_subset: int, val_split: int) -> np.ndarray | None:
     """The validation split's data-set indices among the first ``train_subset`` images, or None."""
     if not val_split:
         return None
-    return split.held_out(labels[:train_subset or len(labels)], val_split)
+    return split.held_out(labels[: train_subset or len(labels)], val_split)
 
 
 def _beton_labels(path: Path) -> np.ndarray:
@@ -256,20 +397,28 @@ def _beton_labels(path: Path) -> np.ndarray:
         from ffcv.reader import Reader
 
     reader = Reader(str(path))
-    return np.asarray(reader.metadata[reader.metadata.dtype.names[reader.field_names.index("label")]])
+    return np.asarray(
+        reader.metadata[reader.metadata.dtype.names[reader.field_names.index("label")]]
+    )
 
 
-def _check_subsets(counts: dict[str, int], train_subset: int, test_subset: int, batch_size: int,
-                   val_split: int = 0) -> None:
+def _check_subsets(
+    counts: dict[str, int], train_subset: int, test_subset: int, batch_size: int, val_split: int = 0
+) -> None:
     for name, subset in (("train", train_subset), ("test", test_subset)):
         if subset > counts[name]:
-            raise FastresError(f"--{name}-subset {subset} is larger than the {counts[name]} {name} images")
+            raise FastresError(
+                f"--{name}-subset {subset} is larger than the {counts[name]} {name} images"
+            )
     pool = train_subset or counts["train"]
     if val_split >= pool:
-        raise FastresError(f"--val-split {val_split} leaves none of the {pool} training images to train on: "
-                           f"pass a --val-split below {pool} (e.g. {pool // 10})")
+        raise FastresError(
+            f"--val-split {val_split} leaves none of the {pool} training images to train on: "
+            f"pass a --val-split below {pool} (e.g. {pool // 10})"
+        )
     n_train = pool - val_split
     if batch_size > n_train:
         raise FastresError(
-            f"batch size {batch_size} is larger than the {n_train} training images: pass --batch-size <= {n_train}"
+            f"batch size {batch_size} is larger than the {n_train} training images: pass "
+            f"--batch-size <= {n_train}"
         )

@@ -48,7 +48,9 @@ def init(d: Dist, device_type: str) -> None:
     if device_type == "cuda":
         torch.cuda.set_device(d.local_rank)
     # A bounded timeout: a rank that dies mid-collective ends the job instead of hanging it.
-    dist.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=5))
+    dist.init_process_group(
+        "nccl" if device_type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=5)
+    )
 
 
 def shutdown() -> None:

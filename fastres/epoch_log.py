@@ -16,8 +16,9 @@ class EpochLog:
     """Where each finished epoch is recorded: metrics.jsonl and TensorBoard (by the process that
     writes the run directory) and a console line."""
 
-    def __init__(self, run: RunDir, done_epochs: int, epochs: int, log: Callable[[str], None], *,
-                 write: bool) -> None:
+    def __init__(
+        self, run: RunDir, done_epochs: int, epochs: int, log: Callable[[str], None], *, write: bool
+    ) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.run, self.epochs, self.log = run, epochs, log
@@ -26,8 +27,9 @@ class EpochLog:
             _quiet_tensorboard_thread()
             # purge_step drops events past the checkpoint when a resumed run re-logs those epochs.
             with writing(run.tensorboard):
-                self.tb = SummaryWriter(str(run.tensorboard),
-                                        purge_step=done_epochs + 1 if done_epochs else None)
+                self.tb = SummaryWriter(
+                    str(run.tensorboard), purge_step=done_epochs + 1 if done_epochs else None
+                )
 
     def record(self, row: dict[str, Any]) -> None:
         if self.tb is not None:
@@ -41,13 +43,12 @@ class EpochLog:
                     self.tb.add_scalar("loss/val_split", row["val_split_loss"], row["epoch"])
                 self.tb.flush()
             except OSError as exc:
-                raise write_failure(f"the TensorBoard events in {self.run.tensorboard}",
-                                    exc) from None
+                raise write_failure(
+                    f"the TensorBoard events in {self.run.tensorboard}", exc
+                ) from None
         self.log(
             f"epoch {row['epoch']}/{self.epochs}  train loss {row['train_loss']:.4f} "
-            f"acc {100 * row['train_acc']:.2f}%  "
-            + _evaluation_text(row)
-            + f"lr {row['lr']:.4g}  "
+            f"acc {100 * row['train_acc']:.2f}%  " + _evaluation_text(row) + f"lr {row['lr']:.4g}  "
             f"{row['images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s"
         )
 
@@ -57,8 +58,9 @@ class EpochLog:
             try:
                 tb.close()
             except OSError as exc:
-                raise write_failure(f"the TensorBoard events in {self.run.tensorboard}",
-                                    exc) from None
+                raise write_failure(
+                    f"the TensorBoard events in {self.run.tensorboard}", exc
+                ) from None
 
 
 def _evaluation_text(row: dict[str, Any]) -> str:
@@ -81,8 +83,10 @@ def _quiet_tensorboard_thread() -> None:
         return
 
     def hook(args: threading.ExceptHookArgs) -> None:
-        if not (type(args.thread).__name__ == "_AsyncWriterThread"
-                and issubclass(args.exc_type, OSError)):
+        if not (
+            type(args.thread).__name__ == "_AsyncWriterThread"
+            and issubclass(args.exc_type, OSError)
+        ):
             previous(args)
 
     hook.fastres_quiet_tensorboard = True  # type: ignore[attr-defined]

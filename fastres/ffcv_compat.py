@@ -85,7 +85,10 @@ def guarded_dataset_writer(path: Path) -> Iterator[None]:
     original = ffcv.writer.Process, ffcv.writer.Queue, ffcv.writer.tqdm
     previous_handler = signal.signal(signal.SIGUSR1, guard.on_failure) if guard.in_main else None
     ffcv.writer.Process, ffcv.writer.Queue, ffcv.writer.tqdm = (
-        guard.worker_class(), _work_queue, guard.progress_bar(ffcv.writer.tqdm))
+        guard.worker_class(),
+        _work_queue,
+        guard.progress_bar(ffcv.writer.tqdm),
+    )
     watcher = threading.Thread(target=guard.watch, name="fastres-ffcv-writer-watch", daemon=True)
     watcher.start()
     try:

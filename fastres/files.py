@@ -106,7 +106,9 @@ def ensure_writable_dir(path: str | Path, what: str, flag: str) -> Path:
     path = Path(path)
     problem = _folder_problem(path)
     if problem:
-        raise FastresError(f"cannot write the {what} {path} ({problem}): pass {flag} with a folder you can write")
+        raise FastresError(
+            f"cannot write the {what} {path} ({problem}): pass {flag} with a folder you can write"
+        )
     return path
 
 
@@ -119,7 +121,9 @@ def ensure_writable_file(path: str | Path, flag: str) -> Path:
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise FastresError(f"cannot write {flag} {p}: {ancestor} is a file, not a folder; pass a path in a folder")
+        raise FastresError(
+            f"cannot write {flag} {p}: {ancestor} is a file, not a folder; pass a path in a folder"
+        )
     problem = _folder_problem(p.parent)
     if problem is None and p.exists() and not os.access(p, os.W_OK):
         problem = "permission denied"
@@ -154,7 +158,8 @@ class FileLock:
             if exc.errno in (errno.EAGAIN, errno.EACCES):
                 return False
             raise FastresError(
-                f"cannot lock {self.path}: its file system does not support locks ({exc.strerror}); "
+                f"cannot lock {self.path}: its file system does not support locks "
+                f"({exc.strerror}); "
                 "use a folder on a local file system"
             ) from None
         self._file = f

@@ -38,6 +38,7 @@ def loop_account(rows: list[dict[str, Any]]) -> str | None:
     total = sum(sum(p.values()) for p in parts)
     if not parts or total <= 0:
         return None
-    shares = ", ".join(f"{name} {100 * sum(p[name] for p in parts) / total:.1f}%"
-                       for name in LoopClock.PARTS)
+    shares = ", ".join(
+        f"{name} {100 * sum(p[name] for p in parts) / total:.1f}%" for name in LoopClock.PARTS
+    )
     return f"training time by part of the loop: {shares}"

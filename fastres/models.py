@@ -1,4 +1,5 @@
-"""ResNet-18/34/50 (CIFAR variant of the ImageNet models) and the paper's CIFAR ResNet-20/32/44/56/110.
+"""ResNet-18/34/50 (CIFAR variant of the ImageNet models) and the paper's CIFAR
+ResNet-20/32/44/56/110.
 
 ResNet-18/34/50: the CIFAR variant differs from the ImageNet one only in the stem: a 3x3 convolution
 with stride 1 and no max pool, because 32x32 inputs cannot afford the 4x downsampling
@@ -114,7 +115,9 @@ class ResNet(nn.Module):
         super().__init__()
         norm_layer = _norm_factory(norm)
         bias = norm == "none"
-        self.stem = nn.Sequential(_conv(3, width, 3, 1, bias), norm_layer(width), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            _conv(3, width, 3, 1, bias), norm_layer(width), nn.ReLU(inplace=True)
+        )
         stages = []
         cin = width
         for i, blocks in enumerate(layers):
@@ -144,7 +147,7 @@ class PadShortcut(nn.Module):
         self.stride, self.pad = stride, (cout - cin) // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x[:, :, ::self.stride, ::self.stride]
+        x = x[:, :, :: self.stride, :: self.stride]
         return F.pad(x, (0, 0, 0, 0, self.pad, self.pad))
 
 
@@ -158,7 +161,9 @@ class CifarBlock(nn.Module):
         self.conv2 = _conv(cout, cout, 3, 1, bias)
         self.bn2 = norm_layer(cout)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut = nn.Identity() if stride == 1 and cin == cout else PadShortcut(cin, cout, stride)
+        self.shortcut = (
+            nn.Identity() if stride == 1 and cin == cout else PadShortcut(cin, cout, stride)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -170,17 +175,33 @@ class CifarResNet(nn.Module):
     """He et al.'s CIFAR ResNet of depth 6n + 2: 3x3 stem, three stages of n blocks at width
     w, 2w, 4w, global pool, linear head."""
 
-    def __init__(self, n: int, *, num_classes: int = 10, norm: str = "batch", width: int = 16) -> None:
+    def __init__(
+        self, n: int, *, num_classes: int = 10, norm: str = "batch", width: int = 16
+    ) -> None:
         super().__init__()
         norm_layer = _norm_factory(norm)
         bias = norm == "none"
-        self.stem = nn.Sequential(_conv(3, width, 3, 1, bias), norm_layer(width), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            _conv(3, width, 3, 1, bias), norm_layer(width), nn.ReLU(inplace=True)
+        )
         stages = []
         cin = width
         for i in range(3):
             cout = width * 2**i
-            stages.append(nn.Sequential(*(CifarBlock(cin if b == 0 else cout, cout, 2 if i and b == 0 else 1,
-                                                     norm_layer, bias) for b in range(n))))
+            stages.append(
+                nn.Sequential(
+                    *(
+                        CifarBlock(
+                            cin if b == 0 else cout,
+                            cout,
+                            2 if i and b == 0 else 1,
+                            norm_layer,
+                            bias,
+                        )
+                        for b in range(n)
+                    )
+                )
+            )
             cin = cout
         self.layer1, self.layer2, self.layer3 = stages
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -203,7 +224,13 @@ IMAGENET_MODELS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], list[int]]
     "resnet34": (BasicBlock, [3, 4, 6, 3]),
     "resnet50": (Bottleneck, [3, 4, 6, 3]),
 }
-CIFAR_MODELS: dict[str, int] = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18}
+CIFAR_MODELS: dict[str, int] = {
+    "resnet20": 3,
+    "resnet32": 5,
+    "resnet44": 7,
+    "resnet56": 9,
+    "resnet110": 18,
+}
 MODELS: tuple[str, ...] = (*IMAGENET_MODELS, *CIFAR_MODELS)
 
 
@@ -217,7 +244,8 @@ def family(name: str) -> str:
 
 
 def standard_width(name: str) -> int:
-    """The first stage's channels of the published model: 64 (ResNet-18/34/50) or 16 (ResNet-20 to 110)."""
+    """The first stage's channels of the published model: 64 (ResNet-18/34/50) or 16 (ResNet-20
+    to 110)."""
     return 16 if family(name) == "cifar" else 64
 
 
@@ -234,16 +262,22 @@ def check_model_name(name: str) -> str:
 def check_width(name: str, width: int) -> int:
     """``width`` if model ``name`` can take it; otherwise an error saying what fits."""
     if not isinstance(width, int) or isinstance(width, bool) or width < 1:
-        raise FastresError(f"width must be a positive integer, got {width!r}: pass --width N with N >= 1")
+        raise FastresError(
+            f"width must be a positive integer, got {width!r}: pass --width N with N >= 1"
+        )
     if family(name) == "cifar" and width % 2:
         raise FastresError(
-            f"width {width} does not fit {name}: its option-A shortcuts pad the doubled channels with zeros split "
-            f"evenly on both sides, so the width must be even (16 is the paper's): pass e.g. --width {width + 1}")
+            f"width {width} does not fit {name}: its option-A shortcuts pad the doubled channels "
+            "with zeros split "
+            "evenly on both sides, so the width must be even (16 is the paper's): pass e.g. "
+            f"--width {width + 1}"
+        )
     return width
 
 
-def build_model(name: str, *, num_classes: int = 10, norm: str = "batch",
-                width: int | None = None) -> ResNet | CifarResNet:
+def build_model(
+    name: str, *, num_classes: int = 10, norm: str = "batch", width: int | None = None
+) -> ResNet | CifarResNet:
     """Build a ResNet by name; ``width`` is the first stage's channel count (None: the
     published model's, ``standard_width``)."""
     width = check_width(name, standard_width(name) if width is None else width)

@@ -31,14 +31,21 @@ from torch import Tensor, nn
 
 # torch.optim.Muon's own defaults (Newton-Schulz coefficients, steps, eps), read from its
 # signature so that both stay the same algorithm when torch changes them.
-_TORCH_DEFAULTS = {name: p.default for name, p in inspect.signature(torch.optim.Muon.__init__).parameters.items()
-                   if p.default is not inspect.Parameter.empty}
+_TORCH_DEFAULTS = {
+    name: p.default
+    for name, p in inspect.signature(torch.optim.Muon.__init__).parameters.items()
+    if p.default is not inspect.Parameter.empty
+}
 
 
 def _channels_last(t: Tensor) -> bool:
     """Whether ``t`` is a 4-D tensor laid out (out, kh, kw, in) in memory, as channels_last
     filters and their gradients are."""
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+    return (
+        t.dim() == 4
+        and not t.is_contiguous()
+        and t.is_contiguous(memory_format=torch.channels_last)
+    )
 
 
 class _Batch:
@@ -55,20 +62,32 @@ class _Batch:
         self.momentum_stack: Tensor | None = None
         # channels_last tensors travel in their memory order, (out, kh, kw, in), and are permuted
         # once for the whole batch: stacking their (out, in, kh, kw) views costs a copy each.
-        physical = (self.count, out, *self.shape[2:], self.shape[1]) if self.channels_last else (self.count, *self.shape)
+        physical = (
+            (self.count, out, *self.shape[2:], self.shape[1])
+            if self.channels_last
+            else (self.count, *self.shape)
+        )
         self.grads_physical = p.new_empty(physical)
-        self.grads = p.new_empty((self.count, out, fan_in)) if self.channels_last else self.grads_physical.view(self.count, out, fan_in)
+        self.grads = (
+            p.new_empty((self.count, out, fan_in))
+            if self.channels_last
+            else self.grads_physical.view(self.count, out, fan_in)
+        )
         self.ns = NewtonSchulzBuffers.for_stack(self.count, out, fan_in, p.device)
         self.update = p.new_empty(physical)
         # Each filter's update, laid out like the filter, so the foreach add takes its fast path.
-        self.updates = [u.permute(0, 3, 1, 2) if self.channels_last else u for u in self.update.unbind(0)]
+        self.updates = [
+            u.permute(0, 3, 1, 2) if self.channels_last else u for u in self.update.unbind(0)
+        ]
 
     def stack_grads(self) -> Tensor:
         """The batch's gradients as one (G, out, in * kh * kw) stack, in the reused buffer."""
         grads = [q.grad for q in self.params]
         if self.channels_last and all(_channels_last(g) for g in grads):
             torch.stack([g.permute(0, 2, 3, 1) for g in grads], out=self.grads_physical)
-            self.grads.view(self.count, *self.shape).copy_(self.grads_physical.permute(0, 1, 4, 2, 3))
+            self.grads.view(self.count, *self.shape).copy_(
+                self.grads_physical.permute(0, 1, 4, 2, 3)
+            )
         else:
             torch.stack([g.reshape(self.shape[0], -1) for g in grads], out=self.grads)
         return self.grads
@@ -80,8 +99,12 @@ class _Batch:
         if self.momentum_stack is not None:
             return self.momentum_stack
         views = [state[p].get("momentum_buffer") for p in self.params]
-        stack = torch.stack([torch.zeros_like(g) if v is None else v.reshape(g.shape)
-                             for v, g in zip(views, self.grads.unbind(0), strict=True)])
+        stack = torch.stack(
+            [
+                torch.zeros_like(g) if v is None else v.reshape(g.shape)
+                for v, g in zip(views, self.grads.unbind(0), strict=True)
+            ]
+        )
         for p, view in zip(self.params, stack.unbind(0), strict=True):
             state[p]["momentum_buffer"] = view
         self.momentum_stack = stack
@@ -114,14 +137,21 @@ class NewtonSchulzBuffers:
     poly: Tensor
 
     @classmethod
-    def for_stack(cls, count: int, rows: int, cols: int, device: torch.device) -> NewtonSchulzBuffers:
+    def for_stack(
+        cls, count: int, rows: int, cols: int, device: torch.device
+    ) -> NewtonSchulzBuffers:
         m, n = min(rows, cols), max(rows, cols)
         new = functools.partial(torch.empty, dtype=torch.bfloat16, device=device)
         return cls(new(count, m, n), new(count, m, n), new(count, m, m), new(count, m, m))
 
 
-def orthogonalise(x: Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
-                  buffers: NewtonSchulzBuffers | None = None) -> Tensor:
+def orthogonalise(
+    x: Tensor,
+    coefficients: tuple[float, float, float],
+    steps: int,
+    eps: float,
+    buffers: NewtonSchulzBuffers | None = None,
+) -> Tensor:
     """Newton-Schulz orthogonalisation of each matrix of the (G, m, n) stack ``x``, in bf16, as
     ``torch.optim.Muon`` does it for one matrix: wide orientation, scaled to norm <= 1, ``steps``
     quintic iterations with ``coefficients`` (a, b, c). Works in ``buffers`` when given (the
@@ -148,22 +178,41 @@ class FilterMuon(torch.optim.Optimizer):
     may be a 0-dim float64 tensor on the filters' device (what a CUDA graph reads; fastres.step):
     the step then gives the same numbers as with the float, without reading it on the host."""
 
-    def __init__(self, params: Iterable[nn.Parameter], lr: float = _TORCH_DEFAULTS["lr"],
-                 weight_decay: float = _TORCH_DEFAULTS["weight_decay"],
-                 momentum: float = _TORCH_DEFAULTS["momentum"], nesterov: bool = _TORCH_DEFAULTS["nesterov"],
-                 ns_coefficients: tuple[float, float, float] = _TORCH_DEFAULTS["ns_coefficients"],
-                 eps: float = _TORCH_DEFAULTS["eps"], ns_steps: int = _TORCH_DEFAULTS["ns_steps"],
-                 adjust_lr_fn: str | None = None) -> None:
+    def __init__(
+        self,
+        params: Iterable[nn.Parameter],
+        lr: float = _TORCH_DEFAULTS["lr"],
+        weight_decay: float = _TORCH_DEFAULTS["weight_decay"],
+        momentum: float = _TORCH_DEFAULTS["momentum"],
+        nesterov: bool = _TORCH_DEFAULTS["nesterov"],
+        ns_coefficients: tuple[float, float, float] = _TORCH_DEFAULTS["ns_coefficients"],
+        eps: float = _TORCH_DEFAULTS["eps"],
+        ns_steps: int = _TORCH_DEFAULTS["ns_steps"],
+        adjust_lr_fn: str | None = None,
+    ) -> None:
         if adjust_lr_fn not in (None, "original"):
-            raise ValueError(f"FilterMuon scales the lr as Muon's 'original' rule only, got adjust_lr_fn={adjust_lr_fn!r}")
-        defaults = {"lr": lr, "weight_decay": weight_decay, "momentum": momentum, "nesterov": nesterov,
-                    "ns_coefficients": ns_coefficients, "eps": eps, "ns_steps": ns_steps,
-                    "adjust_lr_fn": adjust_lr_fn}
+            raise ValueError(
+                "FilterMuon scales the lr as Muon's 'original' rule only, got "
+                f"adjust_lr_fn={adjust_lr_fn!r}"
+            )
+        defaults = {
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "momentum": momentum,
+            "nesterov": nesterov,
+            "ns_coefficients": ns_coefficients,
+            "eps": eps,
+            "ns_steps": ns_steps,
+            "adjust_lr_fn": adjust_lr_fn,
+        }
         super().__init__(params, defaults)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.ndim < 2:
-                    raise ValueError(f"Muon takes filters of 2 or more dimensions, got one of shape {tuple(p.shape)}")
+                    raise ValueError(
+                        "Muon takes filters of 2 or more dimensions, got one of shape "
+                        f"{tuple(p.shape)}"
+                    )
         self._batches_by_params: dict[tuple[int, ...], _Batch] = {}
 
     @torch.no_grad()
@@ -187,7 +236,9 @@ class FilterMuon(torch.optim.Optimizer):
                 buf = batch.momentum(self.state)
                 buf.lerp_(grads, 1 - momentum)
                 update = grads.lerp_(buf, momentum) if group["nesterov"] else buf
-                update = orthogonalise(update, group["ns_coefficients"], group["ns_steps"], group["eps"], batch.ns)
+                update = orthogonalise(
+                    update, group["ns_coefficients"], group["ns_steps"], group["eps"], batch.ns
+                )
                 rows, cols = update.shape[-2:]
                 batch.apply(update, alpha=lr * -math.sqrt(max(1.0, rows / cols)))
         return loss

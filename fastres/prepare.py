@@ -57,7 +57,10 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any] | None:
         manifest = json.loads(path.read_text())
         manifest["files"]["train"]["sha256"]  # noqa: B018 - shape check
     except (OSError, ValueError, KeyError, TypeError):
-        raise FastresError(f"{path} is damaged: run 'fastres prepare-data --force --data-dir {data_dir}' to rebuild the data") from None
+        raise FastresError(
+            f"{path} is damaged: run 'fastres prepare-data --force --data-dir {data_dir}' to "
+            "rebuild the data"
+        ) from None
     return manifest
 
 
@@ -78,9 +81,14 @@ def verify_betons(data_dir: str | Path, *, check_hash: bool = True) -> dict[str,
             raise FastresError(f"{path} is missing: {fix}")
         size = path.stat().st_size
         if size != expected["bytes"]:
-            raise FastresError(f"{path} has {size} bytes, the manifest says {expected['bytes']} (truncated or replaced): {fix}")
+            raise FastresError(
+                f"{path} has {size} bytes, the manifest says {expected['bytes']} (truncated or "
+                f"replaced): {fix}"
+            )
         if check_hash and file_sha256(path) != expected["sha256"]:
-            raise FastresError(f"{path} does not match the SHA-256 in {MANIFEST} (corrupted or replaced): {fix}")
+            raise FastresError(
+                f"{path} does not match the SHA-256 in {MANIFEST} (corrupted or replaced): {fix}"
+            )
     return manifest
 
 
@@ -134,7 +142,9 @@ class StopRequest:
         signum = self.signum or signal.SIGINT
         return PrepareInterrupted(
             f"prepare-data stopped by {signal.Signals(signum).name}; nothing it wrote counts as "
-            "prepared data: run the same command again", exit_code=128 + signum)
+            "prepared data: run the same command again",
+            exit_code=128 + signum,
+        )
 
     def on_signal(self, signum: int, frame: Any) -> None:
         if self.signum is None:  # a second signal must not cut short the cleanup of the first
@@ -176,7 +186,8 @@ def prepare_data(
     """
     if not ffcv_available():
         raise FastresError(
-            "prepare-data needs ffcv, which is not installed (or does not import): run 'bash scripts/setup.sh' "
+            "prepare-data needs ffcv, which is not installed (or does not import): run 'bash "
+            "scripts/setup.sh' "
             "(or pip install 'fastres[ffcv]'), or train with --loader memory, which needs no betons"
         )
     data_dir = Path(data_dir)
@@ -190,17 +201,20 @@ def prepare_data(
         with stop_signals(stopped), FileLock(lock):
             for stale in data_dir.glob(f".cifar10_*{TMP_INFIX}*"):
                 stale.unlink(missing_ok=True)
-            return _prepare_locked(data_dir, source, force=force, allow_small=allow_small, log=log,
-                                   stopped=stopped)
+            return _prepare_locked(
+                data_dir, source, force=force, allow_small=allow_small, log=log, stopped=stopped
+            )
     except BaseException as exc:
-        # A refusal leaves no trace: the folders this call made go again, if nothing else is in them.
+        # A refusal leaves no trace: the folders this call made go again, if nothing else is in
+        # them.
         if created and not any(p.name != LOCK for p in data_dir.iterdir()):
             lock.unlink(missing_ok=True)
             for folder in created:
                 with contextlib.suppress(OSError):
                     folder.rmdir()
         if stopped.signum is not None and not isinstance(exc, PrepareInterrupted):
-            raise stopped.error() from None  # what the stop set off (a writer's error) is not the news
+            # What the stop set off (a writer's error) is not the news.
+            raise stopped.error() from None
         raise
 
 
@@ -213,8 +227,15 @@ def _missing_folders(path: Path) -> list[Path]:
     return missing
 
 
-def _prepare_locked(data_dir: Path, source: str | Path | None, *, force: bool, allow_small: bool,
-                    log: Callable[[str], None], stopped: StopRequest) -> dict[str, Any]:
+def _prepare_locked(
+    data_dir: Path,
+    source: str | Path | None,
+    *,
+    force: bool,
+    allow_small: bool,
+    log: Callable[[str], None],
+    stopped: StopRequest,
+) -> dict[str, Any]:
     src = cifar.locate_source(source, data_dir) or cifar.download(data_dir, log=log)
     checksum = cifar.source_checksum(src)
 
@@ -226,7 +247,10 @@ def _prepare_locked(data_dir: Path, source: str | Path | None, *, force: bool, a
         if old is not None and old.get("source", {}).get("sha256") == checksum:
             try:
                 verify_betons(data_dir)
-                log(f"{data_dir} already holds CIFAR-10 from {src} (unchanged); nothing to do (--force rebuilds)")
+                log(
+                    f"{data_dir} already holds CIFAR-10 from {src} (unchanged); nothing to do "
+                    "(--force rebuilds)"
+                )
                 return old
             except FastresError as exc:
                 log(f"rebuilding: {exc}")
@@ -246,7 +270,10 @@ def _prepare_locked(data_dir: Path, source: str | Path | None, *, force: bool, a
         write_beton(split, path, num_workers=min(4, os.cpu_count() or 1))
         stopped.check()
         files[split_name] = {
-            "name": path.name, "count": len(split), "bytes": path.stat().st_size, "sha256": file_sha256(path),
+            "name": path.name,
+            "count": len(split),
+            "bytes": path.stat().st_size,
+            "sha256": file_sha256(path),
             "label_counts": np.bincount(split.labels, minlength=len(cifar.CLASSES)).tolist(),
         }
     manifest = {
@@ -255,7 +282,14 @@ def _prepare_locked(data_dir: Path, source: str | Path | None, *, force: bool, a
         "classes": list(cifar.CLASSES),
         "source": {"path": str(src.resolve()), "sha256": checksum},
         "files": files,
-        "image": {"height": 32, "width": 32, "channels": 3, "dtype": "uint8", "layout": "HWC", "encoding": "raw"},
+        "image": {
+            "height": 32,
+            "width": 32,
+            "channels": 3,
+            "dtype": "uint8",
+            "layout": "HWC",
+            "encoding": "raw",
+        },
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": versions(),
     }
@@ -263,5 +297,8 @@ def _prepare_locked(data_dir: Path, source: str | Path | None, *, force: bool, a
     # in places) still stops the conversion here, before the manifest makes the betons count.
     stopped.check()
     atomic_write_text(data_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    log(f"done in {time.perf_counter() - t0:.1f}s: {data_dir / BETONS['train']}, {data_dir / BETONS['test']}, {data_dir / MANIFEST}")
+    log(
+        f"done in {time.perf_counter() - t0:.1f}s: {data_dir / BETONS['train']}, "
+        f"{data_dir / BETONS['test']}, {data_dir / MANIFEST}"
+    )
     return manifest

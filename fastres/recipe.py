@@ -47,10 +47,18 @@ def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
     no_decay = not config.decay_norm_bias
     if not no_decay and config.bn_bias_lr == 1.0:
         return [{"params": list(model.parameters())}]
-    groups = [{"params": filters},
-              {"params": norm_weights + other_biases, "weight_decay": 0.0 if no_decay else config.weight_decay},
-              {"params": norm_biases, "lr": config.lr * config.bn_bias_lr,
-               "weight_decay": 0.0 if no_decay else config.weight_decay}]
+    groups = [
+        {"params": filters},
+        {
+            "params": norm_weights + other_biases,
+            "weight_decay": 0.0 if no_decay else config.weight_decay,
+        },
+        {
+            "params": norm_biases,
+            "lr": config.lr * config.bn_bias_lr,
+            "weight_decay": 0.0 if no_decay else config.weight_decay,
+        },
+    ]
     return [g for g in groups if g["params"]]
 
 
@@ -62,7 +70,9 @@ def whitening_filters(x: torch.Tensor, kernel: int, count: int, eps: float = 5e-
     variance, followed by their negatives (the ReLU after the stem would otherwise drop half of
     each direction); ``count`` filters in all, shaped like the convolution's weight."""
     channels = x.shape[1]
-    patches = F.unfold(x.float(), kernel).transpose(1, 2).reshape(-1, channels * kernel * kernel).double()
+    patches = (
+        F.unfold(x.float(), kernel).transpose(1, 2).reshape(-1, channels * kernel * kernel).double()
+    )
     patches = patches - patches.mean(0)
     covariance = patches.T @ patches / patches.shape[0]
     eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
@@ -87,16 +97,21 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     parameter of two or more dimensions: convolutions and the classifier) at ``muon_lr`` and SGD
     for the rest, as one optimizer whose first group is SGD's (the run's ``lr``)."""
     groups = param_groups(model, config)
-    sgd_options = {"lr": config.lr, "momentum": config.momentum, "nesterov": config.nesterov,
-                   "weight_decay": config.weight_decay}
+    sgd_options = {
+        "lr": config.lr,
+        "momentum": config.momentum,
+        "nesterov": config.nesterov,
+        "weight_decay": config.weight_decay,
+    }
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, **sgd_options)
     filters = [p for p in model.parameters() if p.ndim >= 2]
     is_filter = {id(p) for p in filters}
     rest = [{**g, "params": [p for p in g["params"] if id(p) not in is_filter]} for g in groups]
     rest = [g for g in rest if g["params"]]
-    muon = FilterMuon(filters, lr=config.muon_lr, momentum=config.muon_momentum,
-                      weight_decay=config.weight_decay)
+    muon = FilterMuon(
+        filters, lr=config.muon_lr, momentum=config.muon_momentum, weight_decay=config.weight_decay
+    )
     return Combined(torch.optim.SGD(rest, **sgd_options), muon)
 
 
@@ -158,7 +173,7 @@ def tta_views(x: torch.Tensor, translate: int, flip: bool) -> list[tuple[float, 
     t = translate
     padded = F.pad(x, (t, t, t, t), mode="reflect")
     h, w = x.shape[-2:]
-    shifted = [padded[..., : h, : w], padded[..., 2 * t:, 2 * t:]]
+    shifted = [padded[..., :h, :w], padded[..., 2 * t :, 2 * t :]]
     views = [(0.25, v) for v in base]
     views += [(0.125, v) for s in shifted for v in (s, s.flip(3))]
     return views

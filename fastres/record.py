@@ -30,13 +30,17 @@ def read_config(run: RunDir) -> TrainConfig:
     config = TrainConfig.from_dict(run.read_config())
     recorded = run.recorded_digest()
     if recorded is not None and recorded != config.recipe_digest():
-        raise EditedRun(f"{run.config} was edited after the run started (its recipe no longer matches "
-                        f"{run.recipe_digest}): it is not a record of what ran; restore it, or train the "
-                        f"recipe as a new run (fastres train --config {run.config} --run-dir NEW_DIR)")
+        raise EditedRun(
+            f"{run.config} was edited after the run started (its recipe no longer matches "
+            f"{run.recipe_digest}): it is not a record of what ran; restore it, or train the "
+            f"recipe as a new run (fastres train --config {run.config} --run-dir NEW_DIR)"
+        )
     return config
 
 
-def _trained_differences(config: TrainConfig, trained: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+def _trained_differences(
+    config: TrainConfig, trained: dict[str, Any]
+) -> dict[str, tuple[Any, Any]]:
     """Recipe fields (and the preset name) where config.json differs from ``trained``."""
     try:
         ran = TrainConfig.from_dict(trained)
@@ -48,8 +52,14 @@ def _trained_differences(config: TrainConfig, trained: dict[str, Any]) -> dict[s
     return diffs
 
 
-def check_checkpoint(run: RunDir, config: TrainConfig, checkpoint: Path, trained: dict[str, Any] | None,
-                     *, action: str) -> None:
+def check_checkpoint(
+    run: RunDir,
+    config: TrainConfig,
+    checkpoint: Path,
+    trained: dict[str, Any] | None,
+    *,
+    action: str,
+) -> None:
     """Refuse, naming each field, a config.json whose recipe is not the one ``checkpoint``
     trained (``trained``: the config stored in it; None when it has none to compare)."""
     if trained is None:
@@ -57,8 +67,17 @@ def check_checkpoint(run: RunDir, config: TrainConfig, checkpoint: Path, trained
     diffs = _trained_differences(config, trained)
     if not diffs:
         return
-    fields = "; ".join(f"{k} ({a!r} in {checkpoint.name}, {b!r} in config.json)" for k, (a, b) in diffs.items())
-    hint = (" (a finished run is not extended: train a longer run with fastres train --config "
-            f"{run.config} --epochs N --run-dir NEW_DIR)" if "epochs" in diffs else "")
-    raise EditedRun(f"cannot {action} {run.path}: its config.json differs from the recipe {checkpoint} trained: "
-                    f"{fields}; restore config.json{hint}")
+    fields = "; ".join(
+        f"{k} ({a!r} in {checkpoint.name}, {b!r} in config.json)" for k, (a, b) in diffs.items()
+    )
+    hint = (
+        " (a finished run is not extended: train a longer run with fastres train --config "
+        f"{run.config} --epochs N --run-dir NEW_DIR)"
+        if "epochs" in diffs
+        else ""
+    )
+    raise EditedRun(
+        f"cannot {action} {run.path}: its config.json differs from the recipe {checkpoint} "
+        "trained: "
+        f"{fields}; restore config.json{hint}"
+    )

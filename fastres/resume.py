@@ -25,22 +25,37 @@ def check_resume(config: TrainConfig, log: Callable[[str], None]) -> TrainConfig
     run = RunDir(config.run_dir).require_run()
     recorded = TrainConfig.from_dict(run.read_config())
     if run.last_checkpoint.exists():
-        record.check_checkpoint(run, recorded, run.last_checkpoint,
-                                checkpoint.recorded_config(run.last_checkpoint), action="resume")
+        record.check_checkpoint(
+            run,
+            recorded,
+            run.last_checkpoint,
+            checkpoint.recorded_config(run.last_checkpoint),
+            action="resume",
+        )
     record.read_config(run)  # the digest names an edit even before the first checkpoint
     diffs = recipe_differences(recorded, config)
     if diffs:
-        longer = (" (a run is not extended: train a longer one with fastres train "
-                  f"--config {run.config} --epochs N --run-dir NEW_DIR)" if "epochs" in diffs
-                  else "")
-        raise FastresError(f"cannot resume {run.path} with a different recipe: "
-                           f"{describe_differences(diffs, 'given')}; "
-                           f"drop those options or start a new --run-dir{longer}")
-    machine = {k: v for k, v in config.to_dict().items() if k in MACHINE_FIELDS and k != "run_dir"
-               and recorded.to_dict()[k] != v}
+        longer = (
+            " (a run is not extended: train a longer one with fastres train "
+            f"--config {run.config} --epochs N --run-dir NEW_DIR)"
+            if "epochs" in diffs
+            else ""
+        )
+        raise FastresError(
+            f"cannot resume {run.path} with a different recipe: "
+            f"{describe_differences(diffs, 'given')}; "
+            f"drop those options or start a new --run-dir{longer}"
+        )
+    machine = {
+        k: v
+        for k, v in config.to_dict().items()
+        if k in MACHINE_FIELDS and k != "run_dir" and recorded.to_dict()[k] != v
+    }
     if machine:
-        log("resuming with machine settings changed: " + ", ".join(
-            f"{k} {recorded.to_dict()[k]!r} -> {v!r}" for k, v in machine.items()))
+        log(
+            "resuming with machine settings changed: "
+            + ", ".join(f"{k} {recorded.to_dict()[k]!r} -> {v!r}" for k, v in machine.items())
+        )
     return recorded.replace(**machine, run_dir=config.run_dir)
 
 
@@ -48,10 +63,12 @@ def record_val_split(run: RunDir, data: DataSource) -> None:
     """Write which training images the run holds out (val_split.json), when it holds any out."""
     if data.val_indices is None:
         return
-    held_out = {"images": len(data.val_indices), "digest": split.digest(data.val_indices),
-                "rule": ("split.held_out: class-balanced, fixed permutation "
-                         f"(seed {split.SPLIT_SEED})"),
-                "indices": data.val_indices.tolist()}
+    held_out = {
+        "images": len(data.val_indices),
+        "digest": split.digest(data.val_indices),
+        "rule": (f"split.held_out: class-balanced, fixed permutation (seed {split.SPLIT_SEED})"),
+        "indices": data.val_indices.tolist(),
+    }
     with writing(run.path / VAL_SPLIT):
         atomic_write_text(run.path / VAL_SPLIT, json.dumps(held_out) + "\n")
 
@@ -64,10 +81,12 @@ def check_val_split(run: RunDir, data: DataSource) -> None:
     try:
         recorded = json.loads(path.read_text())["digest"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise FastresError(f"cannot read {path}: {exc}; "
-                           "it records the run's held-out images") from None
+        raise FastresError(
+            f"cannot read {path}: {exc}; it records the run's held-out images"
+        ) from None
     if recorded != split.digest(data.val_indices):
         raise FastresError(
             f"cannot resume {run.path}: its held-out images (val_split.json, digest {recorded}) "
             f"differ from those this data set gives ({split.digest(data.val_indices)}): resume it "
-            "with the training data it started with, or start a new --run-dir")
+            "with the training data it started with, or start a new --run-dir"
+        )

@@ -67,8 +67,9 @@ def run_summary(trained: TrainedRun, status: str) -> dict[str, Any]:
         "precision": rt.precision,
         "channels_last": rt.channels_last,
         "compile": rt.compile,
-        "cuda_graph_steps": (trained.graph_step.describe() if trained.graph_step is not None
-                             else None),
+        "cuda_graph_steps": (
+            trained.graph_step.describe() if trained.graph_step is not None else None
+        ),
         **(compile_stats() if rt.compile else no_compile),
         "loader": trained.data.loader,
         "data_hash": trained.data.data_hash,
@@ -87,20 +88,29 @@ def _val_split_summary(data: DataSource, rows: list[dict[str, Any]]) -> dict[str
     if data.val_indices is None:
         return {"best_on": "test"}
     accs = [r.get("val_split_acc") for r in rows]
-    return {"best_on": "val_split", "val_split": len(data.val_indices),
-            "val_split_digest": split.digest(data.val_indices),
-            "val_split_acc": accs[-1] if accs else None,
-            "best_val_split_acc": max((a for a in accs if a is not None), default=None)}
+    return {
+        "best_on": "val_split",
+        "val_split": len(data.val_indices),
+        "val_split_digest": split.digest(data.val_indices),
+        "val_split_acc": accs[-1] if accs else None,
+        "best_val_split_acc": max((a for a in accs if a is not None), default=None),
+    }
 
 
 def finished_line(summary: dict[str, Any], run: RunDir) -> str:
     """The console's last line about a completed run: its accuracy, best epoch and time."""
     if summary["best_on"] == "val_split":
-        best = (f"held-out acc {100 * summary['val_split_acc']:.2f}%, "
-                f"best {100 * summary['best_val_split_acc']:.2f}% "
-                f"at epoch {summary['best_epoch']}, which best.pt holds")
-        return (f"finished: test acc {100 * summary['final_val_acc']:.2f}% ({best}), "
-                f"{summary['train_time_s']:.0f}s; logs in {run.path}")
-    return (f"finished: final val acc {100 * summary['final_val_acc']:.2f}% "
-            f"(best {100 * summary['best_val_acc']:.2f}% at epoch {summary['best_epoch']}), "
-            f"{summary['train_time_s']:.0f}s; logs in {run.path}")
+        best = (
+            f"held-out acc {100 * summary['val_split_acc']:.2f}%, "
+            f"best {100 * summary['best_val_split_acc']:.2f}% "
+            f"at epoch {summary['best_epoch']}, which best.pt holds"
+        )
+        return (
+            f"finished: test acc {100 * summary['final_val_acc']:.2f}% ({best}), "
+            f"{summary['train_time_s']:.0f}s; logs in {run.path}"
+        )
+    return (
+        f"finished: final val acc {100 * summary['final_val_acc']:.2f}% "
+        f"(best {100 * summary['best_val_acc']:.2f}% at epoch {summary['best_epoch']}), "
+        f"{summary['train_time_s']:.0f}s; logs in {run.path}"
+    )

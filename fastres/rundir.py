@@ -58,24 +58,47 @@ LOCK = ".lock"
 HOLDER = ".lock-holder.json"
 
 RUNS_ROOT = "runs"  # where runs go unless --run-dir says otherwise
-STUDY_ROOT = "runs/ablations"  # fastres ablate's default --out: one run directory per (preset, seed)
+STUDY_ROOT = (
+    "runs/ablations"  # fastres ablate's default --out: one run directory per (preset, seed)
+)
 STUDY = "study.json"  # in a study's folder: its plan and every launch of it
 STUDY_LOCK = ".study.lock"
 STUDY_JOBS = "jobs"  # in a study's folder: submitit's job scripts, pickles and one log per task
 
 # Keys every metrics.jsonl row carries; TensorBoard gets the same scalars.
-METRIC_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "epoch_time_s")
+METRIC_KEYS = (
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "lr",
+    "images_per_s",
+    "epoch_time_s",
+)
 # metrics.jsonl keys that are wall times, so differ between two runs of one recipe (the rest of
 # a row is the same for the same seed). loop_time_s: seconds per part of the training loop
 # (load, augment, step, other), measured on a CPU only (None elsewhere: see loop_clock.LoopClock).
 # cpu_wait: how many of the process's threads waited for a CPU on average (contention.py).
-TIMING_KEYS = ("images_per_s", "epoch_time_s", "epoch_train_s", "loop_time_s", "checkpoint_time_s", "cpu_wait")
+TIMING_KEYS = (
+    "images_per_s",
+    "epoch_time_s",
+    "epoch_train_s",
+    "loop_time_s",
+    "checkpoint_time_s",
+    "cpu_wait",
+)
 # summary.json's "finished": when the run ended, local time with its UTC offset.
 FINISHED_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
 # metrics.jsonl key -> TensorBoard tag (grouped so train and val curves share a chart section).
 TB_TAGS = {
-    "train_loss": "loss/train", "val_loss": "loss/val", "train_acc": "acc/train", "val_acc": "acc/val",
-    "lr": "lr", "images_per_s": "perf/images_per_s", "epoch_time_s": "perf/epoch_time_s",
+    "train_loss": "loss/train",
+    "val_loss": "loss/val",
+    "train_acc": "acc/train",
+    "val_acc": "acc/val",
+    "lr": "lr",
+    "images_per_s": "perf/images_per_s",
+    "epoch_time_s": "perf/epoch_time_s",
 }
 
 
@@ -148,15 +171,22 @@ class RunDir:
             ensure_writable_dir(self.path, "run directory", "--run-dir")  # raises, naming the cause
             raise
         if not acquired:
-            raise RunDirBusy(f"{self.path} is being trained by another process ({self.describe_holder()}): "
-                             "wait for it to finish, or stop it and run the same command again")
+            raise RunDirBusy(
+                f"{self.path} is being trained by another process ({self.describe_holder()}): "
+                "wait for it to finish, or stop it and run the same command again"
+            )
         try:
-            holder = {"pid": os.getpid(), "host": socket.gethostname(),
-                      "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            holder = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
             atomic_write_text(self.holder_file, json.dumps(holder) + "\n")
             yield
         finally:
-            self.holder_file.unlink(missing_ok=True)  # before the lock goes: the next holder writes its own
+            self.holder_file.unlink(
+                missing_ok=True
+            )  # before the lock goes: the next holder writes its own
             if created and not self.holds_run():
                 shutil.rmtree(self.path, ignore_errors=True)
             lock.release()
@@ -185,8 +215,10 @@ class RunDir:
     def require_run(self, flag: str = "--resume") -> RunDir:
         """This run directory, or a one-line error naming ``flag`` when it holds no run."""
         if not self.holds_run():
-            raise FastresError(f"{flag} {self.path}: no fastres run there (no {CONFIG}); "
-                               f"start one with fastres train --run-dir {self.path}")
+            raise FastresError(
+                f"{flag} {self.path}: no fastres run there (no {CONFIG}); "
+                f"start one with fastres train --run-dir {self.path}"
+            )
         return self
 
     def create(self) -> None:
@@ -289,7 +321,11 @@ def record_study(out: str | Path, plan: dict[str, Any], launch: dict[str, Any]) 
         runs = {r["run_dir"]: r for r in [*old.get("runs", []), *plan["runs"]]}
         # The same launch recorded again (now with its job ids) replaces its first entry.
         key = (launch.get("host"), launch.get("pid"), launch.get("started"))
-        earlier = [e for e in old.get("launches", []) if (e.get("host"), e.get("pid"), e.get("started")) != key]
+        earlier = [
+            e
+            for e in old.get("launches", [])
+            if (e.get("host"), e.get("pid"), e.get("started")) != key
+        ]
         # Variants of earlier launches stay named: a later study may add variants to the folder.
         variants = {**old.get("variants", {}), **plan.get("variants", {})}
         doc = {**plan, "runs": list(runs.values()), "launches": [*earlier, launch]}
@@ -301,8 +337,10 @@ def record_study(out: str | Path, plan: dict[str, Any], launch: dict[str, Any]) 
 def read_study(out: str | Path) -> dict[str, Any]:
     path = Path(out) / STUDY
     if not path.exists():
-        raise FastresError(f"{out} holds no fastres study (no {STUDY}): studies record themselves when "
-                           f"fastres ablate runs with --out {out}")
+        raise FastresError(
+            f"{out} holds no fastres study (no {STUDY}): studies record themselves when "
+            f"fastres ablate runs with --out {out}"
+        )
     return _read_json(path, "study")
 
 
@@ -313,8 +351,15 @@ def reused_runs(out: str | Path) -> list[tuple[str, int, Path]]:
     if not path.exists():
         return []
     study = _read_json(path, "study")
-    return [(r.get("setting", r["preset"]), int(r["seed"]), Path(os.path.normpath(Path(out) / r["run_dir"])))
-            for r in study.get("runs", []) if r.get("reused")]
+    return [
+        (
+            r.get("setting", r["preset"]),
+            int(r["seed"]),
+            Path(os.path.normpath(Path(out) / r["run_dir"])),
+        )
+        for r in study.get("runs", [])
+        if r.get("reused")
+    ]
 
 
 def find_runs(root: str | Path) -> list[RunDir]:

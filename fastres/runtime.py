@@ -46,8 +46,11 @@ class Runtime:
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def describe(self) -> str:
-        return (f"{self.device_name} ({self.device.type}), precision {self.precision}, "
-                f"channels_last {'on' if self.channels_last else 'off'}, compile {'on' if self.compile else 'off'}")
+        return (
+            f"{self.device_name} ({self.device.type}), precision {self.precision}, "
+            f"channels_last {'on' if self.channels_last else 'off'}, compile "
+            f"{'on' if self.compile else 'off'}"
+        )
 
 
 def cpu_supports_bf16() -> bool:
@@ -72,7 +75,9 @@ def cpu_name() -> str:
 def resolve_device(requested: str, local_rank: int | None = None) -> torch.device:
     """CUDA when present (the process's own GPU under torchrun), else CPU."""
     if requested == "cuda" and not torch.cuda.is_available():
-        raise FastresError("--device cuda was asked for but no CUDA GPU is visible: use --device auto or cpu")
+        raise FastresError(
+            "--device cuda was asked for but no CUDA GPU is visible: use --device auto or cpu"
+        )
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     return torch.device("cuda", torch.cuda.current_device() if local_rank is None else local_rank)
@@ -89,7 +94,9 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     if requested == "auto":
         return "bf16" if cpu_supports_bf16() else "fp32"
     if requested == "fp16":
-        raise FastresError("fp16 training is not supported on the CPU: use --precision bf16, fp32 or auto")
+        raise FastresError(
+            "fp16 training is not supported on the CPU: use --precision bf16, fp32 or auto"
+        )
     return requested
 
 
@@ -99,7 +106,9 @@ def resolve_runtime(config: TrainConfig, local_rank: int | None = None) -> Runti
     # compile pays on CUDA; on the CPU it costs a long cold compile and gains nothing for bf16
     # (BENCHMARKS.md, "torch.compile for `quick`, with a warm inductor cache").
     compile_ = config.compile == "on" or (config.compile == "auto" and device.type == "cuda")
-    return Runtime(device, name, resolve_precision(config.precision, device), compile_, config.channels_last)
+    return Runtime(
+        device, name, resolve_precision(config.precision, device), compile_, config.channels_last
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -129,9 +138,14 @@ def _chain(exc: BaseException | None) -> Iterator[BaseException]:
 
 def is_out_of_memory(exc: BaseException | None) -> bool:
     """CUDA's OutOfMemoryError or the CPU allocator refusing, also when wrapped."""
-    return any(isinstance(e, torch.cuda.OutOfMemoryError)
-               or (isinstance(e, RuntimeError) and ("out of memory" in str(e) or "can't allocate memory" in str(e)))
-               for e in _chain(exc))
+    return any(
+        isinstance(e, torch.cuda.OutOfMemoryError)
+        or (
+            isinstance(e, RuntimeError)
+            and ("out of memory" in str(e) or "can't allocate memory" in str(e))
+        )
+        for e in _chain(exc)
+    )
 
 
 # What CUDA's runtime and libraries say when a kernel or the device itself failed (not out of
@@ -145,8 +159,9 @@ def device_fault(exc: BaseException | None) -> str | None:
     accelerator_error = getattr(torch, "AcceleratorError", ())  # torch >= 2.8
     for e in _chain(exc):
         text = str(e).strip()
-        if isinstance(e, accelerator_error) or (isinstance(e, RuntimeError)
-                                                and any(m in text for m in _DEVICE_FAULT_MARKS)):
+        if isinstance(e, accelerator_error) or (
+            isinstance(e, RuntimeError) and any(m in text for m in _DEVICE_FAULT_MARKS)
+        ):
             return text.splitlines()[0][:300] if text else type(e).__name__
     return None
 
@@ -160,8 +175,11 @@ def compile_stats() -> dict[str, Any]:
     from torch._dynamo.utils import calculate_time_spent, counters
 
     limit_hit = any("recompile limit" in str(reason) for reason in counters["unimplemented"])
-    return {"compile_time_s": round(calculate_time_spent().get("total_wall_time", 0.0), 3),
-            "compiles": int(counters["frames"]["ok"]), "recompile_limit_hit": limit_hit}
+    return {
+        "compile_time_s": round(calculate_time_spent().get("total_wall_time", 0.0), 3),
+        "compiles": int(counters["frames"]["ok"]),
+        "recompile_limit_hit": limit_hit,
+    }
 
 
 # A run's input sizes are few and known (progressive resizing: at most 7, plus evaluation), so
@@ -171,10 +189,16 @@ def compile_stats() -> dict[str, Any]:
 RECOMPILE_LIMIT = 16
 
 
-def compile_module(module: nn.Module, backend: str = "inductor", mode: str | None = None) -> nn.Module:
+def compile_module(
+    module: nn.Module, backend: str = "inductor", mode: str | None = None
+) -> nn.Module:
     """``torch.compile`` with one static graph per input shape (see RECOMPILE_LIMIT). ``mode``
     is inductor's (e.g. "reduce-overhead": CUDA graphs); other backends ignore it."""
     import torch._dynamo
 
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-    return torch.compile(module, dynamic=False, backend=backend, mode=mode if backend == "inductor" else None)
+    torch._dynamo.config.recompile_limit = max(
+        torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT
+    )
+    return torch.compile(
+        module, dynamic=False, backend=backend, mode=mode if backend == "inductor" else None
+    )

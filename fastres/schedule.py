@@ -16,8 +16,14 @@ def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     if config.lr_schedule in ("cosine", "linear"):
         total = config.epochs * steps_per_epoch - warmup_steps
         progress = min(1.0, (step - warmup_steps) / max(1, total))
-        return 0.5 * (1 + math.cos(math.pi * progress)) if config.lr_schedule == "cosine" else 1.0 - progress
+        return (
+            0.5 * (1 + math.cos(math.pi * progress))
+            if config.lr_schedule == "cosine"
+            else 1.0 - progress
+        )
     if config.lr_schedule == "multistep":
         # Compare in steps so a milestone lands exactly on an epoch boundary.
-        return config.lr_gamma ** sum(step >= round(m * steps_per_epoch) for m in config.milestone_epochs())
+        return config.lr_gamma ** sum(
+            step >= round(m * steps_per_epoch) for m in config.milestone_epochs()
+        )
     return 1.0

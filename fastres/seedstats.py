@@ -20,8 +20,10 @@ POWER = 0.80
 MAX_SEEDS = 1000  # beyond this, "seeds to separate" says "more than MAX_SEEDS"
 TEST_IMAGES = 10_000  # CIFAR-10's test set
 
-RULE = (f"{100 * CONFIDENCE:.0f}% interval from Student's t (paired: n-1 degrees of freedom; "
-        "unpaired: Welch-Satterthwaite); marked when it excludes 0")
+RULE = (
+    f"{100 * CONFIDENCE:.0f}% interval from Student's t (paired: n-1 degrees of freedom; "
+    "unpaired: Welch-Satterthwaite); marked when it excludes 0"
+)
 
 
 def t_quantile(df: float, confidence: float = CONFIDENCE) -> float:
@@ -31,9 +33,17 @@ def t_quantile(df: float, confidence: float = CONFIDENCE) -> float:
 
 def _interval(mean: float, stderr: float, df: float, confidence: float) -> dict[str, Any]:
     half = t_quantile(df, confidence) * stderr
-    return {"mean": mean, "stderr": stderr, "df": df, "t": t_quantile(df, confidence), "half_width": half,
-            "low": mean - half, "high": mean + half, "confidence": confidence,
-            "significant": bool(mean - half > 0 or mean + half < 0)}
+    return {
+        "mean": mean,
+        "stderr": stderr,
+        "df": df,
+        "t": t_quantile(df, confidence),
+        "half_width": half,
+        "low": mean - half,
+        "high": mean + half,
+        "confidence": confidence,
+        "significant": bool(mean - half > 0 or mean + half < 0),
+    }
 
 
 def paired_difference(diffs: Sequence[float], confidence: float = CONFIDENCE) -> dict[str, Any]:
@@ -43,30 +53,41 @@ def paired_difference(diffs: Sequence[float], confidence: float = CONFIDENCE) ->
         raise ValueError(f"a paired interval needs at least 2 differences, got {len(diffs)}")
     mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
     result = _interval(mean, sd / math.sqrt(len(diffs)), len(diffs) - 1, confidence)
-    return result | {"n": len(diffs), "sd": sd,
-                     "seeds_to_separate": seeds_to_separate(mean, sd, paired=True, alpha=1 - confidence)}
+    return result | {
+        "n": len(diffs),
+        "sd": sd,
+        "seeds_to_separate": seeds_to_separate(mean, sd, paired=True, alpha=1 - confidence),
+    }
 
 
-def welch_difference(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> dict[str, Any]:
+def welch_difference(
+    a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE
+) -> dict[str, Any]:
     """mean(a) - mean(b) of unpaired samples with its t interval, the degrees of freedom from
     Welch-Satterthwaite; needs at least 2 values in each."""
     if len(a) < 2 or len(b) < 2:
-        raise ValueError(f"an unpaired interval needs at least 2 values on each side, got {len(a)} and {len(b)}")
+        raise ValueError(
+            f"an unpaired interval needs at least 2 values on each side, got {len(a)} and {len(b)}"
+        )
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
     se2 = va + vb
     if se2 == 0:
         df: float = len(a) + len(b) - 2
     else:
-        df = se2 ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+        df = se2**2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     mean = statistics.fmean(a) - statistics.fmean(b)
     # The spread one seed of either shows, for the seeds an equal-sized pair of samples needs.
     sd = math.sqrt((statistics.variance(a) + statistics.variance(b)) / 2)
     return _interval(mean, math.sqrt(se2), df, confidence) | {
-        "n": min(len(a), len(b)), "sd": sd,
-        "seeds_to_separate": seeds_to_separate(mean, sd, paired=False, alpha=1 - confidence)}
+        "n": min(len(a), len(b)),
+        "sd": sd,
+        "seeds_to_separate": seeds_to_separate(mean, sd, paired=False, alpha=1 - confidence),
+    }
 
 
-def power(effect: float, sd: float, n: int, *, paired: bool = True, alpha: float = 1 - CONFIDENCE) -> float:
+def power(
+    effect: float, sd: float, n: int, *, paired: bool = True, alpha: float = 1 - CONFIDENCE
+) -> float:
     """The chance that a two-sided t-test at ``alpha`` over ``n`` seeds (per side, unpaired)
     finds a true difference ``effect`` when one seed's spread is ``sd`` (noncentral t)."""
     df = n - 1 if paired else 2 * n - 2
@@ -81,8 +102,14 @@ def power(effect: float, sd: float, n: int, *, paired: bool = True, alpha: float
     return float(sps.nct.sf(crit, df, nc)) + (wrong_sign if math.isfinite(wrong_sign) else 0.0)
 
 
-def seeds_to_separate(effect: float, sd: float, *, paired: bool = True, alpha: float = 1 - CONFIDENCE,
-                      target: float = POWER) -> int | None:
+def seeds_to_separate(
+    effect: float,
+    sd: float,
+    *,
+    paired: bool = True,
+    alpha: float = 1 - CONFIDENCE,
+    target: float = POWER,
+) -> int | None:
     """The fewest seeds (pairs, or runs per setting when unpaired) whose t-test finds
     ``effect`` with probability ``target`` at the spread ``sd``; None for no effect or more
     than MAX_SEEDS."""

@@ -26,7 +26,7 @@ def held_out(labels: np.ndarray, n: int) -> np.ndarray:
     rank = np.empty(len(labels))  # position of each image in its class's permutation order
     start = 0
     for count in counts:
-        rank[by_class[start:start + count]] = np.arange(count)
+        rank[by_class[start : start + count]] = np.arange(count)
         start += count
     share = (rank + 0.5) / counts[np.searchsorted(classes, labels)]
     # Images with the smallest share of their class first; ties go by the permutation.

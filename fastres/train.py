@@ -53,8 +53,18 @@ from .schedule import lr_factor
 from .step import GraphStep, graph_obstacle, train_step
 
 # Callers import these from here: the loop's errors, its step, and evaluation.
-__all__ = ["Interrupted", "Trainer", "TrainingDiverged", "TrainingFailed", "evaluate",
-           "evaluate_run", "loop_account", "parameter_hash", "train", "train_step"]
+__all__ = [
+    "Interrupted",
+    "Trainer",
+    "TrainingDiverged",
+    "TrainingFailed",
+    "evaluate",
+    "evaluate_run",
+    "loop_account",
+    "parameter_hash",
+    "train",
+    "train_step",
+]
 
 LOG_EVERY = 50  # steps between host reads of the running loss (progress, divergence check)
 
@@ -62,8 +72,15 @@ LOG_EVERY = 50  # steps between host reads of the running loss (progress, diverg
 class Trainer:
     """One run: model, optimizer, data and run directory, built from a config."""
 
-    def __init__(self, config: TrainConfig, runtime: Runtime, data: DataSource, run: RunDir,
-                 log: Callable[[str], None], dist: distributed.Dist = distributed.SINGLE) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        runtime: Runtime,
+        data: DataSource,
+        run: RunDir,
+        log: Callable[[str], None],
+        dist: distributed.Dist = distributed.SINGLE,
+    ) -> None:
         self.config, self.runtime, self.data, self.run = config, runtime, data, run
         self.log, self.dist = log, dist
         device = runtime.device
@@ -77,8 +94,9 @@ class Trainer:
         # prefixes, so checkpoints load in any setting (one process or many, compiled or not).
         compiled = compile_module(self.model) if runtime.compile else self.model
         if dist.enabled:
-            ddp = DistributedDataParallel(self.model, device_ids=[device.index]
-                                          if device.type == "cuda" else None)
+            ddp = DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None
+            )
             self.forward = compile_module(ddp) if runtime.compile else ddp
         else:
             self.forward = compiled
@@ -92,14 +110,21 @@ class Trainer:
         self.optimizer = recipe.build_optimizer(self.model, config)
         self.steps_per_epoch = len(data.train)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(config, step, self.steps_per_epoch))
+            self.optimizer, lambda step: lr_factor(config, step, self.steps_per_epoch)
+        )
         self.scaler = torch.amp.GradScaler(device.type, enabled=runtime.grad_scaler)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         input_dtype = runtime.amp_dtype
-        self.augment = BatchAugment(device, input_dtype, channels_last=runtime.channels_last,
-                                    augment=config.augment, padding=config.crop_padding,
-                                    seed=config.seed, alternate_flip=config.alternate_flip,
-                                    dataset_size=data.train.dataset_size)
+        self.augment = BatchAugment(
+            device,
+            input_dtype,
+            channels_last=runtime.channels_last,
+            augment=config.augment,
+            padding=config.crop_padding,
+            seed=config.seed,
+            alternate_flip=config.alternate_flip,
+            dataset_size=data.train.dataset_size,
+        )
         # --cuda-graph on: the step a CUDA graph holds (on the CPU the same step, uncaptured).
         self.graph_step = self._graph_step() if config.cuda_graph == "on" else None
         self.writer = checkpoint.BackgroundWriter()
@@ -119,9 +144,13 @@ class Trainer:
 
     def state(self) -> dict[str, Any]:
         return {
-            "epoch": self.epoch, "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "best_val_acc": self.best_val_acc,
+            "best_epoch": self.best_epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "rng": checkpoint.capture_rng(),
             "config": self.config.to_dict(),
             "train_time_s": self.train_time_s(),
@@ -151,8 +180,9 @@ class Trainer:
         after its epoch's metrics are, so a run resumed from it never misses a row."""
         if self._checkpoint is not None:
             snapshot, improved = self._checkpoint
-            self.writer.write(snapshot, self.run.last_checkpoint,
-                              self.run.best_checkpoint if improved else None)
+            self.writer.write(
+                snapshot, self.run.last_checkpoint, self.run.best_checkpoint if improved else None
+            )
             # Only now: a Ctrl-C or SIGTERM landing inside write() leaves the snapshot for
             # _finish to write (a CI run SIGTERMed right after its first epoch kept no last.pt:
             # this window).
@@ -166,9 +196,17 @@ class Trainer:
             self.log(f"--cuda-graph on: stepping eagerly instead ({obstacle})")
             return None
         # It captures lazily, at its first full-batch steps: after a resume has loaded its state.
-        return GraphStep(self.forward, self.model, self.criterion, self.optimizer, self.runtime,
-                         batch_size=self.config.batch_size, ema=self.ema,
-                         ema_decay=self.config.ema, log=self.log)
+        return GraphStep(
+            self.forward,
+            self.model,
+            self.criterion,
+            self.optimizer,
+            self.runtime,
+            batch_size=self.config.batch_size,
+            ema=self.ema,
+            ema_decay=self.config.ema,
+            log=self.log,
+        )
 
     def train_epoch(self, progress) -> dict[str, float]:
         self.model.train()
@@ -183,22 +221,32 @@ class Trainer:
         self.augment.set_epoch(self.config.seed, self.epoch, self.dist.rank)
         size = self.config.resolution(self.epoch)
         # Alternating flips need each image's data-set index: the epoch's order, batch by batch.
-        order = (self.data.train.epoch_order(self.epoch).to(device)
-                 if self.config.alternate_flip else None)
+        order = (
+            self.data.train.epoch_order(self.epoch).to(device)
+            if self.config.alternate_flip
+            else None
+        )
         t0 = time.perf_counter()
         clock = LoopClock(enabled=device.type == "cpu")
         for i, (images, labels) in enumerate(self.data.train):
             clock.lap("load")
             if self.epoch == 0 and i == 0 and self.config.whiten_stem:
                 self._whiten_stem(images)
-            indices = order[seen:seen + labels.shape[0]] if order is not None else None
+            indices = order[seen : seen + labels.shape[0]] if order is not None else None
             x = self.augment.train(images, size, indices)
             clock.lap("augment")
             if self.graph_step is not None:  # its step updates the weight average too
                 loss, out = self.graph_step(x, labels)
             else:
-                loss, out = train_step(self.forward, self.criterion, self.optimizer, self.scaler,
-                                       self.runtime, x, labels)
+                loss, out = train_step(
+                    self.forward,
+                    self.criterion,
+                    self.optimizer,
+                    self.scaler,
+                    self.runtime,
+                    x,
+                    labels,
+                )
             clock.lap("step")
             self.scheduler.step()
             if self.ema is not None and self.graph_step is None:
@@ -218,13 +266,21 @@ class Trainer:
         self._check_finite(bad_step)
         # Sum over processes: the epoch's numbers describe every image trained on.
         totals = distributed.all_reduce_sum(
-            torch.stack([loss_sum, correct.to(loss_sum.dtype),
-                         torch.tensor(float(seen), device=device)]), self.dist)
+            torch.stack(
+                [loss_sum, correct.to(loss_sum.dtype), torch.tensor(float(seen), device=device)]
+            ),
+            self.dist,
+        )
         loss_total, correct_total, seen_total = totals.tolist()  # also waits for the device
         elapsed = time.perf_counter() - t0
-        return {"train_loss": loss_total / seen_total, "train_acc": correct_total / seen_total,
-                "images_per_s": seen_total / elapsed, "train_time_s": elapsed, "train_res": size,
-                "loop_time_s": clock.totals()}
+        return {
+            "train_loss": loss_total / seen_total,
+            "train_acc": correct_total / seen_total,
+            "images_per_s": seen_total / elapsed,
+            "train_time_s": elapsed,
+            "train_res": size,
+            "loop_time_s": clock.totals(),
+        }
 
     def _whiten_stem(self, images: torch.Tensor) -> None:
         """Patch-whitening of the stem from rank 0's first (unaugmented) batch, before the
@@ -242,10 +298,18 @@ class Trainer:
             raise diverged(self.config, self.run, self.epoch, step, self.steps_per_epoch)
 
     @torch.no_grad()
-    def evaluate(self, tta: bool = False, translate: int = 0,
-                 batches: Any = None) -> dict[str, float]:
-        return evaluate(self.eval_forward, self.data, self.augment, self.runtime, tta=tta,
-                        translate=translate, batches=batches)
+    def evaluate(
+        self, tta: bool = False, translate: int = 0, batches: Any = None
+    ) -> dict[str, float]:
+        return evaluate(
+            self.eval_forward,
+            self.data,
+            self.augment,
+            self.runtime,
+            tta=tta,
+            translate=translate,
+            batches=batches,
+        )
 
     def evaluate_epoch(self, last: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """This epoch's (test, held-out split) results. With --val-split the held-out images
@@ -275,17 +339,26 @@ class Trainer:
         val, held = self.evaluate_epoch(self.epoch + 1 == cfg.epochs)
         self.epoch += 1
         row = {
-            "epoch": self.epoch, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
-            "val_loss": val["loss"], "val_acc": val["acc"], "val_images": val["images"],
+            "epoch": self.epoch,
+            "train_loss": stats["train_loss"],
+            "train_acc": stats["train_acc"],
+            "val_loss": val["loss"],
+            "val_acc": val["acc"],
+            "val_images": val["images"],
             "lr": self.optimizer.param_groups[0]["lr"],
             "images_per_s": stats["images_per_s"],
             "epoch_time_s": time.perf_counter() - epoch_start,
-            "train_res": stats["train_res"], "epoch_train_s": stats["train_time_s"],
-            "loop_time_s": stats["loop_time_s"], "cpu_wait": cpu_wait.lap(),
+            "train_res": stats["train_res"],
+            "epoch_train_s": stats["train_time_s"],
+            "loop_time_s": stats["loop_time_s"],
+            "cpu_wait": cpu_wait.lap(),
         }
         if held is not None:
-            row |= {"val_split_loss": held["loss"], "val_split_acc": held["acc"],
-                    "val_split_images": held["images"]}
+            row |= {
+                "val_split_loss": held["loss"],
+                "val_split_acc": held["acc"],
+                "val_split_images": held["images"],
+            }
         # The best epoch (best.pt) is chosen on the held-out split when there is one; the
         # checkpoint's best_val_acc is then that split's accuracy.
         score = row["val_split_acc"] if held is not None else row["val_acc"]
@@ -306,8 +379,9 @@ class Trainer:
     def fit(self, started: float, show_progress: bool) -> dict[str, Any]:
         """Train the remaining epochs; the summary, also written when training stops early."""
         self.started = started
-        epoch_log = EpochLog(self.run, self.epoch, self.config.epochs, self.log,
-                             write=self.dist.is_main)
+        epoch_log = EpochLog(
+            self.run, self.epoch, self.config.epochs, self.log, write=self.dist.is_main
+        )
         status = "failed"
         try:
             while self.epoch < self.config.epochs:
@@ -330,8 +404,11 @@ class Trainer:
         """Close the logs, let the last checkpoint reach the disk, write the summary. When the
         run is already stopping on an error, a failure here becomes a note on that error
         (``self.notes``) instead of hiding it."""
-        if (self._checkpoint is not None and self.dist.is_main
-                and len(self.run.read_metrics()) >= self.epoch):
+        if (
+            self._checkpoint is not None
+            and self.dist.is_main
+            and len(self.run.read_metrics()) >= self.epoch
+        ):
             self.write_checkpoint()  # stopped between logging the epoch and queueing its checkpoint
         for close in (epoch_log.close, self.writer.close):
             try:
@@ -348,8 +425,13 @@ class Trainer:
                 self.notes.append(str(exc))
 
 
-def train(config: TrainConfig, *, log: Callable[[str], None] = print, progress: bool | None = None,
-          resume: bool = False) -> dict[str, Any]:
+def train(
+    config: TrainConfig,
+    *,
+    log: Callable[[str], None] = print,
+    progress: bool | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
     """Train one run and return its summary (also written to ``<run_dir>/summary.json``).
 
     With ``resume=True``, ``config.run_dir`` must hold an earlier run of the same recipe;
@@ -374,9 +456,11 @@ def train(config: TrainConfig, *, log: Callable[[str], None] = print, progress: 
     set_deterministic(config.deterministic)
     runtime = resolve_runtime(config, local_rank=d.local_rank if d.enabled else None)
     if config.optimizer == "muon" and runtime.grad_scaler:
-        raise ConfigError("--optimizer muon does not work with fp16 autocast (its gradient scaler "
-                          "does not see Muon's flattened filters): pass --precision bf16 or "
-                          "--precision fp32")
+        raise ConfigError(
+            "--optimizer muon does not work with fp16 autocast (its gradient scaler "
+            "does not see Muon's flattened filters): pass --precision bf16 or "
+            "--precision fp32"
+        )
     distributed.init(d, runtime.device.type)
     try:
         config = config.replace(run_dir=distributed.broadcast(config.run_dir, d))
@@ -414,8 +498,15 @@ def _silent(message: str) -> None:
     pass
 
 
-def _train(config: TrainConfig, runtime: Runtime, d: distributed.Dist, started: float,
-           log: Callable[[str], None], progress: bool | None, resume: bool) -> dict[str, Any]:
+def _train(
+    config: TrainConfig,
+    runtime: Runtime,
+    d: distributed.Dist,
+    started: float,
+    log: Callable[[str], None],
+    progress: bool | None,
+    resume: bool,
+) -> dict[str, Any]:
     run = RunDir(config.run_dir)
     if not resume and run.holds_run():
         run.create()  # raises: refuses to overwrite
@@ -425,18 +516,24 @@ def _train(config: TrainConfig, runtime: Runtime, d: distributed.Dist, started: 
         check_val_split(run, data)
     trainer = Trainer(config, runtime, data, run, log, d)
     _start_or_resume(trainer, resume)
-    scale = (f"; {d.world_size} processes, {config.batch_size // d.world_size} images each per "
-             "step" if d.enabled else "")
-    log(f"run {run.path}: {config.model} (width {config.width}, "
+    scale = (
+        f"; {d.world_size} processes, {config.batch_size // d.world_size} images each per step"
+        if d.enabled
+        else ""
+    )
+    log(
+        f"run {run.path}: {config.model} (width {config.width}, "
         f"{trainer.params / 1e6:.2f}M params), {config.epochs} epochs, "
         f"batch {config.batch_size}, lr {config.lr:g} {config.lr_schedule}; "
-        f"{runtime.describe()}; data: {data.description}{scale}")
+        f"{runtime.describe()}; data: {data.description}{scale}"
+    )
     show = sys.stderr.isatty() if progress is None else progress
     try:
         summary = trainer.fit(started, show)
     except BaseException as exc:
-        error = explain(exc, config=config, runtime=runtime, run=run, epoch=trainer.epoch,
-                        notes=trainer.notes)
+        error = explain(
+            exc, config=config, runtime=runtime, run=run, epoch=trainer.epoch, notes=trainer.notes
+        )
         if error is exc:
             raise
         raise error from None
@@ -475,12 +572,13 @@ def _start_or_resume(trainer: Trainer, resume: bool) -> None:
 
 def _report_parameters(trainer: Trainer, d: distributed.Dist) -> None:
     """Every rank reports its own parameters: they must agree (tests and users can check)."""
-    averaged = (f", averaged {parameter_hash(trainer.ema.module)}" if trainer.ema is not None
-                else "")
+    averaged = f", averaged {parameter_hash(trainer.ema.module)}" if trainer.ema is not None else ""
     # One write with its newline: unbuffered, print() writes the text and the newline apart,
     # and the ranks' lines could interleave on a shared stdout.
-    sys.stdout.write(f"rank {d.rank}/{d.world_size}: parameters sha256 "
-                     f"{parameter_hash(trainer.model)}{averaged}\n")
+    sys.stdout.write(
+        f"rank {d.rank}/{d.world_size}: parameters sha256 "
+        f"{parameter_hash(trainer.model)}{averaged}\n"
+    )
     sys.stdout.flush()
 
 

@@ -58,7 +58,10 @@ def real_source() -> Path:
     value = os.environ.get(cifar.ENV_VAR)
     path = Path(value) if value else None
     if path is None or not (path / cifar.TEST_BATCH).exists():
-        reason = f"real CIFAR-10 not found: set {cifar.ENV_VAR} to a cifar-10-batches-py folder (got {value!r})"
+        reason = (
+            f"real CIFAR-10 not found: set {cifar.ENV_VAR} to a cifar-10-batches-py folder "
+            f"(got {value!r})"
+        )
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)
@@ -73,12 +76,22 @@ def real_data(tmp_path_factory, real_source) -> Path:
     return data_dir
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600,
-            ) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str,
+    cwd: Path | None = None,
+    env: dict | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess:
     """Run ``python -m fastres ARGS`` as a user would, capturing its output."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "fastres", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "fastres", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def run_main(capsys, *args: str) -> subprocess.CompletedProcess:

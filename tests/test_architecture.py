@@ -1,5 +1,6 @@
-"""The package's layers: the architecture page's table (docs/architecture.md) is the one the import contracts in
-setup.cfg check, and those contracts catch an upward import, even one inside a function."""
+"""The package's layers: the architecture page's table (docs/architecture.md) is the one the
+import contracts in setup.cfg check, and those contracts catch an upward import, even one inside a
+function."""
 
 from __future__ import annotations
 
@@ -39,12 +40,20 @@ def test_the_architecture_page_lists_the_checked_layers_and_every_module():
 
 
 def _lint(root: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(LINT_IMPORTS), "--no-cache"], cwd=root, capture_output=True, text=True,
-                          timeout=300, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+    )
 
 
 def test_import_contracts_hold_and_catch_an_upward_import_inside_a_function(tmp_path):
-    shutil.copytree(REPO / "fastres", tmp_path / "fastres", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO / "fastres", tmp_path / "fastres", ignore=shutil.ignore_patterns("__pycache__")
+    )
     shutil.copy(REPO / "setup.cfg", tmp_path / "setup.cfg")
     clean = _lint(tmp_path)
     assert clean.returncode == 0, clean.stdout + clean.stderr

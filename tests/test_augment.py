@@ -34,8 +34,15 @@ def test_every_output_is_a_crop_of_the_padded_image_possibly_mirrored():
     padded = torch.nn.functional.pad(x, (0, 0, 4, 4, 4, 4))
     offsets, flips = set(), 0
     for i in range(len(x)):
-        matches = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in (False, True)
-                   if torch.equal(out[i], (lambda w: w.flip(1) if f else w)(padded[i, dy:dy + 32, dx:dx + 32]))]
+        matches = [
+            (dy, dx, f)
+            for dy in range(9)
+            for dx in range(9)
+            for f in (False, True)
+            if torch.equal(
+                out[i], (lambda w: w.flip(1) if f else w)(padded[i, dy : dy + 32, dx : dx + 32])
+            )
+        ]
         assert matches, f"image {i} is not a crop of its padded input"
         offsets.add(matches[0][:2])
         flips += matches[0][2]
@@ -110,8 +117,12 @@ def test_flip_only_takes_the_same_images_and_random_draws_as_the_general_crop():
         torch.randint(0, 1, (n, 1), generator=generator)
         if mirror is None:
             mirror = torch.rand((n, 1), generator=generator) < 0.5
-        cols = torch.where(mirror.reshape(n, 1), w - 1 - torch.arange(w).expand(n, w), torch.arange(w).expand(n, w))
-        return images[torch.arange(n)[:, None, None], torch.arange(h)[None, :, None], cols[:, None, :]]
+        cols = torch.where(
+            mirror.reshape(n, 1), w - 1 - torch.arange(w).expand(n, w), torch.arange(w).expand(n, w)
+        )
+        return images[
+            torch.arange(n)[:, None, None], torch.arange(h)[None, :, None], cols[:, None, :]
+        ]
 
     ours, theirs = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     for _ in range(3):

@@ -12,13 +12,17 @@ from .conftest import REPO, run_cli, run_main
 OLD_RUN = REPO / "tests" / "data" / "run-ae4ee19"
 
 
-def test_a_run_written_before_the_layered_package_resumes_and_evaluates(tmp_path, synthetic_data, capsys):
+def test_a_run_written_before_the_layered_package_resumes_and_evaluates(
+    tmp_path, synthetic_data, capsys
+):
     run = tmp_path / "old run"
     shutil.copytree(OLD_RUN, run)
     before = RunDir(run).read_metrics()
     assert [r["epoch"] for r in before] == [1] and RunDir(run).state() == "interrupted"
 
-    res = run_cli("train", "--resume", str(run), "--data-dir", str(synthetic_data), "--num-workers", "1")
+    res = run_cli(
+        "train", "--resume", str(run), "--data-dir", str(synthetic_data), "--num-workers", "1"
+    )
     assert res.returncode == 0, res.stderr
     assert "resuming " in res.stdout and "after epoch 1/3" in res.stdout
     # Its checkpoints predate checksums: they load unverified, and the run says so once.

@@ -15,14 +15,34 @@ from fastres.runtime import seed_everything
 
 from .conftest import REPO, run_cli
 
-TINY = ["--width", "8", "--batch-size", "100", "--lr", "0.05", "--lr-schedule", "cosine", "--no-progress"]
+TINY = [
+    "--width",
+    "8",
+    "--batch-size",
+    "100",
+    "--lr",
+    "0.05",
+    "--lr-schedule",
+    "cosine",
+    "--no-progress",
+]
 
 
 def torchrun(*args, nproc=2, script=("-m", "fastres"), timeout=300, **popen):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--standalone", *script, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--standalone",
+        *script,
+        *args,
+    ]
     if popen:
-        return subprocess.Popen(cmd, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
+        return subprocess.Popen(
+            cmd, cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen
+        )
     return subprocess.run(cmd, cwd=REPO, text=True, capture_output=True, timeout=timeout)
 
 
@@ -32,8 +52,18 @@ def rank_hashes(output):
 
 def test_two_process_run_agrees_logs_once_and_counts_each_test_image_once(synthetic_data, tmp_path):
     run_dir = tmp_path / "ddp"
-    res = torchrun("train", *TINY, "--epochs", "2", "--ema", "0.9", "--data-dir", str(synthetic_data),
-                   "--run-dir", str(run_dir))
+    res = torchrun(
+        "train",
+        *TINY,
+        "--epochs",
+        "2",
+        "--ema",
+        "0.9",
+        "--data-dir",
+        str(synthetic_data),
+        "--run-dir",
+        str(run_dir),
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     out = res.stdout + res.stderr
     hashes = rank_hashes(out)
@@ -47,13 +77,32 @@ def test_two_process_run_agrees_logs_once_and_counts_each_test_image_once(synthe
     assert len(list(run.tensorboard.glob("events.out.tfevents.*"))) == 1
     summary = run.read_summary()
     assert summary["world_size"] == 2 and summary["status"] == "completed"
-    assert not any(k.startswith(("module.", "_orig_mod.")) for k in load_checkpoint(run.last_checkpoint)["model"])
+    assert not any(
+        k.startswith(("module.", "_orig_mod."))
+        for k in load_checkpoint(run.last_checkpoint)["model"]
+    )
 
 
 def test_two_processes_at_batch_b_equal_one_process_at_batch_b(synthetic_data, tmp_path):
-    recipe = ["--width", "8", "--batch-size", "100", "--epochs", "1", "--lr", "0.05", "--norm", "none",
-              "--precision", "fp32", "--no-shuffle", "--no-augment", "--no-progress",
-              "--data-dir", str(synthetic_data)]
+    recipe = [
+        "--width",
+        "8",
+        "--batch-size",
+        "100",
+        "--epochs",
+        "1",
+        "--lr",
+        "0.05",
+        "--norm",
+        "none",
+        "--precision",
+        "fp32",
+        "--no-shuffle",
+        "--no-augment",
+        "--no-progress",
+        "--data-dir",
+        str(synthetic_data),
+    ]
     single = run_cli("train", *recipe, "--run-dir", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr
     double = torchrun("train", *recipe, "--run-dir", str(tmp_path / "two"))
@@ -64,12 +113,23 @@ def test_two_processes_at_batch_b_equal_one_process_at_batch_b(synthetic_data, t
         torch.testing.assert_close(one[key], two[key], rtol=1e-4, atol=1e-5)
     seed_everything(42)
     init = build_model("resnet18", norm="none", width=8).state_dict()
-    assert max(float((one[k] - init[k]).abs().max()) for k in one) > 1e-3, "training must have moved the weights"
+    assert max(float((one[k] - init[k]).abs().max()) for k in one) > 1e-3, (
+        "training must have moved the weights"
+    )
 
 
 def test_resume_across_world_sizes(synthetic_data, tmp_path):
     run_dir = tmp_path / "run"
-    args = ["train", *TINY, "--epochs", "3", "--data-dir", str(synthetic_data), "--run-dir", str(run_dir)]
+    args = [
+        "train",
+        *TINY,
+        "--epochs",
+        "3",
+        "--data-dir",
+        str(synthetic_data),
+        "--run-dir",
+        str(run_dir),
+    ]
 
     def wait_for_epochs(proc, n):
         deadline = time.monotonic() + 180
@@ -79,8 +139,13 @@ def test_resume_across_world_sizes(synthetic_data, tmp_path):
             time.sleep(0.05)
 
     # One process, interrupted after epoch 1 ...
-    proc = subprocess.Popen([sys.executable, "-m", "fastres", *args], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastres", *args],
+        cwd=REPO,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     wait_for_epochs(proc, 1)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
@@ -117,19 +182,39 @@ def test_a_failing_rank_stops_the_whole_job(synthetic_data, tmp_path):
     script = tmp_path / "crash_rank1.py"
     script.write_text(CRASH)
     t0 = time.monotonic()
-    res = torchrun("train", *TINY, "--epochs", "3", "--data-dir", str(synthetic_data),
-                   "--run-dir", str(tmp_path / "run"), script=(str(script),), timeout=240)
+    res = torchrun(
+        "train",
+        *TINY,
+        "--epochs",
+        "3",
+        "--data-dir",
+        str(synthetic_data),
+        "--run-dir",
+        str(tmp_path / "run"),
+        script=(str(script),),
+        timeout=240,
+    )
     assert res.returncode != 0
     assert "injected failure on rank 1" in res.stdout + res.stderr
     assert time.monotonic() - t0 < 240
 
 
 def test_global_batch_must_divide_over_processes(synthetic_data, tmp_path):
-    res = torchrun("train", "--width", "8", "--batch-size", "101", "--epochs", "1",
-                   "--data-dir", str(synthetic_data), "--run-dir", str(tmp_path / "run"))
+    res = torchrun(
+        "train",
+        "--width",
+        "8",
+        "--batch-size",
+        "101",
+        "--epochs",
+        "1",
+        "--data-dir",
+        str(synthetic_data),
+        "--run-dir",
+        str(tmp_path / "run"),
+    )
     assert res.returncode != 0
     assert "batch size 101 does not divide over 2 processes" in res.stdout + res.stderr
-
 
 
 def test_a_held_run_directory_is_refused_on_every_rank_without_waiting(synthetic_data, tmp_path):
@@ -141,8 +226,17 @@ def test_a_held_run_directory_is_refused_on_every_rank_without_waiting(synthetic
     assert lock.acquire(wait=False)  # this test process plays the other trainer
     try:
         t0 = time.monotonic()
-        res = torchrun("train", *TINY, "--epochs", "1", "--data-dir", str(synthetic_data), "--run-dir", str(run_dir),
-                       timeout=120)
+        res = torchrun(
+            "train",
+            *TINY,
+            "--epochs",
+            "1",
+            "--data-dir",
+            str(synthetic_data),
+            "--run-dir",
+            str(run_dir),
+            timeout=120,
+        )
         elapsed = time.monotonic() - t0
     finally:
         lock.release()

@@ -36,11 +36,16 @@ def _fastres_argv(tokens: list[str]) -> list[str] | None:
         if token in STOP:
             return None
         if Path(token).name == "train.sh":  # scripts/train.sh passes its arguments to fastres train
-            rest = tokens[i + 1:]
-            return ["train", *rest[:next((j for j, t in enumerate(rest) if t in STOP), len(rest))]]
-        if Path(token).name == "fastres" and (i == 0 or tokens[i - 1] == "-m" or "/" in token
-                                              or "=" in tokens[i - 1] or tokens[i - 1] in STOP):
-            rest = tokens[i + 1:]
+            rest = tokens[i + 1 :]
+            return ["train", *rest[: next((j for j, t in enumerate(rest) if t in STOP), len(rest))]]
+        if Path(token).name == "fastres" and (
+            i == 0
+            or tokens[i - 1] == "-m"
+            or "/" in token
+            or "=" in tokens[i - 1]
+            or tokens[i - 1] in STOP
+        ):
+            rest = tokens[i + 1 :]
             end = next((j for j, t in enumerate(rest) if t in STOP), len(rest))
             return rest[:end]
     return None
@@ -71,7 +76,9 @@ def documented_commands(page: Path) -> list[tuple[str, list[str]]]:
             if argv is not None:
                 found.append((where, argv))
             continue
-        for span in re.findall(r"`((?:\.venv/bin/)?fastres [^`]+|bash scripts/train\.sh [^`]+)`", line):
+        for span in re.findall(
+            r"`((?:\.venv/bin/)?fastres [^`]+|bash scripts/train\.sh [^`]+)`", line
+        ):
             argv = _fastres_argv(shlex.split(span))
             if "..." in span or argv is None or len(argv) < 2 or argv[0].startswith("-"):
                 continue
@@ -84,7 +91,9 @@ COMMANDS = [command for page in COMMAND_PAGES for command in documented_commands
 
 def test_the_docs_show_commands_of_every_subcommand():
     subcommands = {argv[0] for _, argv in COMMANDS if argv}
-    assert {"prepare-data", "train", "eval", "ablate", "report", "bench"} <= subcommands, subcommands
+    assert {"prepare-data", "train", "eval", "ablate", "report", "bench"} <= subcommands, (
+        subcommands
+    )
     assert len(COMMANDS) > 40
 
 
@@ -96,7 +105,12 @@ def _subparser(name: str):
 def check_command(argv: list[str]) -> None:
     """Parse as `fastres` would, then what the command would resolve before doing any work.
     A span such as `fastres ablate --variant` names an option in prose: that option must exist."""
-    if len(argv) >= 2 and argv[0] in cli.COMMANDS and argv[-1].startswith("--") and "=" not in argv[-1]:
+    if (
+        len(argv) >= 2
+        and argv[0] in cli.COMMANDS
+        and argv[-1].startswith("--")
+        and "=" not in argv[-1]
+    ):
         action = _subparser(argv[0])._option_string_actions.get(argv[-1])  # noqa: SLF001
         assert action is not None, f"fastres {shlex.join(argv)}: no option {argv[-1]}"
         if action.nargs != 0:
@@ -106,8 +120,14 @@ def check_command(argv: list[str]) -> None:
     except SystemExit as exc:
         if exc.code == 0 and "--help" in argv:  # `fastres train --help` is a documented command
             return
-        raise AssertionError(f"fastres {shlex.join(argv)}: the parser refuses it (exit {exc.code})") from None
-    if args.command == "train" and not args.resume and (not args.config or Path(REPO / args.config).exists()):
+        raise AssertionError(
+            f"fastres {shlex.join(argv)}: the parser refuses it (exit {exc.code})"
+        ) from None
+    if (
+        args.command == "train"
+        and not args.resume
+        and (not args.config or Path(REPO / args.config).exists())
+    ):
         if args.config:
             args.config = str(REPO / args.config)
         config_from_args(args)  # the preset exists and the options make a valid config

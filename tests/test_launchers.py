@@ -29,8 +29,15 @@ from fastres.study.launcher import write_study_report
 from .conftest import run_main
 
 # 2 settings x 1 seed, one epoch of 500 images each from the in-memory loader: seconds a run.
-TINY = {"width": 8, "batch_size": 100, "epochs": 1, "train_subset": 500, "test_subset": 100,
-        "loader": "memory", "threads": 1}
+TINY = {
+    "width": 8,
+    "batch_size": 100,
+    "epochs": 1,
+    "train_subset": 500,
+    "test_subset": 100,
+    "loader": "memory",
+    "threads": 1,
+}
 
 
 class OneByOne(Launcher):
@@ -71,9 +78,15 @@ def test_a_registered_launcher_runs_a_real_study(one_by_one, synthetic_data, tmp
     out = tmp_path / "study"
     lines: list[str] = []
     started: list[bool] = []
-    request = StudyRequest(presets=["baseline"], variants={"ema": {"ema": 0.9}}, seeds=1, seed=0,
-                           overrides={**TINY, "data_dir": str(synthetic_data)}, out=str(out),
-                           launcher="one-by-one")
+    request = StudyRequest(
+        presets=["baseline"],
+        variants={"ema": {"ema": 0.9}},
+        seeds=1,
+        seed=0,
+        overrides={**TINY, "data_dir": str(synthetic_data)},
+        out=str(out),
+        launcher="one-by-one",
+    )
     result = run_study(request, log=lines.append, on_start=lambda: started.append(True))
     result.raise_for_failure()
     assert result.launcher == "one-by-one" and started == [True]
@@ -92,15 +105,36 @@ def test_a_registered_launcher_runs_a_real_study(one_by_one, synthetic_data, tmp
 
 def test_the_cli_offers_every_registered_launcher(one_by_one, synthetic_data, tmp_path, capsys):
     out = tmp_path / "study"
-    res = run_main(capsys, "ablate", "--config", "quick", "--seeds", "2", "--out", str(out),
-                   "--launcher", "one-by-one", "--dry-run")
+    res = run_main(
+        capsys,
+        "ablate",
+        "--config",
+        "quick",
+        "--seeds",
+        "2",
+        "--out",
+        str(out),
+        "--launcher",
+        "one-by-one",
+        "--dry-run",
+    )
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert len(lines) == 2 and all(line.startswith("# one-by-one: ") for line in lines)
     assert lines[1].endswith(str(out / "quick" / "seed43"))
     # A launcher that takes no scheduler option refuses one, as the local one does.
-    res = run_main(capsys, "ablate", "--config", "quick", "--out", str(out),
-                   "--launcher", "one-by-one", "--partition", "gpu")
+    res = run_main(
+        capsys,
+        "ablate",
+        "--config",
+        "quick",
+        "--out",
+        str(out),
+        "--launcher",
+        "one-by-one",
+        "--partition",
+        "gpu",
+    )
     assert res.returncode == 2 and "--partition is a scheduler option" in res.stderr
     LAUNCHERS.pop(OneByOne.name)
     res = run_main(capsys, "ablate", "--config", "quick", "--launcher", "one-by-one", "--dry-run")

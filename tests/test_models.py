@@ -20,7 +20,9 @@ def test_forward_backward_every_model(name, norm):
     assert any(g.abs().sum() > 0 for g in grads)
 
 
-@pytest.mark.parametrize("name,millions", [("resnet18", 11.2), ("resnet34", 21.3), ("resnet50", 23.5)])
+@pytest.mark.parametrize(
+    "name,millions", [("resnet18", 11.2), ("resnet34", 21.3), ("resnet50", 23.5)]
+)
 def test_full_width_parameter_counts_match_published(name, millions):
     assert round(count_parameters(build_model(name)) / 1e6, 1) == millions
 
@@ -64,14 +66,24 @@ def test_unknown_model_lists_valid_names():
         build_model("resnet101")
 
 
-@pytest.mark.parametrize("typo,meant", [("resnet65", "resnet56"), ("ResNet20", "resnet20"), ("resnet111", "resnet110")])
+@pytest.mark.parametrize(
+    "typo,meant", [("resnet65", "resnet56"), ("ResNet20", "resnet20"), ("resnet111", "resnet110")]
+)
 def test_a_model_name_close_to_a_known_one_names_it(typo, meant):
     with pytest.raises(FastresError, match=f"did you mean {meant}\\?"):
         build_model(typo)
 
 
-@pytest.mark.parametrize("name,n,millions", [("resnet20", 3, 0.27), ("resnet32", 5, 0.46), ("resnet44", 7, 0.66),
-                                             ("resnet56", 9, 0.85), ("resnet110", 18, 1.7)])
+@pytest.mark.parametrize(
+    "name,n,millions",
+    [
+        ("resnet20", 3, 0.27),
+        ("resnet32", 5, 0.46),
+        ("resnet44", 7, 0.66),
+        ("resnet56", 9, 0.85),
+        ("resnet110", 18, 1.7),
+    ],
+)
 def test_cifar_resnets_have_the_papers_parameter_counts(name, n, millions):
     params = count_parameters(build_model(name))
     assert params == 97_216 * n - 21_926  # depth 6n + 2, 10 classes, option-A shortcuts
@@ -107,7 +119,9 @@ def test_cifar_resnets_use_he_initialisation():
     torch.manual_seed(0)
     conv = build_model("resnet110").layer3[5].conv1  # 64 -> 64, 3x3: fan_out = 576
     assert abs(conv.weight.std().item() - (2 / 576) ** 0.5) < 0.003
-    assert abs(build_model("resnet18").layer4[0].conv2.weight.std().item() - (2 / 4608) ** 0.5) > 0.005
+    assert (
+        abs(build_model("resnet18").layer4[0].conv2.weight.std().item() - (2 / 4608) ** 0.5) > 0.005
+    )
 
 
 def test_width_is_the_first_stage_in_both_families_with_each_familys_standard():

@@ -29,7 +29,11 @@ def give_gradients(step: int, filters: list[nn.Parameter], flat: list[torch.Tens
     torch.manual_seed(100 + step)
     for p, f in zip(filters, flat, strict=True):
         g = torch.randn(p.shape)
-        p.grad = g.contiguous(memory_format=torch.channels_last) if p.ndim == 4 and not p.is_contiguous() else g
+        p.grad = (
+            g.contiguous(memory_format=torch.channels_last)
+            if p.ndim == 4 and not p.is_contiguous()
+            else g
+        )
         f.grad = g.reshape(f.shape).clone()
 
 
@@ -46,9 +50,13 @@ def test_same_updates_as_torch_muon_on_the_flattened_filters(channels_last, nest
         reference.step()
     for p, f in zip(filters, flat, strict=True):
         torch.testing.assert_close(p.detach(), f.view(p.shape))
-    assert {tuple(p.shape) for p in filters} >= {(8, 3, 3, 3), (16, 8, 1, 1), (10, 64)}, "stem, shortcut, classifier"
+    assert {tuple(p.shape) for p in filters} >= {(8, 3, 3, 3), (16, 8, 1, 1), (10, 64)}, (
+        "stem, shortcut, classifier"
+    )
     if channels_last:
-        assert filters[0].is_contiguous(memory_format=torch.channels_last), "the filters keep their layout"
+        assert filters[0].is_contiguous(memory_format=torch.channels_last), (
+            "the filters keep their layout"
+        )
 
 
 class MatrixProducts(TorchDispatchMode):
@@ -57,7 +65,12 @@ class MatrixProducts(TorchDispatchMode):
         self.count = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm, torch.ops.aten.baddbmm):
+        if func.overloadpacket in (
+            torch.ops.aten.mm,
+            torch.ops.aten.addmm,
+            torch.ops.aten.bmm,
+            torch.ops.aten.baddbmm,
+        ):
             self.count += 1
         return func(*args, **(kwargs or {}))
 
@@ -71,7 +84,10 @@ def test_same_shaped_filters_are_orthogonalised_together():
     flat = flat_copies(filters)
     give_gradients(0, filters, flat)
     counted = {}
-    for name, optimizer in (("ours", FilterMuon(filters, **OPTIONS)), ("torch", torch.optim.Muon(flat, **OPTIONS))):
+    for name, optimizer in (
+        ("ours", FilterMuon(filters, **OPTIONS)),
+        ("torch", torch.optim.Muon(flat, **OPTIONS)),
+    ):
         with MatrixProducts() as products:
             optimizer.step()
         counted[name] = products.count
@@ -107,7 +123,10 @@ def test_state_dicts_interchange_with_torch_muon():
     back.load_state_dict(ours.state_dict())
     for mine, theirs in zip(ours.state.values(), back.state.values(), strict=True):
         assert torch.equal(mine["momentum_buffer"], theirs["momentum_buffer"])
-    assert ours.state_dict()["param_groups"][0].keys() == reference.state_dict()["param_groups"][0].keys()
+    assert (
+        ours.state_dict()["param_groups"][0].keys()
+        == reference.state_dict()["param_groups"][0].keys()
+    )
 
 
 def test_filters_without_a_gradient_are_left_alone():

@@ -15,8 +15,19 @@ from fastres.config import get_preset
 
 from .conftest import run_main
 
-TINY = ["--width", "8", "--batch-size", "100", "--epochs", "1", "--train-subset", "500", "--test-subset", "100",
-        "--no-progress"]
+TINY = [
+    "--width",
+    "8",
+    "--batch-size",
+    "100",
+    "--epochs",
+    "1",
+    "--train-subset",
+    "500",
+    "--test-subset",
+    "100",
+    "--no-progress",
+]
 
 
 @pytest.fixture
@@ -31,7 +42,9 @@ def test_a_run_of_hours_on_the_cpu_says_so_and_names_quick(on_cpu):
     assert cli._cpu_hours_note(get_preset("baseline").replace(threads=2, device="cuda")) is None
 
 
-def test_a_bare_train_on_the_cpu_warns_before_it_starts_and_still_trains(on_cpu, monkeypatch, tmp_path, capsys):
+def test_a_bare_train_on_the_cpu_warns_before_it_starts_and_still_trains(
+    on_cpu, monkeypatch, tmp_path, capsys
+):
     seen = {}
 
     def fake_train(config, *, log, progress, resume):
@@ -45,13 +58,26 @@ def test_a_bare_train_on_the_cpu_warns_before_it_starts_and_still_trains(on_cpu,
     lines = res.stdout.splitlines()
     assert "takes hours" in lines[0] and "--preset quick" in lines[0], lines
     assert lines[1] == "training"
-    assert seen["config"].preset == "baseline" and seen["config"].epochs == 200  # not blocked, not changed
+    assert (
+        seen["config"].preset == "baseline" and seen["config"].epochs == 200
+    )  # not blocked, not changed
 
 
-def test_a_finished_run_names_eval_report_and_one_tensorboard_command(synthetic_data, tmp_path, capsys):
+def test_a_finished_run_names_eval_report_and_one_tensorboard_command(
+    synthetic_data, tmp_path, capsys
+):
     run_dir = tmp_path / "runs" / "tiny"
-    res = run_main(capsys, "train", "--preset", "cosine", *TINY, "--data-dir", str(synthetic_data),
-                   "--run-dir", str(run_dir))
+    res = run_main(
+        capsys,
+        "train",
+        "--preset",
+        "cosine",
+        *TINY,
+        "--data-dir",
+        str(synthetic_data),
+        "--run-dir",
+        str(run_dir),
+    )
     assert res.returncode == 0, res.stderr
     assert "takes hours" not in res.stdout
     last = res.stdout.strip().splitlines()[-1]
@@ -79,14 +105,22 @@ def test_commands_are_named_so_that_they_run_after_the_set_up(monkeypatch, tmp_p
 def test_a_run_of_a_study_names_the_study_s_report(tmp_path):
     (tmp_path / "study").mkdir()
     (tmp_path / "study" / "study.json").write_text("{}")
-    assert " report " + str(tmp_path / "study") + " " in cli._next_steps(str(tmp_path / "study" / "quick" / "seed0"))
-    assert " report " + str(tmp_path / "runs") + " " in cli._next_steps(str(tmp_path / "runs" / "quick-1"))
+    assert " report " + str(tmp_path / "study") + " " in cli._next_steps(
+        str(tmp_path / "study" / "quick" / "seed0")
+    )
+    assert " report " + str(tmp_path / "runs") + " " in cli._next_steps(
+        str(tmp_path / "runs" / "quick-1")
+    )
 
 
 def test_under_torchrun_only_rank_0_speaks(on_cpu, monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(sys.modules["fastres.train"], "train", lambda config, **_: {"run_dir": str(tmp_path / "r")})
+    monkeypatch.setattr(
+        sys.modules["fastres.train"], "train", lambda config, **_: {"run_dir": str(tmp_path / "r")}
+    )
     for rank, expected in (("1", 0), ("0", 1)):
         monkeypatch.setenv("RANK", rank)
         res = run_main(capsys, "train", "--threads", "1", "--run-dir", str(tmp_path / "r"))
         assert res.returncode == 0, res.stderr
-        assert res.stdout.count("next: ") == expected and res.stdout.count("takes hours") == expected, res.stdout
+        assert (
+            res.stdout.count("next: ") == expected and res.stdout.count("takes hours") == expected
+        ), res.stdout

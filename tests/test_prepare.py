@@ -15,7 +15,9 @@ CPU = torch.device("cpu")
 
 
 def read_all(path, n_expected, batch_size=1000):
-    loader = FFCVBatches(path, batch_size, CPU, shuffle=False, seed=0, drop_last=False, num_workers=1)
+    loader = FFCVBatches(
+        path, batch_size, CPU, shuffle=False, seed=0, drop_last=False, num_workers=1
+    )
     images, labels = [], []
     for x, y in loader:
         images.append(x.clone())  # FFCV reuses its buffers
@@ -32,7 +34,10 @@ def test_betons_hold_the_source_exactly(synthetic_source, synthetic_data):
         images, labels = read_all(synthetic_data / BETONS[split], len(data))
         assert np.array_equal(images, data.images) and np.array_equal(labels, data.labels)
         assert manifest["files"][split]["count"] == len(data)
-        assert manifest["files"][split]["label_counts"] == np.bincount(data.labels, minlength=10).tolist()
+        assert (
+            manifest["files"][split]["label_counts"]
+            == np.bincount(data.labels, minlength=10).tolist()
+        )
     assert manifest["source"]["sha256"] == cifar.source_checksum(synthetic_source)
 
 
@@ -106,7 +111,9 @@ def test_training_refuses_tampered_betons(tmp_path, synthetic_source):
     verify_betons(tmp_path)
 
 
-def test_ffcv_and_memory_loaders_yield_identical_sequential_batches(synthetic_source, synthetic_data):
+def test_ffcv_and_memory_loaders_yield_identical_sequential_batches(
+    synthetic_source, synthetic_data
+):
     kwargs = {"batch_size": 128, "device": CPU, "seed": 0, "shuffle": False, "eval_batch_size": 128}
     ffcv = open_data(loader="ffcv", data_dir=synthetic_data, **kwargs)
     mem = open_data(loader="memory", data_dir=synthetic_data, source=synthetic_source, **kwargs)
@@ -120,10 +127,14 @@ def test_ffcv_and_memory_loaders_yield_identical_sequential_batches(synthetic_so
             assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
-def test_shuffled_epochs_are_permutations_in_the_same_order_for_both_loaders(synthetic_source, synthetic_data):
+def test_shuffled_epochs_are_permutations_in_the_same_order_for_both_loaders(
+    synthetic_source, synthetic_data
+):
     kwargs = {"batch_size": 100, "device": CPU, "seed": 5, "shuffle": True}
     ffcv = open_data(loader="ffcv", data_dir=synthetic_data, **kwargs).train
-    mem = open_data(loader="memory", data_dir=synthetic_data, source=synthetic_source, **kwargs).train
+    mem = open_data(
+        loader="memory", data_dir=synthetic_data, source=synthetic_source, **kwargs
+    ).train
     epochs = []
     for loader in (ffcv, mem):
         loader.set_epoch(3)
@@ -135,7 +146,9 @@ def test_shuffled_epochs_are_permutations_in_the_same_order_for_both_loaders(syn
 
 
 def test_batch_larger_than_dataset_is_refused(synthetic_data):
-    with pytest.raises(FastresError, match="batch size 5000 is larger than the 2000 training images"):
+    with pytest.raises(
+        FastresError, match="batch size 5000 is larger than the 2000 training images"
+    ):
         open_data(loader="ffcv", data_dir=synthetic_data, batch_size=5000, device=CPU, seed=0)
 
 
@@ -151,7 +164,8 @@ def test_ffcv_imports_without_compiling_numbas_dictionary():
         "assert ffcv_available()\n"
         "import numba.typed, numba.typed.typeddict, ffcv.fields.rgb_image as rgb\n"
         "print(rgb.IMAGE_MODES == {'jpg': 0, 'raw': 1}, type(rgb.IMAGE_MODES).__name__,\n"
-        "      numba.typed.Dict is numba.typed.typeddict.Dict, len(numba.typed.typeddict._make_dict.signatures))\n"
+        "      numba.typed.Dict is numba.typed.typeddict.Dict, "
+        "len(numba.typed.typeddict._make_dict.signatures))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr

@@ -24,9 +24,26 @@ from fastres.train import evaluate
 from .conftest import REPO, run_cli
 from .test_reliability import assert_same_weights, metrics_without_timing
 
-EVERY_OPTION = ["--ema", "0.9", "--bn-momentum", "0.4", "--no-decay-norm-bias", "--bn-bias-lr", "4",
-                "--tta-translate", "1", "--tta-final-only", "--alternate-flip", "--whiten-stem",
-                "--optimizer", "muon", "--muon-lr", "0.03", "--eval-every", "2"]
+EVERY_OPTION = [
+    "--ema",
+    "0.9",
+    "--bn-momentum",
+    "0.4",
+    "--no-decay-norm-bias",
+    "--bn-bias-lr",
+    "4",
+    "--tta-translate",
+    "1",
+    "--tta-final-only",
+    "--alternate-flip",
+    "--whiten-stem",
+    "--optimizer",
+    "muon",
+    "--muon-lr",
+    "0.03",
+    "--eval-every",
+    "2",
+]
 
 
 @pytest.fixture
@@ -72,7 +89,9 @@ def test_defaults_build_what_fastres_built_before():
 def test_excluded_parameters_get_no_weight_decay_and_batchnorm_biases_their_own_lr():
     model = small_model()
     config = TrainConfig(lr=0.1, weight_decay=0.5, decay_norm_bias=False, bn_bias_lr=8.0)
-    optimizer = torch.optim.SGD(recipe.param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.SGD(
+        recipe.param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay
+    )
     bn = model.stem[1]
     assert [g["lr"] for g in optimizer.param_groups] == [0.1, 0.1, 0.8]
     assert any(p is bn.bias for p in optimizer.param_groups[2]["params"])
@@ -102,7 +121,9 @@ def test_muon_steps_the_flattened_filters_and_sgd_the_rest():
     for _ in range(2):
         torch.manual_seed(1)
         optimizer.zero_grad()
-        model(torch.randn(4, 3, 32, 32).to(memory_format=torch.channels_last)).square().mean().backward()
+        model(
+            torch.randn(4, 3, 32, 32).to(memory_format=torch.channels_last)
+        ).square().mean().backward()
         for n, p in named.items():
             if n in filters:
                 flat[n].grad = p.grad.reshape(flat[n].shape)
@@ -114,18 +135,26 @@ def test_muon_steps_the_flattened_filters_and_sgd_the_rest():
     for n, p in named.items():
         expected = flat[n].view(p.shape) if n in filters else rest[n]
         torch.testing.assert_close(p.detach(), expected, msg=n)
-    assert model.stem[0].weight.is_contiguous(memory_format=torch.channels_last), "the model keeps its layout"
+    assert model.stem[0].weight.is_contiguous(memory_format=torch.channels_last), (
+        "the model keeps its layout"
+    )
     # The scheduler sees one optimizer: SGD's groups first (the run's lr), then Muon's.
     assert [g["lr"] for g in optimizer.param_groups] == [0.1, 0.02]
     state = optimizer.state_dict()
-    assert len(state["parts"][1]["state"]) == len(filters), "Muon holds momentum for the filters only"
+    assert len(state["parts"][1]["state"]) == len(filters), (
+        "Muon holds momentum for the filters only"
+    )
     fresh = recipe.build_optimizer(model, config)
     fresh.load_state_dict(state)
     for group in fresh.param_groups:  # what a scheduler does: after a load too, the parts see it
         group["lr"] = 0.5
     assert [g["lr"] for part in fresh.parts for g in part.param_groups] == [0.5, 0.5]
-    assert all(torch.equal(a["momentum_buffer"], b["momentum_buffer"])
-               for a, b in zip(fresh.parts[1].state.values(), optimizer.parts[1].state.values(), strict=True))
+    assert all(
+        torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+        for a, b in zip(
+            fresh.parts[1].state.values(), optimizer.parts[1].state.values(), strict=True
+        )
+    )
 
 
 def test_bn_momentum_is_set_on_every_batchnorm_layer():
@@ -141,7 +170,9 @@ def test_tta_views_are_the_flip_pair_and_one_pixel_shifts_with_mirrors():
     assert len(views) == 6 and sum(w for w, _ in views) == pytest.approx(1.0)
     (w0, v0), (w1, v1), (w2, v2), (w3, v3), (w4, v4), (w5, v5) = views
     assert torch.equal(v0, x) and torch.equal(v1, x.flip(3)) and w0 == w1 == 0.25
-    assert torch.equal(v2[..., 1:, 1:], x[..., :-1, :-1]), "content moved down and right by one pixel"
+    assert torch.equal(v2[..., 1:, 1:], x[..., :-1, :-1]), (
+        "content moved down and right by one pixel"
+    )
     assert torch.equal(v4[..., :-1, :-1], x[..., 1:, 1:]), "content moved up and left by one pixel"
     assert torch.equal(v3, v2.flip(3)) and torch.equal(v5, v4.flip(3)) and w2 == w5 == 0.125
     assert [w for w, _ in recipe.tta_views(x, 0, flip=True)] == [0.5, 0.5]
@@ -168,7 +199,9 @@ def test_evaluation_with_translations_shows_the_model_each_view_once():
     augment = BatchAugment(runtime.device, runtime.amp_dtype, channels_last=False)
     images = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)
     model = _Recorder()
-    result = evaluate(model, _Data(images, torch.zeros(3, dtype=torch.long)), augment, runtime, translate=2)
+    result = evaluate(
+        model, _Data(images, torch.zeros(3, dtype=torch.long)), augment, runtime, translate=2
+    )
     x = augment.test(images)
     assert result["images"] == 3 and len(model.seen) == 6
     for seen, (_, view) in zip(model.seen, recipe.tta_views(x, 2, flip=True), strict=True):
@@ -176,14 +209,37 @@ def test_evaluation_with_translations_shows_the_model_each_view_once():
 
 
 def test_resume_with_every_option_on_is_bit_identical(synthetic_data, memory_source, tmp_path):
-    args = ["train", "--preset", "quick", "--width", "8", "--batch-size", "50", "--epochs", "3", "--train-subset",
-            "1000", "--test-subset", "100", "--loader", "memory", "--deterministic", "--no-progress", *EVERY_OPTION]
+    args = [
+        "train",
+        "--preset",
+        "quick",
+        "--width",
+        "8",
+        "--batch-size",
+        "50",
+        "--epochs",
+        "3",
+        "--train-subset",
+        "1000",
+        "--test-subset",
+        "100",
+        "--loader",
+        "memory",
+        "--deterministic",
+        "--no-progress",
+        *EVERY_OPTION,
+    ]
     reference = tmp_path / "reference"
     res = run_cli(*args, "--run-dir", str(reference))
     assert res.returncode == 0, res.stderr
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "fastres", *args, "--run-dir", str(run_dir)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastres", *args, "--run-dir", str(run_dir)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not RunDir(run_dir).read_metrics():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
@@ -196,7 +252,9 @@ def test_resume_with_every_option_on_is_bit_identical(synthetic_data, memory_sou
     assert metrics_without_timing(run_dir) == metrics_without_timing(reference)
     assert_same_weights(run_dir, reference)
     ours, theirs = (load_checkpoint(RunDir(d).last_checkpoint)["ema"] for d in (run_dir, reference))
-    assert all(torch.equal(ours[k], theirs[k]) for k in theirs), "the weight average resumes exactly too"
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs), (
+        "the weight average resumes exactly too"
+    )
     # fastres eval reproduces the run's own number: averaged weights, the final views.
     res = run_cli("eval", str(run_dir), "--json")
     assert res.returncode == 0, res.stderr
@@ -205,8 +263,15 @@ def test_resume_with_every_option_on_is_bit_identical(synthetic_data, memory_sou
 
 
 def test_alternating_flips_mirror_half_of_each_batch_and_each_image_on_alternate_epochs():
-    augment = BatchAugment("cpu", torch.float32, channels_last=False, padding=0, seed=5, alternate_flip=True,
-                           dataset_size=2000)
+    augment = BatchAugment(
+        "cpu",
+        torch.float32,
+        channels_last=False,
+        padding=0,
+        seed=5,
+        alternate_flip=True,
+        dataset_size=2000,
+    )
     everyone = torch.arange(2000)
     seen = []
     for epoch in range(3):
@@ -226,15 +291,23 @@ def test_alternating_flips_mirror_half_of_each_batch_and_each_image_on_alternate
 
 @pytest.mark.parametrize("loader", ["ffcv", "memory"])
 def test_epoch_order_names_the_images_each_batch_yields(loader, synthetic_data, synthetic_source):
-    data = open_data(loader=loader, data_dir=synthetic_data, source=synthetic_source, batch_size=128,
-                     device=torch.device("cpu"), seed=3, train_subset=1000, log=lambda m: None)
+    data = open_data(
+        loader=loader,
+        data_dir=synthetic_data,
+        source=synthetic_source,
+        batch_size=128,
+        device=torch.device("cpu"),
+        seed=3,
+        train_subset=1000,
+        log=lambda m: None,
+    )
     split = cifar.load_source(synthetic_source, expect_full=False).train
     order = data.train.epoch_order(2)
     assert len(order) == len(data.train) * 128 and len(set(order.tolist())) == len(order)
     data.train.set_epoch(2)
     start = 0
     for images, labels in data.train:
-        idx = order[start:start + len(labels)].numpy()
+        idx = order[start : start + len(labels)].numpy()
         assert torch.equal(images.cpu(), torch.from_numpy(split.images[idx]))
         assert torch.equal(labels.cpu(), torch.from_numpy(split.labels[idx]).long())
         start += len(labels)
@@ -259,24 +332,48 @@ def test_whitening_init_decorrelates_the_stems_outputs_on_training_patches():
     recipe.whiten_stem(conv, x)
     after = output_covariance()
     assert after[off].abs().max() < 0.02 and torch.allclose(after.diag(), torch.ones(8), atol=0.05)
-    torch.testing.assert_close(conv.weight[8:16], -conv.weight[:8])  # each direction and its negative
+    torch.testing.assert_close(
+        conv.weight[8:16], -conv.weight[:8]
+    )  # each direction and its negative
 
 
 def test_eval_every_skips_the_test_pass_between_evaluations_and_always_tests_the_last_epoch(
-        synthetic_data, memory_source, tmp_path):
+    synthetic_data, memory_source, tmp_path
+):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from fastres.report import write_report
 
     run_dir = tmp_path / "study" / "quick" / "seed0"
-    res = run_cli("train", "--preset", "quick", "--width", "8", "--batch-size", "100", "--epochs", "5",
-                  "--train-subset", "1000", "--test-subset", "200", "--loader", "memory", "--no-progress",
-                  "--eval-every", "2", "--run-dir", str(run_dir))
+    res = run_cli(
+        "train",
+        "--preset",
+        "quick",
+        "--width",
+        "8",
+        "--batch-size",
+        "100",
+        "--epochs",
+        "5",
+        "--train-subset",
+        "1000",
+        "--test-subset",
+        "200",
+        "--loader",
+        "memory",
+        "--no-progress",
+        "--eval-every",
+        "2",
+        "--run-dir",
+        str(run_dir),
+    )
     assert res.returncode == 0, res.stderr
     run = RunDir(run_dir)
     rows = run.read_metrics()
     evaluated = [r["epoch"] for r in rows if r["val_acc"] is not None]
-    assert evaluated == [2, 4, 5] and all(r["val_images"] == 0 for r in rows if r["epoch"] not in evaluated)
+    assert evaluated == [2, 4, 5] and all(
+        r["val_images"] == 0 for r in rows if r["epoch"] not in evaluated
+    )
     assert res.stdout.count("not evaluated") == 2
     summary = run.read_summary()
     assert summary["final_val_acc"] == rows[-1]["val_acc"]

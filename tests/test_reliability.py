@@ -21,12 +21,27 @@ from fastres.train import TrainingDiverged
 from .conftest import REPO, run_cli, run_main
 
 # Long enough epochs (40 steps) that a signal sent after epoch 1 lands inside epoch 2.
-RECIPE = ["--width", "8", "--batch-size", "50", "--epochs", "3", "--lr", "0.05", "--lr-schedule", "cosine",
-          "--deterministic", "--no-progress"]
+RECIPE = [
+    "--width",
+    "8",
+    "--batch-size",
+    "50",
+    "--epochs",
+    "3",
+    "--lr",
+    "0.05",
+    "--lr-schedule",
+    "cosine",
+    "--deterministic",
+    "--no-progress",
+]
 
 
 def metrics_without_timing(run_dir):
-    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in RunDir(run_dir).read_metrics()]
+    return [
+        {k: v for k, v in row.items() if k not in TIMING_KEYS}
+        for row in RunDir(run_dir).read_metrics()
+    ]
 
 
 def weights(run_dir):
@@ -50,14 +65,38 @@ def reference_run(synthetic_data, tmp_path_factory):
 
 # SIGUSR2 (or SIGUSR1) is what Slurm sends ahead of a time limit or preemption.
 # Twice: Slurm signals every process of the job step, and the launcher passes its signal on too.
-@pytest.mark.parametrize("sig,code,times", [(signal.SIGINT, 130, 1), (signal.SIGTERM, 143, 1),
-                                            (signal.SIGUSR2, 140, 1), (signal.SIGUSR2, 140, 2)])
-def test_signal_mid_epoch_then_resume_is_bit_identical(synthetic_data, reference_run, tmp_path, sig, code, times):
+@pytest.mark.parametrize(
+    "sig,code,times",
+    [
+        (signal.SIGINT, 130, 1),
+        (signal.SIGTERM, 143, 1),
+        (signal.SIGUSR2, 140, 1),
+        (signal.SIGUSR2, 140, 2),
+    ],
+)
+def test_signal_mid_epoch_then_resume_is_bit_identical(
+    synthetic_data, reference_run, tmp_path, sig, code, times
+):
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "fastres", "train", *RECIPE, "--data-dir", str(synthetic_data), "--run-dir", str(run_dir)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    cmd = [
+        sys.executable,
+        "-m",
+        "fastres",
+        "train",
+        *RECIPE,
+        "--data-dir",
+        str(synthetic_data),
+        "--run-dir",
+        str(run_dir),
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO
+    )
     deadline = time.monotonic() + 120
-    while not (run_dir / "metrics.jsonl").exists() or not (run_dir / "metrics.jsonl").read_text().strip():
+    while (
+        not (run_dir / "metrics.jsonl").exists()
+        or not (run_dir / "metrics.jsonl").read_text().strip()
+    ):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.02)
@@ -90,7 +129,9 @@ def test_signal_mid_epoch_then_resume_is_bit_identical(synthetic_data, reference
 
 
 def test_deterministic_runs_are_identical(synthetic_data, reference_run, tmp_path):
-    res = run_cli("train", *RECIPE, "--data-dir", str(synthetic_data), "--run-dir", str(tmp_path / "again"))
+    res = run_cli(
+        "train", *RECIPE, "--data-dir", str(synthetic_data), "--run-dir", str(tmp_path / "again")
+    )
     assert res.returncode == 0, res.stderr
     assert metrics_without_timing(tmp_path / "again") == metrics_without_timing(reference_run)
     assert_same_weights(tmp_path / "again", reference_run)
@@ -98,7 +139,16 @@ def test_deterministic_runs_are_identical(synthetic_data, reference_run, tmp_pat
 
 def test_checkpoint_is_complete_and_loads_without_code_execution(reference_run):
     state = torch.load(RunDir(reference_run).last_checkpoint, weights_only=True)
-    for key in ("model", "optimizer", "scheduler", "scaler", "rng", "config", "epoch", "best_val_acc"):
+    for key in (
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "rng",
+        "config",
+        "epoch",
+        "best_val_acc",
+    ):
         assert key in state
     assert not any(k.startswith("_orig_mod.") for k in state["model"])
     assert set(state["rng"]) >= {"python", "numpy", "torch"}
@@ -107,8 +157,12 @@ def test_checkpoint_is_complete_and_loads_without_code_execution(reference_run):
     assert best["epoch"] == json.loads((reference_run / "summary.json").read_text())["best_epoch"]
 
 
-def test_resume_refuses_a_different_recipe_and_reports_machine_changes(reference_run, tmp_path, capsys):
-    res = run_main(capsys, "train", "--resume", str(reference_run), "--lr", "0.5", "--batch-size", "64")
+def test_resume_refuses_a_different_recipe_and_reports_machine_changes(
+    reference_run, tmp_path, capsys
+):
+    res = run_main(
+        capsys, "train", "--resume", str(reference_run), "--lr", "0.5", "--batch-size", "64"
+    )
     assert res.returncode != 0 and "Traceback" not in res.stderr
     assert "different recipe" in res.stderr and "lr (0.05 recorded, 0.5 given)" in res.stderr
     assert "batch_size (50 recorded, 64 given)" in res.stderr
@@ -134,9 +188,28 @@ def test_damaged_checkpoints_are_refused(reference_run, tmp_path, capsys):
 
 def test_divergence_stops_with_a_clear_message(synthetic_data, tmp_path):
     run_dir = tmp_path / "run"
-    res = run_cli("train", "--width", "8", "--batch-size", "100", "--epochs", "2", "--norm", "none",
-                  "--lr", "1000", "--lr-schedule", "none", "--precision", "fp32", "--data-dir", str(synthetic_data),
-                  "--run-dir", str(run_dir), "--no-progress")
+    res = run_cli(
+        "train",
+        "--width",
+        "8",
+        "--batch-size",
+        "100",
+        "--epochs",
+        "2",
+        "--norm",
+        "none",
+        "--lr",
+        "1000",
+        "--lr-schedule",
+        "none",
+        "--precision",
+        "fp32",
+        "--data-dir",
+        str(synthetic_data),
+        "--run-dir",
+        str(run_dir),
+        "--no-progress",
+    )
     assert res.returncode == 3
     assert "Traceback" not in res.stderr
     line = res.stderr.strip()
@@ -155,11 +228,20 @@ def test_divergence_keeps_the_last_good_checkpoint(synthetic_data, tmp_path, mon
     def poisoned(self, images, size=None, indices=None):
         calls["n"] += 1
         x = original(self, images, size, indices)
-        return x * float("nan") if calls["n"] > 20 + 3 else x  # 20 steps per epoch: NaN in epoch 2, step 4
+        return (
+            x * float("nan") if calls["n"] > 20 + 3 else x
+        )  # 20 steps per epoch: NaN in epoch 2, step 4
 
     monkeypatch.setattr(train_module.BatchAugment, "train", poisoned)
-    cfg = TrainConfig(width=8, batch_size=100, epochs=3, lr=0.05, data_dir=str(synthetic_data),
-                      run_dir=str(tmp_path / "run"), precision="fp32")
+    cfg = TrainConfig(
+        width=8,
+        batch_size=100,
+        epochs=3,
+        lr=0.05,
+        data_dir=str(synthetic_data),
+        run_dir=str(tmp_path / "run"),
+        precision="fp32",
+    )
     with pytest.raises(TrainingDiverged, match="epoch 2, step 4"):
         train(cfg, log=lambda m: None, progress=False)
     run = RunDir(tmp_path / "run")
@@ -169,11 +251,28 @@ def test_divergence_keeps_the_last_good_checkpoint(synthetic_data, tmp_path, mon
 
 
 @pytest.mark.realdata
-def test_prepare_data_killed_mid_write_is_never_accepted_and_is_repaired(real_source, tmp_path, capsys):
+def test_prepare_data_killed_mid_write_is_never_accepted_and_is_repaired(
+    real_source, tmp_path, capsys
+):
     data_dir = tmp_path / "data"
-    cmd = [sys.executable, "-m", "fastres", "prepare-data", "--source", str(real_source), "--data-dir", str(data_dir)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "fastres",
+        "prepare-data",
+        "--source",
+        str(real_source),
+        "--data-dir",
+        str(data_dir),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+        start_new_session=True,
+    )
     for line in proc.stdout:
         if "writing" in line:
             break
@@ -181,8 +280,18 @@ def test_prepare_data_killed_mid_write_is_never_accepted_and_is_repaired(real_so
     os.killpg(proc.pid, signal.SIGKILL)  # the whole group, FFCV's writer processes included
     proc.wait()
     assert not (data_dir / MANIFEST).exists()
-    res = run_main(capsys, "train", "--width", "8", "--epochs", "1", "--data-dir", str(data_dir),
-                   "--run-dir", str(tmp_path / "run"))
+    res = run_main(
+        capsys,
+        "train",
+        "--width",
+        "8",
+        "--epochs",
+        "1",
+        "--data-dir",
+        str(data_dir),
+        "--run-dir",
+        str(tmp_path / "run"),
+    )
     assert res.returncode != 0 and "prepare-data" in res.stderr and "Traceback" not in res.stderr
     res = run_cli("prepare-data", "--source", str(real_source), "--data-dir", str(data_dir))
     assert res.returncode == 0, res.stderr
@@ -190,8 +299,9 @@ def test_prepare_data_killed_mid_write_is_never_accepted_and_is_repaired(real_so
 
     manifest = verify_betons(data_dir)
     assert manifest["files"]["train"]["count"] == 50_000
-    assert sorted(p.name for p in data_dir.iterdir() if "tmp" in p.name or not p.name.startswith(".")) == sorted(
-        [*BETONS.values(), MANIFEST]), "no temporary file is left behind"
+    assert sorted(
+        p.name for p in data_dir.iterdir() if "tmp" in p.name or not p.name.startswith(".")
+    ) == sorted([*BETONS.values(), MANIFEST]), "no temporary file is left behind"
 
 
 def test_api_refuses_existing_run_dir(reference_run):

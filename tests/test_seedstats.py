@@ -32,13 +32,18 @@ def test_a_three_seed_paired_difference_two_standard_errors_out_is_not_separated
     assert d["n"] == 3 and d["df"] == 2
     assert d["stderr"] == pytest.approx(0.005774, abs=1e-6)
     assert d["half_width"] == pytest.approx(0.02484, abs=1e-5)
-    assert (d["low"], d["high"]) == (pytest.approx(-0.00484, abs=1e-5), pytest.approx(0.04484, abs=1e-5))
+    assert (d["low"], d["high"]) == (
+        pytest.approx(-0.00484, abs=1e-5),
+        pytest.approx(0.04484, abs=1e-5),
+    )
     assert d["mean"] / d["stderr"] > 2 and not d["significant"]
     # 3, 2, 2.5 points: mean 2.5, sd 0.5, s.e. 0.2887, half-width 1.242: [1.258, 3.742], separated.
     d = paired_difference([0.03, 0.02, 0.025])
     assert d["low"] == pytest.approx(0.01258, abs=1e-5) and d["significant"]
     d = paired_difference([-0.03, -0.02, -0.025])
-    assert d["high"] == pytest.approx(-0.01258, abs=1e-5) and d["significant"], "a loss is separated too"
+    assert d["high"] == pytest.approx(-0.01258, abs=1e-5) and d["significant"], (
+        "a loss is separated too"
+    )
 
 
 def test_an_unpaired_difference_takes_welch_satterthwaite_degrees_of_freedom():

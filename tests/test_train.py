@@ -19,9 +19,30 @@ TINY = ["--width", "8", "--batch-size", "100", "--no-progress"]
 @pytest.mark.slow
 def test_train_on_real_cifar10_learns_and_writes_the_run_directory(real_data, tmp_path):
     run_dir = tmp_path / "run"
-    res = run_cli("train", "--preset", "quick", "--width", "8", "--epochs", "3", "--train-subset", "10000",
-                  "--batch-size", "128", "--lr", "0.1", "--warmup-epochs", "0.5", "--data-dir", str(real_data),
-                  "--eval-every", "1", "--run-dir", str(run_dir), "--no-progress")
+    res = run_cli(
+        "train",
+        "--preset",
+        "quick",
+        "--width",
+        "8",
+        "--epochs",
+        "3",
+        "--train-subset",
+        "10000",
+        "--batch-size",
+        "128",
+        "--lr",
+        "0.1",
+        "--warmup-epochs",
+        "0.5",
+        "--data-dir",
+        str(real_data),
+        "--eval-every",
+        "1",
+        "--run-dir",
+        str(run_dir),
+        "--no-progress",
+    )
     assert res.returncode == 0, res.stderr
     run = RunDir(run_dir)
     summary = run.read_summary()
@@ -29,31 +50,59 @@ def test_train_on_real_cifar10_learns_and_writes_the_run_directory(real_data, tm
     assert summary["final_val_acc"] > 0.35, summary
     for key in ("best_val_acc", "final_val_acc"):
         assert 0 <= summary[key] <= 1
-    for key in ("train_time_s", "images_per_s", "params", "device", "precision", "versions", "data_hash"):
+    for key in (
+        "train_time_s",
+        "images_per_s",
+        "params",
+        "device",
+        "precision",
+        "versions",
+        "data_hash",
+    ):
         assert summary[key], key
     assert summary["versions"]["ffcv"] == "1.0.2" and summary["loader"] == "ffcv"
     config = run.read_config()
-    assert config["width"] == 8 and config["preset"] == "quick" and config["run_dir"] == str(run_dir)
+    assert (
+        config["width"] == 8 and config["preset"] == "quick" and config["run_dir"] == str(run_dir)
+    )
     rows = run.read_metrics()
     assert [r["epoch"] for r in rows] == [1, 2, 3]
-    assert [r["train_res"] for r in rows] == [16, 16, 32], "quick's progressive resizing, ending at 32"
+    assert [r["train_res"] for r in rows] == [16, 16, 32], (
+        "quick's progressive resizing, ending at 32"
+    )
     assert all(set(METRIC_KEYS) <= set(r) for r in rows)
     # Where each epoch's training time went (a CPU measures each part exactly): the parts
     # add up to the training part of the epoch, which is inside the whole epoch.
     for r in rows:
         parts = r["loop_time_s"]
-        assert set(parts) == {"load", "augment", "step", "other"} and min(parts.values()) >= 0, parts
+        assert set(parts) == {"load", "augment", "step", "other"} and min(parts.values()) >= 0, (
+            parts
+        )
         assert parts["step"] > 0 and parts["load"] > 0
-        assert 0.9 * r["epoch_train_s"] <= sum(parts.values()) <= r["epoch_train_s"] <= r["epoch_time_s"], r
+        assert (
+            0.9 * r["epoch_train_s"]
+            <= sum(parts.values())
+            <= r["epoch_train_s"]
+            <= r["epoch_time_s"]
+        ), r
     # How many of its threads waited for a CPU, per epoch and over the run (time-weighted).
     assert all(r["cpu_wait"] >= 0 for r in rows)
-    weighted = sum(r["cpu_wait"] * r["epoch_time_s"] for r in rows) / sum(r["epoch_time_s"] for r in rows)
+    weighted = sum(r["cpu_wait"] * r["epoch_time_s"] for r in rows) / sum(
+        r["epoch_time_s"] for r in rows
+    )
     assert summary["cpu_wait"] == pytest.approx(weighted)
     assert run.last_checkpoint.exists() and run.best_checkpoint.exists()
     assert f"logs in {run_dir}" in res.stdout
-    shares = re.search(r"training time by part of the loop: load ([\d.]+)%, augment ([\d.]+)%, step ([\d.]+)%, "
-                       r"other ([\d.]+)%", res.stdout)
-    assert shares and sum(map(float, shares.groups())) == pytest.approx(100, abs=0.3) and float(shares[3]) > 50
+    shares = re.search(
+        r"training time by part of the loop: load ([\d.]+)%, augment ([\d.]+)%, step ([\d.]+)%, "
+        r"other ([\d.]+)%",
+        res.stdout,
+    )
+    assert (
+        shares
+        and sum(map(float, shares.groups())) == pytest.approx(100, abs=0.3)
+        and float(shares[3]) > 50
+    )
 
     # TensorBoard's own reader finds the same scalars as metrics.jsonl.
     acc = EventAccumulator(str(run.tensorboard))
@@ -75,39 +124,79 @@ def test_train_on_real_cifar10_learns_and_writes_the_run_directory(real_data, tm
     assert res.returncode == 0 and plain["tta"] is False and plain["acc"] > 0.35
 
 
-def test_run_directory_is_never_overwritten_and_config_reruns(synthetic_data, tmp_path, capsys, monkeypatch):
+def test_run_directory_is_never_overwritten_and_config_reruns(
+    synthetic_data, tmp_path, capsys, monkeypatch
+):
     run_dir = tmp_path / "run"
     # A relative --data-dir, as users type it; the run records it absolute.
-    args = ["train", "--preset", "cosine", *TINY, "--epochs", "1", "--data-dir", synthetic_data.name]
+    args = [
+        "train",
+        "--preset",
+        "cosine",
+        *TINY,
+        "--epochs",
+        "1",
+        "--data-dir",
+        synthetic_data.name,
+    ]
     assert run_cli(*args, "--run-dir", str(run_dir), cwd=synthetic_data.parent).returncode == 0
-    assert json.loads((run_dir / "config.json").read_text())["data_dir"] == str(synthetic_data.resolve())
+    assert json.loads((run_dir / "config.json").read_text())["data_dir"] == str(
+        synthetic_data.resolve()
+    )
     before = (run_dir / "metrics.jsonl").read_text()
     # So its weights can be evaluated from any directory, or against data elsewhere.
     evaluated = run_cli("eval", str(run_dir), "--json", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     acc = json.loads(evaluated.stdout.strip().splitlines()[-1])["acc"]
-    assert acc == pytest.approx(json.loads((run_dir / "summary.json").read_text())["final_val_acc"], abs=0.002)
+    assert acc == pytest.approx(
+        json.loads((run_dir / "summary.json").read_text())["final_val_acc"], abs=0.002
+    )
     # The refusals run in this process: they stop before training, and a new interpreter would
     # only add seconds of start-up.
     missing = run_main(capsys, "eval", str(run_dir), "--data-dir", str(tmp_path / "nowhere"))
-    assert missing.returncode != 0 and "prepare-data" in missing.stderr and "Traceback" not in missing.stderr
+    assert (
+        missing.returncode != 0
+        and "prepare-data" in missing.stderr
+        and "Traceback" not in missing.stderr
+    )
     monkeypatch.chdir(synthetic_data.parent)
     again = run_main(capsys, *args, "--run-dir", str(run_dir))
     assert again.returncode != 0
     assert "already holds a run" in again.stderr and "--resume" in again.stderr
     assert (run_dir / "metrics.jsonl").read_text() == before
     # --config re-runs the recorded recipe in a new directory.
-    rerun = run_cli("train", "--config", str(run_dir / "config.json"), "--run-dir", str(tmp_path / "rerun"),
-                    "--no-progress")
+    rerun = run_cli(
+        "train",
+        "--config",
+        str(run_dir / "config.json"),
+        "--run-dir",
+        str(tmp_path / "rerun"),
+        "--no-progress",
+    )
     assert rerun.returncode == 0, rerun.stderr
-    recorded, repeated = (json.loads((d / "config.json").read_text()) for d in (run_dir, tmp_path / "rerun"))
-    assert {k: v for k, v in recorded.items() if k != "run_dir"} == {k: v for k, v in repeated.items() if k != "run_dir"}
+    recorded, repeated = (
+        json.loads((d / "config.json").read_text()) for d in (run_dir, tmp_path / "rerun")
+    )
+    assert {k: v for k, v in recorded.items() if k != "run_dir"} == {
+        k: v for k, v in repeated.items() if k != "run_dir"
+    }
 
 
-def test_python_api_trains_with_the_memory_loader(synthetic_source, synthetic_data, tmp_path, monkeypatch):
+def test_python_api_trains_with_the_memory_loader(
+    synthetic_source, synthetic_data, tmp_path, monkeypatch
+):
     monkeypatch.setenv("FASTRES_CIFAR10", str(synthetic_source))
-    cfg = TrainConfig(model="resnet18", width=8, epochs=2, batch_size=100, lr=0.05, lr_schedule="cosine",
-                      loader="memory", data_dir=str(tmp_path), run_dir=str(tmp_path / "api"))
+    cfg = TrainConfig(
+        model="resnet18",
+        width=8,
+        epochs=2,
+        batch_size=100,
+        lr=0.05,
+        lr_schedule="cosine",
+        loader="memory",
+        data_dir=str(tmp_path),
+        run_dir=str(tmp_path / "api"),
+    )
     summary = train(cfg, log=lambda m: None, progress=False)
     assert summary["loader"] == "memory" and summary["epochs"] == 2
     assert summary["final_val_acc"] > 0.5, "the synthetic classes differ by colour: easy to learn"
@@ -117,9 +206,17 @@ def test_missing_ffcv_falls_back_to_the_memory_loader_with_a_notice(synthetic_so
     shadow = tmp_path / "shadow" / "ffcv"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('ffcv is broken here')\n")
-    res = run_cli("train", *TINY, "--epochs", "1", "--data-dir", str(tmp_path / "nodata"),
-                  "--run-dir", str(tmp_path / "run"),
-                  env={"PYTHONPATH": str(shadow.parent), "FASTRES_CIFAR10": str(synthetic_source)})
+    res = run_cli(
+        "train",
+        *TINY,
+        "--epochs",
+        "1",
+        "--data-dir",
+        str(tmp_path / "nodata"),
+        "--run-dir",
+        str(tmp_path / "run"),
+        env={"PYTHONPATH": str(shadow.parent), "FASTRES_CIFAR10": str(synthetic_source)},
+    )
     assert res.returncode == 0, res.stderr
     assert "using --loader memory" in res.stdout
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["loader"] == "memory"
@@ -156,7 +253,11 @@ def test_compile_stats_count_compiles_and_notice_the_recompile_limit():
         compiled = torch.compile(torch.nn.Linear(4, 2), backend="eager")
         compiled(torch.randn(3, 4))
         first = compile_stats()
-        assert first["compiles"] == 1 and first["compile_time_s"] > 0 and not first["recompile_limit_hit"]
+        assert (
+            first["compiles"] == 1
+            and first["compile_time_s"] > 0
+            and not first["recompile_limit_hit"]
+        )
         for batch in (5, 6, 7):  # each new batch size is a recompile
             compiled(torch.randn(batch, 4))
         stats = compile_stats()

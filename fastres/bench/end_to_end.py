@@ -20,18 +20,44 @@ from .step import measure_step
 from .timing import FULL_TIMING, Timing
 
 
-def _bench_config(model: str, width: int, batch_size: int, data_dir: str | Path, run_dir: str | Path,
-                  device: torch.device, **changes: Any) -> TrainConfig:
+def _bench_config(
+    model: str,
+    width: int,
+    batch_size: int,
+    data_dir: str | Path,
+    run_dir: str | Path,
+    device: torch.device,
+    **changes: Any,
+) -> TrainConfig:
     """The benchmarks' training config: constant learning rate, the FFCV loader."""
-    return TrainConfig(model=model, width=width, batch_size=batch_size, lr_schedule="none", loader="ffcv",
-                       data_dir=str(data_dir), run_dir=str(run_dir), device=device.type, preset="bench", **changes)
+    return TrainConfig(
+        model=model,
+        width=width,
+        batch_size=batch_size,
+        lr_schedule="none",
+        loader="ffcv",
+        data_dir=str(data_dir),
+        run_dir=str(run_dir),
+        device=device.type,
+        preset="bench",
+        **changes,
+    )
 
 
-def measure_end_to_end(model: str, batch_size: int, data_dir: str | Path, run_dir: str | Path, *,
-                       device: torch.device, width: int = 64, train_subset: int = 0, epochs: int = 2,
-                       test_subset: int = 500, timing: Timing = FULL_TIMING,
-                       run_training: Callable[[Callable[[], dict[str, Any]]], dict[str, Any]] | None = None,
-                       ) -> dict[str, Any]:
+def measure_end_to_end(
+    model: str,
+    batch_size: int,
+    data_dir: str | Path,
+    run_dir: str | Path,
+    *,
+    device: torch.device,
+    width: int = 64,
+    train_subset: int = 0,
+    epochs: int = 2,
+    test_subset: int = 500,
+    timing: Timing = FULL_TIMING,
+    run_training: Callable[[Callable[[], dict[str, Any]]], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """A real training run's epoch rate against the pure train-step rate of the same setup.
 
     The run is ``fastres.train.train`` with the FFCV loader; its last epoch is compared
@@ -42,13 +68,30 @@ def measure_end_to_end(model: str, batch_size: int, data_dir: str | Path, run_di
     the step inside the loop, measured without drift between two measurements).
     ``run_training(fn)`` calls ``fn`` (pytest-benchmark's pedantic times it in the suite).
     """
-    config = _bench_config(model, width, batch_size, data_dir, run_dir, device, epochs=epochs,
-                           train_subset=train_subset, test_subset=test_subset)
+    config = _bench_config(
+        model,
+        width,
+        batch_size,
+        data_dir,
+        run_dir,
+        device,
+        epochs=epochs,
+        train_subset=train_subset,
+        test_subset=test_subset,
+    )
     runtime = resolve_runtime(config)
 
     def step_rate() -> dict[str, Any]:
-        return measure_step(model, batch_size, "train", "fastres", device=device, width=width, timing=timing,
-                            runtime=runtime)
+        return measure_step(
+            model,
+            batch_size,
+            "train",
+            "fastres",
+            device=device,
+            width=width,
+            timing=timing,
+            runtime=runtime,
+        )
 
     # The step rate is measured before and after the run and averaged: a machine whose speed
     # drifts (shared CPUs) would otherwise show up as a loss or gain of the loop.
@@ -70,23 +113,42 @@ def measure_end_to_end(model: str, batch_size: int, data_dir: str | Path, run_di
     train_s = rows[-1].get("epoch_train_s")
     shares = {k: v / train_s for k, v in parts.items()} if parts and train_s else None
     return {
-        "loop_time_s": parts, "loop_shares": shares,
+        "loop_time_s": parts,
+        "loop_shares": shares,
         "step_in_loop_images_per_s": epoch_rate * train_s / parts["step"] if shares else None,
-        "model": model, "batch_size": batch_size, "width": width, "epochs": epochs,
+        "model": model,
+        "batch_size": batch_size,
+        "width": width,
+        "epochs": epochs,
         "train_images": (train_subset or 50_000) // batch_size * batch_size,
-        "step_images_per_s": step["images_per_s"], "epoch_images_per_s": epoch_rate,
+        "step_images_per_s": step["images_per_s"],
+        "epoch_images_per_s": epoch_rate,
         "epoch_images_per_s_all": [r["images_per_s"] for r in rows],
-        "run_images_per_s": summary["images_per_s"], "kept": epoch_rate / step["images_per_s"],
-        "run_wall_s": wall, "cpu_wait": summary.get("cpu_wait"),
-        "precision": runtime.precision, "channels_last": runtime.channels_last,
-        "compile": runtime.compile, "step": step,
+        "run_images_per_s": summary["images_per_s"],
+        "kept": epoch_rate / step["images_per_s"],
+        "run_wall_s": wall,
+        "cpu_wait": summary.get("cpu_wait"),
+        "precision": runtime.precision,
+        "channels_last": runtime.channels_last,
+        "compile": runtime.compile,
+        "step": step,
         "step_images_per_s_before_after": [before["images_per_s"], after["images_per_s"]],
     }
 
 
-def measure_step_in_loop(model: str, batch_size: int, data_dir: str | Path, run_dir: str | Path, *,
-                         device: torch.device, width: int = 64, train_subset: int = 0, size: int = 32,
-                         block: int = 10, settle: int = 3) -> dict[str, Any]:
+def measure_step_in_loop(
+    model: str,
+    batch_size: int,
+    data_dir: str | Path,
+    run_dir: str | Path,
+    *,
+    device: torch.device,
+    width: int = 64,
+    train_subset: int = 0,
+    size: int = 32,
+    block: int = 10,
+    settle: int = 3,
+) -> dict[str, Any]:
     """Does the train step itself run slower inside the training loop than alone?
 
     One epoch of a real ``Trainer`` (FFCV loader, augmentation, the trained step) in which
@@ -101,18 +163,46 @@ def measure_step_in_loop(model: str, batch_size: int, data_dir: str | Path, run_
     if device.type != "cpu":
         raise ValueError("measure_step_in_loop times steps on the host: CPU only")
     if not 0 <= settle < block:
-        raise ValueError(f"settle ({settle}) must be smaller than block ({block}): it skips held steps of each block")
-    config = _bench_config(model, width, batch_size, data_dir, run_dir, device, epochs=1, lr=0.01,
-                           train_subset=train_subset)
+        raise ValueError(
+            f"settle ({settle}) must be smaller than block ({block}): it skips held steps of each "
+            "block"
+        )
+    config = _bench_config(
+        model,
+        width,
+        batch_size,
+        data_dir,
+        run_dir,
+        device,
+        epochs=1,
+        lr=0.01,
+        train_subset=train_subset,
+    )
     runtime = resolve_runtime(config)
-    data = open_data(loader="ffcv", data_dir=data_dir, batch_size=batch_size, device=device, seed=config.seed,
-                     train_subset=train_subset, test_subset=batch_size, log=lambda m: None)
+    data = open_data(
+        loader="ffcv",
+        data_dir=data_dir,
+        batch_size=batch_size,
+        device=device,
+        seed=config.seed,
+        train_subset=train_subset,
+        test_subset=batch_size,
+        log=lambda m: None,
+    )
     trainer = Trainer(config, runtime, data, RunDir(run_dir), log=lambda m: None)
     trainer.model.train()
 
     def step(x: torch.Tensor, labels: torch.Tensor) -> float:
         t0 = time.perf_counter()
-        train_step(trainer.forward, trainer.criterion, trainer.optimizer, trainer.scaler, runtime, x, labels)
+        train_step(
+            trainer.forward,
+            trainer.criterion,
+            trainer.optimizer,
+            trainer.scaler,
+            runtime,
+            x,
+            labels,
+        )
         return time.perf_counter() - t0
 
     data.train.set_epoch(0)
@@ -131,10 +221,22 @@ def measure_step_in_loop(model: str, batch_size: int, data_dir: str | Path, run_
             if i >= block:
                 alone.extend(times[settle:])
     if not in_loop or not alone:
-        raise ValueError(f"{train_subset or 50_000} training images make fewer than two blocks of {block} "
-                         f"batches of {batch_size}: use more images or a smaller block")
+        raise ValueError(
+            f"{train_subset or 50_000} training images make fewer than two blocks of {block} "
+            f"batches of {batch_size}: use more images or a smaller block"
+        )
     loop_s, alone_s = statistics.median(in_loop), statistics.median(alone)
-    return {"model": model, "width": width, "batch_size": batch_size, "size": size, "block": block,
-            "loop_steps": len(in_loop), "alone_steps": len(alone),
-            "loop_step_s": loop_s, "alone_step_s": alone_s, "step_kept": alone_s / loop_s,
-            "precision": runtime.precision, "channels_last": runtime.channels_last}
+    return {
+        "model": model,
+        "width": width,
+        "batch_size": batch_size,
+        "size": size,
+        "block": block,
+        "loop_steps": len(in_loop),
+        "alone_steps": len(alone),
+        "loop_step_s": loop_s,
+        "alone_step_s": alone_s,
+        "step_kept": alone_s / loop_s,
+        "precision": runtime.precision,
+        "channels_last": runtime.channels_last,
+    }

@@ -22,17 +22,34 @@ from .timing import synchronize
 EpochRepeat = Callable[[Callable[[], object], int], object]
 
 
-def measure_ffcv_loader(data_dir: str | Path, batch_size: int, *, device: torch.device, subset: int = 0,
-                        repeats: int = 3, seed: int = 0, repeat: EpochRepeat | None = None) -> dict[str, Any]:
+def measure_ffcv_loader(
+    data_dir: str | Path,
+    batch_size: int,
+    *,
+    device: torch.device,
+    subset: int = 0,
+    repeats: int = 3,
+    seed: int = 0,
+    repeat: EpochRepeat | None = None,
+) -> dict[str, Any]:
     """Images/s of fastres' FFCV loader plus its device-side augmentation, per epoch.
 
     Each repeat is one epoch over ``subset`` training images; the first epoch (FFCV
     compiles its pipeline with numba then) is warm-up and not timed.
     """
     runtime = fastres_runtime(device)
-    data = open_data(loader="ffcv", data_dir=data_dir, batch_size=batch_size, device=device, seed=seed,
-                     train_subset=subset, log=lambda m: None)
-    augment = BatchAugment(device, runtime.amp_dtype, channels_last=runtime.channels_last, seed=seed)
+    data = open_data(
+        loader="ffcv",
+        data_dir=data_dir,
+        batch_size=batch_size,
+        device=device,
+        seed=seed,
+        train_subset=subset,
+        log=lambda m: None,
+    )
+    augment = BatchAugment(
+        device, runtime.amp_dtype, channels_last=runtime.channels_last, seed=seed
+    )
 
     def epoch() -> int:
         seen = 0
@@ -42,9 +59,12 @@ def measure_ffcv_loader(data_dir: str | Path, batch_size: int, *, device: torch.
         return seen
 
     return time_epochs(epoch, device, repeats, repeat) | {
-        "loader": "ffcv", "augmentation": "fastres BatchAugment (crop+flip+normalise on the device)",
-        "batch_size": batch_size, "workers": data.train.loader.num_workers,
-        "precision": runtime.precision, "channels_last": runtime.channels_last,
+        "loader": "ffcv",
+        "augmentation": "fastres BatchAugment (crop+flip+normalise on the device)",
+        "batch_size": batch_size,
+        "workers": data.train.loader.num_workers,
+        "precision": runtime.precision,
+        "channels_last": runtime.channels_last,
     }
 
 
@@ -63,9 +83,17 @@ class _PILImages:
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
-def measure_torchvision_loader(source: str | Path, batch_size: int, *, device: torch.device, subset: int = 0,
-                               repeats: int = 3, workers: int = 2, seed: int = 0,
-                               repeat: EpochRepeat | None = None) -> dict[str, Any]:
+def measure_torchvision_loader(
+    source: str | Path,
+    batch_size: int,
+    *,
+    device: torch.device,
+    subset: int = 0,
+    repeats: int = 3,
+    workers: int = 2,
+    seed: int = 0,
+    repeat: EpochRepeat | None = None,
+) -> dict[str, Any]:
     """Images/s of a plain torchvision DataLoader (persistent workers, PIL transforms).
 
     RandomCrop(32, 4) + RandomHorizontalFlip + ToTensor + Normalize over the same training
@@ -76,14 +104,26 @@ def measure_torchvision_loader(source: str | Path, batch_size: int, *, device: t
 
     data = cifar.load_source(source, expect_full=False)
     n = subset or len(data.train)
-    transform = transforms.Compose([
-        transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(), transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD),
-    ])
+    transform = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(CIFAR10_MEAN, CIFAR10_STD),
+        ]
+    )
     dataset = _PILImages(data.train.images[:n], data.train.labels[:n], transform)
     gen = torch.Generator().manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
-                        persistent_workers=workers > 0, pin_memory=device.type == "cuda", generator=gen)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=device.type == "cuda",
+        generator=gen,
+    )
 
     def epoch() -> int:
         seen = 0
@@ -97,12 +137,17 @@ def measure_torchvision_loader(source: str | Path, batch_size: int, *, device: t
         result = time_epochs(epoch, device, repeats, repeat)
     finally:
         loader = None  # dropping the last reference shuts the persistent workers down
-    return result | {"loader": "torchvision", "augmentation": "RandomCrop(32, 4) + RandomHorizontalFlip + Normalize (PIL, in workers)",
-                     "batch_size": batch_size, "workers": workers}
+    return result | {
+        "loader": "torchvision",
+        "augmentation": "RandomCrop(32, 4) + RandomHorizontalFlip + Normalize (PIL, in workers)",
+        "batch_size": batch_size,
+        "workers": workers,
+    }
 
 
-def time_epochs(epoch: Callable[[], int], device: torch.device, repeats: int,
-                 repeat: EpochRepeat | None = None) -> dict[str, Any]:
+def time_epochs(
+    epoch: Callable[[], int], device: torch.device, repeats: int, repeat: EpochRepeat | None = None
+) -> dict[str, Any]:
     """One untimed warm-up epoch, then ``repeats`` synchronised epochs; the median rate."""
     t0 = time.perf_counter()
     epoch()
@@ -124,5 +169,10 @@ def time_epochs(epoch: Callable[[], int], device: torch.device, repeats: int,
             run_one()
     else:
         repeat(run_one, repeats)
-    return {"images_per_s": statistics.median(rates), "repeat_images_per_s": rates,
-            "images_per_epoch": images, "repeats": len(rates), "warmup_epoch_s": warmup_s}
+    return {
+        "images_per_s": statistics.median(rates),
+        "repeat_images_per_s": rates,
+        "images_per_epoch": images,
+        "repeats": len(rates),
+        "warmup_epoch_s": warmup_s,
+    }

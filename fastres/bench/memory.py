@@ -25,7 +25,8 @@ def available_memory_bytes() -> int | None:
                     break
     except OSError:
         pass
-    # In a container the cgroup limit, not the host's free memory, decides when the OOM killer fires.
+    # In a container the cgroup limit, not the host's free memory, decides when the OOM killer
+    # fires.
     try:
         limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
         if limit != "max":
@@ -123,7 +124,9 @@ def _activation_profile(model: str, width: int) -> tuple[int, int, int]:
     return params, total, largest
 
 
-def estimate_memory_bytes(model: str, batch_size: int, mode: str, precision: str, width: int = 64) -> int:
+def estimate_memory_bytes(
+    model: str, batch_size: int, mode: str, precision: str, width: int = 64
+) -> int:
     """Rough peak memory of one configuration, to skip those that cannot fit before trying.
 
     Training keeps most layers' outputs for the backward pass, plus gradient buffers of the

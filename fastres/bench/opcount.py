@@ -79,8 +79,17 @@ def count_step_ops(
     average = recipe.build_ema(net, ema)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     graph = (
-        GraphStep(net, net, criterion, opt, runtime, batch_size=batch_size, ema=average,
-                  ema_decay=ema, capture=False)
+        GraphStep(
+            net,
+            net,
+            criterion,
+            opt,
+            runtime,
+            batch_size=batch_size,
+            ema=average,
+            ema_decay=ema,
+            capture=False,
+        )
         if step == "graph"
         else None
     )
@@ -111,9 +120,16 @@ def count_step_ops(
     return result
 
 
-def _count_third_step(net: nn.Module, criterion: nn.Module, opt: torch.optim.Optimizer,
-                      runtime: Runtime, average: Any, graph: GraphStep | None, x: torch.Tensor,
-                      labels: torch.Tensor) -> OpCounter:
+def _count_third_step(
+    net: nn.Module,
+    criterion: nn.Module,
+    opt: torch.optim.Optimizer,
+    runtime: Runtime,
+    average: Any,
+    graph: GraphStep | None,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+) -> OpCounter:
     """The operators of the third step (the first ones create optimizer state): ``graph``'s
     body, or the eager step and the weight average's update."""
     scaler = torch.amp.GradScaler("cpu", enabled=False)

@@ -33,16 +33,26 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     except (OSError, ValueError, IndexError):
         pass
     return {
-        "cpu": cpu_name(), "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-        "memory_gb": total, "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "device": device.type, "torch": torch.__version__, "cuda": torch.version.cuda,
-        "python": platform.python_version(), "platform": platform.platform(),
-        "cpu_bf16": cpu_supports_bf16(), "ffcv": package_version("ffcv"), "git_commit": git_commit(),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "memory_gb": total,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "device": device.type,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_bf16": cpu_supports_bf16(),
+        "ffcv": package_version("ffcv"),
+        "git_commit": git_commit(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
-def pair_rows(records: Iterable[dict[str, Any]], configs: Sequence[str] = CONFIGS) -> list[dict[str, Any]]:
+def pair_rows(
+    records: Iterable[dict[str, Any]], configs: Sequence[str] = CONFIGS
+) -> list[dict[str, Any]]:
     """One row per (model, batch size, mode) with each config's record side by side.
 
     ``speedup`` is the last measured config's images/s over the first's (fastres over baseline).
@@ -50,17 +60,28 @@ def pair_rows(records: Iterable[dict[str, Any]], configs: Sequence[str] = CONFIG
     """
     rows: dict[tuple[str, int, str], dict[str, Any]] = {}
     for r in records:
-        row = rows.setdefault((r["model"], r["batch_size"], r["mode"]),
-                              {"model": r["model"], "batch_size": r["batch_size"], "mode": r["mode"]})
+        row = rows.setdefault(
+            (r["model"], r["batch_size"], r["mode"]),
+            {"model": r["model"], "batch_size": r["batch_size"], "mode": r["mode"]},
+        )
         row[r["config"]] = r
     for row in rows.values():
         first = row.get(configs[0])
-        last = next((row[c] for c in reversed(configs[1:]) if c in row and row[c]["status"] == "ok"), None)
+        last = next(
+            (row[c] for c in reversed(configs[1:]) if c in row and row[c]["status"] == "ok"), None
+        )
         ok = first and last and first["status"] == "ok"
         row["speedup"] = last["images_per_s"] / first["images_per_s"] if ok else None
     order = {m: i for i, m in enumerate(model_names())}
-    return sorted(rows.values(), key=lambda r: (order.get(r["model"], len(order)), r["model"],
-                                                 MODES.index(r["mode"]) if r["mode"] in MODES else 9, r["batch_size"]))
+    return sorted(
+        rows.values(),
+        key=lambda r: (
+            order.get(r["model"], len(order)),
+            r["model"],
+            MODES.index(r["mode"]) if r["mode"] in MODES else 9,
+            r["batch_size"],
+        ),
+    )
 
 
 _SHORT = {"baseline": "base", "fastres": "fast"}  # other configurations keep their names
@@ -82,26 +103,50 @@ def _mem(record: dict[str, Any] | None) -> str:
 
 def format_table(records: Sequence[dict[str, Any]], configs: Sequence[str] = CONFIGS) -> str:
     """The side-by-side table, then one line per configuration that was not measured."""
-    header = ("model", "batch", "mode", *(f"{c} img/s" for c in configs), "speedup",
-              f"peak MB {'/'.join(_SHORT.get(c, c) for c in configs)}", "compile s")
+    header = (
+        "model",
+        "batch",
+        "mode",
+        *(f"{c} img/s" for c in configs),
+        "speedup",
+        f"peak MB {'/'.join(_SHORT.get(c, c) for c in configs)}",
+        "compile s",
+    )
     lines = []
     for row in pair_rows(records, configs):
         recs = [row.get(c) for c in configs]
-        compile_s = next((r["compile_s"] for r in recs if r and r.get("compile_s") is not None), None)
-        lines.append((
-            row["model"], str(row["batch_size"]), row["mode"], *(_cell(r) for r in recs),
-            f"{row['speedup']:.2f}x" if row["speedup"] else "-",
-            " / ".join(_mem(r) for r in recs), f"{compile_s:.1f}" if compile_s is not None else "-",
-        ))
-    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
+        compile_s = next(
+            (r["compile_s"] for r in recs if r and r.get("compile_s") is not None), None
+        )
+        lines.append(
+            (
+                row["model"],
+                str(row["batch_size"]),
+                row["mode"],
+                *(_cell(r) for r in recs),
+                f"{row['speedup']:.2f}x" if row["speedup"] else "-",
+                " / ".join(_mem(r) for r in recs),
+                f"{compile_s:.1f}" if compile_s is not None else "-",
+            )
+        )
+    widths = [
+        max(len(h), *(len(line[i]) for line in lines)) if lines else len(h)
+        for i, h in enumerate(header)
+    ]
     left = {0, 2}  # text columns; numbers right-aligned
 
     def fmt(cols: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cols, widths, strict=True)))
+        return "  ".join(
+            c.ljust(w) if i in left else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cols, widths, strict=True))
+        )
 
     out = [fmt(header), "  ".join("-" * w for w in widths)] + [fmt(line) for line in lines]
-    notes = [f"  {r['model']} b{r['batch_size']} {r['mode']} {r['config']}: {r['reason']}"
-             for r in records if r["status"] != "ok" or r.get("reason")]
+    notes = [
+        f"  {r['model']} b{r['batch_size']} {r['mode']} {r['config']}: {r['reason']}"
+        for r in records
+        if r["status"] != "ok" or r.get("reason")
+    ]
     if notes:
         out += ["", "not measured / notes:", *notes]
     return "\n".join(out)
@@ -114,8 +159,12 @@ def _write(path: Path, flag: str, writer: Callable[[Path], None]) -> None:
         raise FastresError(f"cannot write {flag} {path}: {exc.strerror or exc}") from None
 
 
-def write_json(path: str | Path, machine: dict[str, Any], records: Sequence[dict[str, Any]],
-               settings: dict[str, Any] | None = None) -> None:
+def write_json(
+    path: str | Path,
+    machine: dict[str, Any],
+    records: Sequence[dict[str, Any]],
+    settings: dict[str, Any] | None = None,
+) -> None:
     doc = {"machine": machine, "settings": settings or {}, "records": list(records)}
     _write(Path(path), "--json", lambda p: atomic_write_text(p, json.dumps(doc, indent=2) + "\n"))
 
@@ -145,14 +194,25 @@ def write_plot(path: str | Path, records: Sequence[dict[str, Any]], title: str =
     for ax, model in zip(axes, models, strict=False):
         for mode in MODES:
             for config in CONFIGS:
-                pts = sorted((r["batch_size"], r["images_per_s"]) for r in records
-                             if r["model"] == model and r["mode"] == mode and r["config"] == config
-                             and r["status"] == "ok")
+                pts = sorted(
+                    (r["batch_size"], r["images_per_s"])
+                    for r in records
+                    if r["model"] == model
+                    and r["mode"] == mode
+                    and r["config"] == config
+                    and r["status"] == "ok"
+                )
                 if not pts:
                     continue
                 color, marker = styles[config]
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, marker=marker,
-                        linestyle="-" if mode == "train" else "--", label=f"{config} {mode}")
+                ax.plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    color=color,
+                    marker=marker,
+                    linestyle="-" if mode == "train" else "--",
+                    label=f"{config} {mode}",
+                )
         sizes = sorted({r["batch_size"] for r in records if r["model"] == model})
         ax.set_ylim(bottom=0)  # ratios read true only from zero
         ax.set_xscale("log", base=2)
@@ -165,6 +225,7 @@ def write_plot(path: str | Path, records: Sequence[dict[str, Any]], title: str =
             ax.legend(fontsize="small")
     if title:
         fig.suptitle(title, fontsize="medium")
+
     def writer(p: Path) -> None:
         with atomic_path(p) as tmp:
             fig.savefig(tmp, format="png", dpi=110)

@@ -43,10 +43,30 @@ QUICK_WIDTH = 8
 
 # Every record carries these keys (None where they do not apply), in this order in the CSV.
 RECORD_KEYS = (
-    "model", "batch_size", "mode", "config", "status", "images_per_s", "step_ms",
-    "steps_per_repeat", "repeats", "warmup_steps", "repeat_images_per_s", "first_step_s",
-    "compile_s", "peak_memory_mb", "estimated_memory_mb", "precision", "channels_last",
-    "compile", "augment", "width", "device", "threads", "cpu_wait", "reason",
+    "model",
+    "batch_size",
+    "mode",
+    "config",
+    "status",
+    "images_per_s",
+    "step_ms",
+    "steps_per_repeat",
+    "repeats",
+    "warmup_steps",
+    "repeat_images_per_s",
+    "first_step_s",
+    "compile_s",
+    "peak_memory_mb",
+    "estimated_memory_mb",
+    "precision",
+    "channels_last",
+    "compile",
+    "augment",
+    "width",
+    "device",
+    "threads",
+    "cpu_wait",
+    "reason",
 )
 
 
@@ -82,9 +102,20 @@ class StepBench:
     normaliser, i.e. the runtime's dtype and memory format (fp32 NCHW for the baseline).
     """
 
-    def __init__(self, model: str, batch_size: int, mode: str, runtime: Runtime, *, width: int = 64,
-                 seed: int = 0, compile_backend: str = "inductor", compile_mode: str | None = None,
-                 autotune: bool = True, augment: bool = False) -> None:
+    def __init__(
+        self,
+        model: str,
+        batch_size: int,
+        mode: str,
+        runtime: Runtime,
+        *,
+        width: int = 64,
+        seed: int = 0,
+        compile_backend: str = "inductor",
+        compile_mode: str | None = None,
+        autotune: bool = True,
+        augment: bool = False,
+    ) -> None:
         if mode not in MODES:
             raise FastresError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
         self.model_name, self.batch_size, self.mode, self.runtime = model, batch_size, mode, runtime
@@ -101,20 +132,30 @@ class StepBench:
         else:
             self.forward = net
         if device.type == "cuda":
-            # The trainer autotunes cuDNN (set_deterministic(False)); a plain script keeps the default.
+            # The trainer autotunes cuDNN (set_deterministic(False)); a plain script keeps the
+            # default.
             torch.backends.cudnn.benchmark = autotune
         gen = torch.Generator().manual_seed(seed)
-        images = torch.randint(0, 256, (batch_size, 32, 32, 3), dtype=torch.uint8, generator=gen).to(device)
+        images = torch.randint(
+            0, 256, (batch_size, 32, 32, 3), dtype=torch.uint8, generator=gen
+        ).to(device)
         self.images = images
         # augment=True times the trainer's data path: the uint8 batch already on the device goes
         # through the random crop + flip + normalise of BatchAugment.train before every step.
-        self.augment = BatchAugment(device, runtime.amp_dtype, channels_last=runtime.channels_last, seed=seed)
+        self.augment = BatchAugment(
+            device, runtime.amp_dtype, channels_last=runtime.channels_last, seed=seed
+        )
         self.augment_each_step = augment
         self.x = self.augment.test(images)
         self.labels = torch.randint(0, 10, (batch_size,), generator=gen).to(device)
         defaults = TrainConfig()
-        self.optimizer = torch.optim.SGD(net.parameters(), lr=defaults.lr, momentum=defaults.momentum,
-                                         nesterov=defaults.nesterov, weight_decay=defaults.weight_decay)
+        self.optimizer = torch.optim.SGD(
+            net.parameters(),
+            lr=defaults.lr,
+            momentum=defaults.momentum,
+            nesterov=defaults.nesterov,
+            weight_decay=defaults.weight_decay,
+        )
         self.scaler = torch.amp.GradScaler(device.type, enabled=runtime.grad_scaler)
         self.criterion = nn.CrossEntropyLoss()
         self.net = net
@@ -124,11 +165,21 @@ class StepBench:
     def step(self) -> None:
         x = self.augment.train(self.images) if self.augment_each_step else self.x
         if self.mode == "train":
-            self.last_loss, _ = train_step(self.forward, self.criterion, self.optimizer, self.scaler,
-                                           self.runtime, x, self.labels)
+            self.last_loss, _ = train_step(
+                self.forward,
+                self.criterion,
+                self.optimizer,
+                self.scaler,
+                self.runtime,
+                x,
+                self.labels,
+            )
             return
         rt = self.runtime
-        with torch.no_grad(), torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.autocast):
+        with (
+            torch.no_grad(),
+            torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.autocast),
+        ):
             self.forward(x)
 
     def run(self, steps: int) -> float:
@@ -142,8 +193,11 @@ class StepBench:
         self.times.append(elapsed)
         return elapsed
 
-    def measure(self, timing: Timing,
-                repeat: Callable[[Callable[[int], float], int, int], object] | None = None) -> dict[str, Any]:
+    def measure(
+        self,
+        timing: Timing,
+        repeat: Callable[[Callable[[int], float], int, int], object] | None = None,
+    ) -> dict[str, Any]:
         """First step, warm-up, then ``timing.repeats`` timed repeats; a record's timing fields.
 
         ``repeat(run, steps, repeats)`` runs the timed repeats (pytest-benchmark's pedantic);
@@ -178,22 +232,49 @@ class StepBench:
         }
 
 
-def base_record(model: str, batch_size: int, mode: str, config: str, runtime: Runtime, width: int,
-                augment: bool = False) -> dict[str, Any]:
+def base_record(
+    model: str,
+    batch_size: int,
+    mode: str,
+    config: str,
+    runtime: Runtime,
+    width: int,
+    augment: bool = False,
+) -> dict[str, Any]:
     """A record of one configuration with every key present, before it is measured."""
     record: dict[str, Any] = dict.fromkeys(RECORD_KEYS)
-    record.update(model=model, batch_size=batch_size, mode=mode, config=config,
-                  precision=runtime.precision, channels_last=runtime.channels_last,
-                  compile=runtime.compile, augment=augment, width=width, device=runtime.device.type,
-                  threads=torch.get_num_threads())
+    record.update(
+        model=model,
+        batch_size=batch_size,
+        mode=mode,
+        config=config,
+        precision=runtime.precision,
+        channels_last=runtime.channels_last,
+        compile=runtime.compile,
+        augment=augment,
+        width=width,
+        device=runtime.device.type,
+        threads=torch.get_num_threads(),
+    )
     return record
 
 
-def measure_step(model: str, batch_size: int, mode: str, config: str, *, device: torch.device,
-                 width: int = 64, timing: Timing = FULL_TIMING, mem_limit_bytes: int | None = None,
-                 compile_backend: str = "inductor", runtime: Runtime | None = None, augment: bool = False,
-                 repeat: Callable[[Callable[[int], float], int, int], object] | None = None,
-                 compile_mode: str | None = None) -> dict[str, Any]:
+def measure_step(
+    model: str,
+    batch_size: int,
+    mode: str,
+    config: str,
+    *,
+    device: torch.device,
+    width: int = 64,
+    timing: Timing = FULL_TIMING,
+    mem_limit_bytes: int | None = None,
+    compile_backend: str = "inductor",
+    runtime: Runtime | None = None,
+    augment: bool = False,
+    repeat: Callable[[Callable[[int], float], int, int], object] | None = None,
+    compile_mode: str | None = None,
+) -> dict[str, Any]:
     """Measure one configuration; a record with status ok, skipped (would not fit) or oom.
 
     On CPU, a configuration whose estimated memory exceeds ``mem_limit_bytes`` (default: what
@@ -209,16 +290,29 @@ def measure_step(model: str, batch_size: int, mode: str, config: str, *, device:
         free = mem_limit_bytes if mem_limit_bytes is not None else available_memory_bytes()
         what = "allowed by --mem-limit" if mem_limit_bytes is not None else "free"
         if free is not None and estimate > 0.9 * free:
-            record.update(status="skipped",
-                          reason=f"skipped: needs ~{estimate / 1e9:.1f} GB, {free / 1e9:.1f} GB {what}")
+            record.update(
+                status="skipped",
+                reason=f"skipped: needs ~{estimate / 1e9:.1f} GB, {free / 1e9:.1f} GB {what}",
+            )
             return record
     bench = None
     try:
         with PeakMemory(device) as peak:
-            bench = StepBench(model, batch_size, mode, runtime, width=width, compile_backend=compile_backend,
-                              compile_mode=compile_mode, autotune=config != "baseline", augment=augment)
+            bench = StepBench(
+                model,
+                batch_size,
+                mode,
+                runtime,
+                width=width,
+                compile_backend=compile_backend,
+                compile_mode=compile_mode,
+                autotune=config != "baseline",
+                augment=augment,
+            )
             record.update(bench.measure(timing, repeat=repeat))
-        record["peak_memory_mb"] = round(peak.peak_bytes / 2**20, 1) if peak.peak_bytes is not None else None
+        record["peak_memory_mb"] = (
+            round(peak.peak_bytes / 2**20, 1) if peak.peak_bytes is not None else None
+        )
         record["status"] = "ok"
         if bench.last_loss is not None and not bool(torch.isfinite(bench.last_loss)):
             # Random data at the trainer's lr can diverge; NaN arithmetic can be slower on CPU.
@@ -226,8 +320,11 @@ def measure_step(model: str, batch_size: int, mode: str, config: str, *, device:
     except Exception as exc:  # noqa: BLE001 - only out-of-memory is recorded; the rest re-raises
         if not is_out_of_memory(exc):
             raise
-        record.update(status="oom", images_per_s=None,
-                      reason=f"out of memory: {str(exc).strip().splitlines()[0][:200]}")
+        record.update(
+            status="oom",
+            images_per_s=None,
+            reason=f"out of memory: {str(exc).strip().splitlines()[0][:200]}",
+        )
     finally:
         del bench
         if device.type == "cuda":
@@ -236,11 +333,20 @@ def measure_step(model: str, batch_size: int, mode: str, config: str, *, device:
     return record
 
 
-def sweep(models: Sequence[str], batch_sizes: Sequence[int], modes: Sequence[str], *,
-          device: torch.device, width: int | None = None, timing: Timing = FULL_TIMING,
-          configs: Sequence[str] = CONFIGS, mem_limit_bytes: int | None = None,
-          progress: bool | None = None, compile_backend: str = "inductor",
-          log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+def sweep(
+    models: Sequence[str],
+    batch_sizes: Sequence[int],
+    modes: Sequence[str],
+    *,
+    device: torch.device,
+    width: int | None = None,
+    timing: Timing = FULL_TIMING,
+    configs: Sequence[str] = CONFIGS,
+    mem_limit_bytes: int | None = None,
+    progress: bool | None = None,
+    compile_backend: str = "inductor",
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
     """Every model x mode x batch size, baseline and fastres back to back; one record each.
 
     A configuration that is skipped or runs out of memory is recorded and the sweep goes on.
@@ -253,20 +359,38 @@ def sweep(models: Sequence[str], batch_sizes: Sequence[int], modes: Sequence[str
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(plan), desc="fastres bench", unit="config", file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(
+            total=len(plan),
+            desc="fastres bench",
+            unit="config",
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
     try:
         for i, (model, mode, batch, config) in enumerate(plan, 1):
             label = f"{model} b{batch} {mode} {config}"
             if bar is not None:
                 bar.set_postfix_str(label, refresh=True)
-            record = measure_step(model, batch, mode, config, device=device,
-                                  width=standard_width(model) if width is None else width, timing=timing,
-                                  mem_limit_bytes=mem_limit_bytes, compile_backend=compile_backend)
+            record = measure_step(
+                model,
+                batch,
+                mode,
+                config,
+                device=device,
+                width=standard_width(model) if width is None else width,
+                timing=timing,
+                mem_limit_bytes=mem_limit_bytes,
+                compile_backend=compile_backend,
+            )
             records.append(record)
             if bar is not None:
                 bar.update(1)
             elif progress is None:
-                print(f"[{i}/{len(plan)}] {label}: {short_result(record)}", file=sys.stderr, flush=True)
+                print(
+                    f"[{i}/{len(plan)}] {label}: {short_result(record)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if log is not None:
                 log(f"{label}: {short_result(record)}")
     finally:
@@ -280,6 +404,9 @@ def short_result(record: dict[str, Any]) -> str:
     if record["status"] == "ok":
         extra = f", compile {record['compile_s']:.1f}s" if record.get("compile_s") else ""
         if is_shared(record.get("cpu_wait")):
-            extra += f", shared CPU: {record['cpu_wait']:.2f} threads kept waiting (the rate is the machine's load)"
+            extra += (
+                f", shared CPU: {record['cpu_wait']:.2f} threads kept waiting (the rate is "
+                "the machine's load)"
+            )
         return f"{record['images_per_s']:.1f} img/s{extra}"
     return record["reason"] or record["status"]

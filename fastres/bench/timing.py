@@ -30,7 +30,8 @@ class Timing:
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.repeats < 1 or self.min_repeat_s < 0 or self.max_steps < 1:
             raise FastresError(
-                f"timing needs warmup >= 0, repeats >= 1 and min-time >= 0, got warmup {self.warmup}, "
+                "timing needs warmup >= 0, repeats >= 1 and min-time >= 0, got warmup "
+                f"{self.warmup}, "
                 f"repeats {self.repeats}, min-time {self.min_repeat_s}"
             )
 

@@ -60,4 +60,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (`fastres ... | head`): stop quietly, as Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-

@@ -89,7 +89,6 @@ def add_parser(sub: Any) -> None:
     _add_timing_and_output_options(p)
 
 
-
 def _add_timing_and_output_options(p: argparse.ArgumentParser) -> None:
     from ..bench import FULL_TIMING
 
@@ -269,8 +268,9 @@ def _timing(args: argparse.Namespace) -> Any:
     )
 
 
-def _write_outputs(outputs: dict[str, Any], machine: dict[str, Any], records: Any,
-                   settings: dict[str, Any]) -> None:
+def _write_outputs(
+    outputs: dict[str, Any], machine: dict[str, Any], records: Any, settings: dict[str, Any]
+) -> None:
     from .. import bench
 
     if "--json" in outputs:

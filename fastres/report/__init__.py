@@ -58,25 +58,53 @@ from .runs import (
 )
 
 __all__ = [
-    "LR_PLOT", "NEIGHBOURS", "ORIGINAL_EPOCHS", "ORIGINAL_STUDY", "REPORT_JSON", "REPORT_MD",
-    "TIME_PLOT", "VAL_PLOT", "Group", "Run", "aggregate", "difference", "find_reference",
-    "group_runs", "load_runs", "load_studies", "machine_variants", "plot_lr",
-    "plot_time_accuracy", "plot_val_acc", "render_markdown", "shared_cpu", "stats",
-    "study_reference", "study_rules", "study_variants", "summary_table",
-    "time_accuracy_points", "time_comparison", "write_report",
+    "LR_PLOT",
+    "NEIGHBOURS",
+    "ORIGINAL_EPOCHS",
+    "ORIGINAL_STUDY",
+    "REPORT_JSON",
+    "REPORT_MD",
+    "TIME_PLOT",
+    "VAL_PLOT",
+    "Group",
+    "Run",
+    "aggregate",
+    "difference",
+    "find_reference",
+    "group_runs",
+    "load_runs",
+    "load_studies",
+    "machine_variants",
+    "plot_lr",
+    "plot_time_accuracy",
+    "plot_val_acc",
+    "render_markdown",
+    "shared_cpu",
+    "stats",
+    "study_reference",
+    "study_rules",
+    "study_variants",
+    "summary_table",
+    "time_accuracy_points",
+    "time_comparison",
+    "write_report",
 ]
 
 
-def write_report(roots: str | Path | Sequence[str | Path], reference: str | None = None,
-                 out: str | Path | None = None) -> dict[str, Any]:
+def write_report(
+    roots: str | Path | Sequence[str | Path],
+    reference: str | None = None,
+    out: str | Path | None = None,
+) -> dict[str, Any]:
     """Write report.md, report.json and the plots into ``out`` (default: the one folder
     reported), every setting compared with ``reference`` (default ``baseline``); return the
     report's data. Several folders are reported as one study (``load_studies``): seeds of a
     setting run in different studies, on different days or machines, count together."""
     paths = folders(roots)
     if out is None and len(paths) > 1:
-        raise FastresError(f"a report of {len(paths)} folders needs --out DIR: the folder its "
-                           "report.md goes to")
+        raise FastresError(
+            f"a report of {len(paths)} folders needs --out DIR: the folder its report.md goes to"
+        )
     target = Path(out) if out is not None else paths[0]
     if target.exists() and not target.is_dir():
         raise FastresError(f"--out {target} is a file, not a folder: pass a folder for the report")
@@ -92,6 +120,8 @@ def write_report(roots: str | Path | Sequence[str | Path], reference: str | None
         atomic_write_text(target / REPORT_MD, render_markdown(data))
         atomic_write_text(target / REPORT_JSON, json.dumps(data, indent=2) + "\n")
     except OSError as exc:
-        raise FastresError(f"cannot write the report into {target} ({exc.strerror or exc}): "
-                           "check that you can write there") from None
+        raise FastresError(
+            f"cannot write the report into {target} ({exc.strerror or exc}): "
+            "check that you can write there"
+        ) from None
     return data

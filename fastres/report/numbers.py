@@ -31,8 +31,15 @@ from .runs import (
 )
 
 # The original study: one run per setting, 100 epochs, best-epoch test accuracy (percent).
-ORIGINAL_STUDY = {"cosine": 94.1, "baseline": 93.9, "no_schedule": 90.9, "resnet34": 89.9,
-                  "resnet50": 88.3, "no_batchnorm": 87.0, "small_batch": 88.4}
+ORIGINAL_STUDY = {
+    "cosine": 94.1,
+    "baseline": 93.9,
+    "no_schedule": 90.9,
+    "resnet34": 89.9,
+    "resnet50": 88.3,
+    "no_batchnorm": 87.0,
+    "small_batch": 88.4,
+}
 ORIGINAL_EPOCHS = 100
 # The files a report writes into its folder.
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
@@ -68,24 +75,40 @@ def stats(values: list[float]) -> dict[str, Any]:
     """mean, sample std (ddof 1; None for fewer than 2 values), median, min, max, n, values."""
     values = [float(v) for v in values if v is not None]
     if not values:
-        return {"n": 0, "mean": None, "std": None, "median": None, "min": None, "max": None,
-                "values": []}
-    return {"n": len(values), "mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else None,
-            "median": statistics.median(values), "min": min(values), "max": max(values),
-            "values": values}
+        return {
+            "n": 0,
+            "mean": None,
+            "std": None,
+            "median": None,
+            "min": None,
+            "max": None,
+            "values": [],
+        }
+    return {
+        "n": len(values),
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "values": values,
+    }
 
 
-def group_runs(runs: list[Run], variants: frozenset[str] = frozenset(),
-               apart: frozenset[str] = frozenset()) -> list[Group]:
+def group_runs(
+    runs: list[Run], variants: frozenset[str] = frozenset(), apart: frozenset[str] = frozenset()
+) -> list[Group]:
     """One group per (preset, recipe without the seed), in the ablation table's order; a group
     living in the folder of one of the study's ``variants`` is labelled with its name. Runs in
     the folder of a variant in ``apart`` (``machine_variants``) form a group of their own."""
     groups: dict[tuple[str, str, str], Group] = {}
     for run in runs:
         recipe = setting(run)
-        key = (run.config.preset, json.dumps(recipe, sort_keys=True),
-               run.folder if run.folder in apart else "")
+        key = (
+            run.config.preset,
+            json.dumps(recipe, sort_keys=True),
+            run.folder if run.folder in apart else "",
+        )
         if key not in groups:
             label = run.config.preset or "custom"
             groups[key] = Group(run.config.preset, label, recipe, run.config)
@@ -100,9 +123,13 @@ def group_runs(runs: list[Run], variants: frozenset[str] = frozenset(),
     _tell_apart(result)
     order = list(PRESETS)
     # A preset's own runs come before its variants (they are the variants' reference).
-    result.sort(key=lambda g: (order.index(g.preset) if g.preset in order else len(order),
-                               g.label != (g.preset or "custom")
-                               and not g.label.startswith(f"{g.preset} ("), g.label))
+    result.sort(
+        key=lambda g: (
+            order.index(g.preset) if g.preset in order else len(order),
+            g.label != (g.preset or "custom") and not g.label.startswith(f"{g.preset} ("),
+            g.label,
+        )
+    )
     return result
 
 
@@ -112,8 +139,9 @@ def _tell_apart(groups: list[Group]) -> None:
     for label in {g.label for g in groups}:
         same = [g for g in groups if g.label == label]
         if len(same) > 1:
-            varying = [k for k in same[0].recipe
-                       if len({json.dumps(g.recipe[k]) for g in same}) > 1]
+            varying = [
+                k for k in same[0].recipe if len({json.dumps(g.recipe[k]) for g in same}) > 1
+            ]
             for g in same:
                 g.label = f"{label} ({', '.join(f'{k}={compact(g.recipe[k])}' for k in varying)})"
 
@@ -128,8 +156,9 @@ def find_reference(groups: list[Group], reference: str | None) -> Group | None:
         if reference in (g.name, g.label) or (g.preset == reference and g.name in ("", reference)):
             return g
     names = ", ".join(dict.fromkeys(g.name or g.label for g in groups))
-    raise FastresError(f"no setting named {reference!r} among the runs: "
-                       f"pass --reference with one of {names}")
+    raise FastresError(
+        f"no setting named {reference!r} among the runs: pass --reference with one of {names}"
+    )
 
 
 def difference(group: Group, reference: Group) -> dict[str, Any] | None:
@@ -143,21 +172,41 @@ def difference(group: Group, reference: Group) -> dict[str, Any] | None:
     if not mine or not theirs:
         return None
     common = sorted(set(mine) & set(theirs))
-    base = {"reference": reference.label, "n_setting": len(mine), "n_reference": len(theirs),
-            "power": seedstats.POWER, "rule": seedstats.RULE}
+    base = {
+        "reference": reference.label,
+        "n_setting": len(mine),
+        "n_reference": len(theirs),
+        "power": seedstats.POWER,
+        "rule": seedstats.RULE,
+    }
     if len(common) >= 2:
         diffs = [mine[s] - theirs[s] for s in common]
-        return (base | seedstats.paired_difference(diffs)
-                | {"paired": True, "seeds": common, "values": diffs})
+        return (
+            base
+            | seedstats.paired_difference(diffs)
+            | {"paired": True, "seeds": common, "values": diffs}
+        )
     a, b = list(mine.values()), list(theirs.values())
     if len(a) >= 2 and len(b) >= 2:
-        return (base | seedstats.welch_difference(a, b)
-                | {"paired": False, "seeds": [], "values": []})
-    none = dict.fromkeys(("stderr", "df", "t", "half_width", "low", "high", "sd",
-                          "seeds_to_separate"))
-    return base | none | {"paired": False, "n": min(len(a), len(b)), "seeds": [], "values": [],
-                          "mean": statistics.fmean(a) - statistics.fmean(b),
-                          "confidence": seedstats.CONFIDENCE, "significant": False}
+        return (
+            base | seedstats.welch_difference(a, b) | {"paired": False, "seeds": [], "values": []}
+        )
+    none = dict.fromkeys(
+        ("stderr", "df", "t", "half_width", "low", "high", "sd", "seeds_to_separate")
+    )
+    return (
+        base
+        | none
+        | {
+            "paired": False,
+            "n": min(len(a), len(b)),
+            "seeds": [],
+            "values": [],
+            "mean": statistics.fmean(a) - statistics.fmean(b),
+            "confidence": seedstats.CONFIDENCE,
+            "significant": False,
+        }
+    )
 
 
 def shared_cpu(summary: dict[str, Any] | None) -> bool:
@@ -179,49 +228,87 @@ def time_comparison(group: Group, reference: Group) -> dict[str, Any] | None:
     left_out = sum(shared_cpu(r.summary) for r in group.done + reference.done)
     mine, theirs = _timed_summaries(group), _timed_summaries(reference)
     if not mine or not theirs:
-        return {"paired": False, "n": 0, "seeds": [], "values": [], "ratio": None, "apart_s": None,
-                "left_out": left_out, "not_beside": 0}
-    pairs = [p for seed in sorted(set(mine) & set(theirs))
-             if (p := _closest_pair(seed, mine[seed], theirs[seed])) is not None]
+        return {
+            "paired": False,
+            "n": 0,
+            "seeds": [],
+            "values": [],
+            "ratio": None,
+            "apart_s": None,
+            "left_out": left_out,
+            "not_beside": 0,
+        }
+    pairs = [
+        p
+        for seed in sorted(set(mine) & set(theirs))
+        if (p := _closest_pair(seed, mine[seed], theirs[seed])) is not None
+    ]
     beside = [p for p in pairs if p["neighbours"]]
     if beside:  # drift-free pairs, even a few, say more than medians of runs hours apart
         ratios = [p["ratio"] for p in beside]
-        return {"paired": True, "n": len(ratios), "seeds": [p["seed"] for p in beside],
-                "values": ratios, "ratio": statistics.median(ratios),
-                "apart_s": max(p["apart_s"] for p in beside),
-                "left_out": left_out, "not_beside": len(pairs) - len(beside)}
+        return {
+            "paired": True,
+            "n": len(ratios),
+            "seeds": [p["seed"] for p in beside],
+            "values": ratios,
+            "ratio": statistics.median(ratios),
+            "apart_s": max(p["apart_s"] for p in beside),
+            "left_out": left_out,
+            "not_beside": len(pairs) - len(beside),
+        }
     a, b = (statistics.median(ss[0]["train_time_s"] for ss in d.values()) for d in (mine, theirs))
-    return {"paired": False, "n": min(len(mine), len(theirs)), "seeds": [], "values": [],
-            "ratio": a / b if a and b else None,
-            "apart_s": max(p["apart_s"] for p in pairs) if pairs else None,
-            "left_out": left_out, "not_beside": 0}
+    return {
+        "paired": False,
+        "n": min(len(mine), len(theirs)),
+        "seeds": [],
+        "values": [],
+        "ratio": a / b if a and b else None,
+        "apart_s": max(p["apart_s"] for p in pairs) if pairs else None,
+        "left_out": left_out,
+        "not_beside": 0,
+    }
 
 
 def _timed_summaries(group: Group) -> dict[int, list[dict[str, Any]]]:
     """Per seed, the summaries whose time counts: the counted run's first, then its twins'
     (see load_studies), leaving out runs that shared their CPU; seeds with none left out."""
-    per_seed = {r.config.seed: [t.summary for t in [r, *r.twins]
-                                if t.complete and not shared_cpu(t.summary)]
-                for r in group.done}
+    per_seed = {
+        r.config.seed: [
+            t.summary for t in [r, *r.twins] if t.complete and not shared_cpu(t.summary)
+        ]
+        for r in group.done
+    }
     return {seed: ss for seed, ss in per_seed.items() if ss}
 
 
-def _closest_pair(seed: int, mine: list[dict[str, Any]],
-                  theirs: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _closest_pair(
+    seed: int, mine: list[dict[str, Any]], theirs: list[dict[str, Any]]
+) -> dict[str, Any] | None:
     """Of a seed's runs in both settings, the two that ran closest together, with their time
     ratio; None when no summary says when it ran."""
-    timed = [(abs(a[0] - b[0]), max(a[1] - a[0], b[1] - b[0]), x, y) for x in mine for y in theirs
-             if (a := training_interval(x)) is not None and (b := training_interval(y)) is not None]
+    timed = [
+        (abs(a[0] - b[0]), max(a[1] - a[0], b[1] - b[0]), x, y)
+        for x in mine
+        for y in theirs
+        if (a := training_interval(x)) is not None and (b := training_interval(y)) is not None
+    ]
     if not timed:
         return None
     apart, longest, x, y = min(timed, key=lambda t: t[0])
-    return {"seed": seed, "ratio": x["train_time_s"] / y["train_time_s"],
-            "apart_s": apart, "neighbours": apart <= NEIGHBOURS * longest}
+    return {
+        "seed": seed,
+        "ratio": x["train_time_s"] / y["train_time_s"],
+        "apart_s": apart,
+        "neighbours": apart <= NEIGHBOURS * longest,
+    }
 
 
-def aggregate(roots: str | Path | Sequence[str | Path], runs: list[Run] | None = None,
-              reference: str | None = None,
-              skipped: list[dict[str, str]] | None = None) -> dict[str, Any]:
+def aggregate(
+    roots: str | Path | Sequence[str | Path],
+    runs: list[Run] | None = None,
+    reference: str | None = None,
+    skipped: list[dict[str, str]] | None = None,
+) -> dict[str, Any]:
     """Everything the report shows, as plain data (accuracies as fractions, like summary.json),
     for the runs of one folder or of several taken as one study (``load_studies``). Every
     setting is compared with ``reference`` (see ``find_reference``); ``skipped`` are the
@@ -246,8 +333,13 @@ def aggregate(roots: str | Path | Sequence[str | Path], runs: list[Run] | None =
         "common_changes": _common_changes(runs),
         "rules": study_rules(*paths),
         "provenance": _provenance(runs),
-        "files": {"markdown": REPORT_MD, "json": REPORT_JSON, "val_plot": VAL_PLOT,
-                  "lr_plot": LR_PLOT, "time_plot": TIME_PLOT},
+        "files": {
+            "markdown": REPORT_MD,
+            "json": REPORT_JSON,
+            "val_plot": VAL_PLOT,
+            "lr_plot": LR_PLOT,
+            "time_plot": TIME_PLOT,
+        },
     }
 
 
@@ -260,7 +352,9 @@ def _setting_entry(g: Group, ref: Group | None) -> dict[str, Any]:
     original_acc = ORIGINAL_STUDY[original] / 100 if original in ORIGINAL_STUDY else None
     final = stats([s["final_val_acc"] for s in done])
     entry = {
-        "preset": g.preset, "label": g.label, "n": len(done),
+        "preset": g.preset,
+        "label": g.label,
+        "n": len(done),
         "seeds": [r.config.seed for r in g.done],
         "final_val_acc": final,
         "test_set_stderr": _test_set_stderr(g, final["mean"]),
@@ -277,19 +371,26 @@ def _setting_entry(g: Group, ref: Group | None) -> dict[str, Any]:
         "original_best_acc_reference": original_acc,
         "recipe": g.recipe,
         "runs": [r.rel for r in g.done],
-        "shared_cpu": [{"run": r.rel, "cpu_wait": r.summary["cpu_wait"]}
-                       for r in g.done if shared_cpu(r.summary)],
+        "shared_cpu": [
+            {"run": r.rel, "cpu_wait": r.summary["cpu_wait"]}
+            for r in g.done
+            if shared_cpu(r.summary)
+        ],
         "unfinished": [_unfinished(r) for r in g.unfinished],
     }
-    if original_acc is not None and done and all(int(s["epochs_planned"]) == ORIGINAL_EPOCHS
-                                                 for s in done):
+    if (
+        original_acc is not None
+        and done
+        and all(int(s["epochs_planned"]) == ORIGINAL_EPOCHS for s in done)
+    ):
         entry["original_best_acc"] = original_acc
     compared = ref is not None and g is not ref
     if compared:
         entry["diff_vs_reference"] = difference(g, ref)
     entry["time_vs_reference"] = time_comparison(g, ref) if compared else None
-    entry["time_ratio_vs_reference"] = (1.0 if g is ref and done
-                                        else (entry["time_vs_reference"] or {}).get("ratio"))
+    entry["time_ratio_vs_reference"] = (
+        1.0 if g is ref and done else (entry["time_vs_reference"] or {}).get("ratio")
+    )
     return entry
 
 
@@ -311,30 +412,51 @@ def _changes_from_preset(g: Group) -> dict[str, Any]:
 
 
 def _unfinished(r: Run) -> dict[str, Any]:
-    return {"run": r.rel, "preset": r.config.preset, "seed": r.config.seed, "state": r.state,
-            "epochs": len(r.metrics), "epochs_planned": r.config.epochs}
+    return {
+        "run": r.rel,
+        "preset": r.config.preset,
+        "seed": r.config.seed,
+        "state": r.state,
+        "epochs": len(r.metrics),
+        "epochs_planned": r.config.epochs,
+    }
 
 
 def _held_out_stats(done: list[dict[str, Any]]) -> dict[str, Any]:
     """The --val-split numbers of a setting whose every run held images out, else nothing."""
     if not done or any(s.get("best_on") != "val_split" for s in done):
         return {}
-    return {"val_split": sorted({s["val_split"] for s in done}),
-            "val_split_acc": stats([s["val_split_acc"] for s in done]),
-            "best_val_split_acc": stats([s["best_val_split_acc"] for s in done])}
+    return {
+        "val_split": sorted({s["val_split"] for s in done}),
+        "val_split_acc": stats([s["val_split_acc"] for s in done]),
+        "best_val_split_acc": stats([s["best_val_split_acc"] for s in done]),
+    }
 
 
 def _run_entry(r: Run) -> dict[str, Any]:
     s = r.summary or {}
-    return {"run": r.rel, "preset": r.config.preset, "seed": r.config.seed, "state": r.state,
-            "epochs": len(r.metrics), "epochs_planned": r.config.epochs,
-            "final_val_acc": s.get("final_val_acc"), "best_val_acc": s.get("best_val_acc"),
-            "best_epoch": s.get("best_epoch"), "final_train_acc": s.get("final_train_acc"),
-            "best_on": s.get("best_on", "test"), "best_val_split_acc": s.get("best_val_split_acc"),
-            "train_time_s": s.get("train_time_s"), "images_per_s": s.get("images_per_s"),
-            "cpu_wait": s.get("cpu_wait"), "shared_cpu": shared_cpu(s),
-            "git_commit": s.get("git_commit"), "device": s.get("device"),
-            "precision": s.get("precision"), "data_hash": s.get("data_hash")}
+    return {
+        "run": r.rel,
+        "preset": r.config.preset,
+        "seed": r.config.seed,
+        "state": r.state,
+        "epochs": len(r.metrics),
+        "epochs_planned": r.config.epochs,
+        "final_val_acc": s.get("final_val_acc"),
+        "best_val_acc": s.get("best_val_acc"),
+        "best_epoch": s.get("best_epoch"),
+        "final_train_acc": s.get("final_train_acc"),
+        "best_on": s.get("best_on", "test"),
+        "best_val_split_acc": s.get("best_val_split_acc"),
+        "train_time_s": s.get("train_time_s"),
+        "images_per_s": s.get("images_per_s"),
+        "cpu_wait": s.get("cpu_wait"),
+        "shared_cpu": shared_cpu(s),
+        "git_commit": s.get("git_commit"),
+        "device": s.get("device"),
+        "precision": s.get("precision"),
+        "data_hash": s.get("data_hash"),
+    }
 
 
 def _common_changes(runs: list[Run]) -> dict[str, Any]:
@@ -344,10 +466,16 @@ def _common_changes(runs: list[Run]) -> dict[str, Any]:
         if r.config.preset not in PRESETS:
             continue
         preset = PRESETS[r.config.preset].to_dict()
-        mine = {k: v for k, v in r.config.to_dict().items()
-                if k not in {"seed", "run_dir", "preset"} and v != preset[k]}
-        common = (mine if common is None
-                  else {k: v for k, v in common.items() if mine.get(k, object()) == v})
+        mine = {
+            k: v
+            for k, v in r.config.to_dict().items()
+            if k not in {"seed", "run_dir", "preset"} and v != preset[k]
+        }
+        common = (
+            mine
+            if common is None
+            else {k: v for k, v in common.items() if mine.get(k, object()) == v}
+        )
     return common or {}
 
 
@@ -363,10 +491,14 @@ def _provenance(runs: list[Run]) -> dict[str, list[str]]:
                 values.add(str(v))
         return sorted(values)
 
-    return {"device": distinct("device"), "precision": distinct("precision"),
-            "git_commit": distinct("git_commit"), "torch": distinct("versions", "torch"),
-            "data_hash": distinct("data_hash"),
-            "seeds": sorted({str(r.config.seed) for r in runs}, key=int)}
+    return {
+        "device": distinct("device"),
+        "precision": distinct("precision"),
+        "git_commit": distinct("git_commit"),
+        "torch": distinct("versions", "torch"),
+        "data_hash": distinct("data_hash"),
+        "seeds": sorted({str(r.config.seed) for r in runs}, key=int),
+    }
 
 
 def time_accuracy_points(data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -389,7 +521,14 @@ def time_accuracy_points(data: dict[str, Any]) -> list[dict[str, Any]]:
             x, paired = (statistics.median(times) if times else None), False
         if x is None:
             continue
-        points.append({"label": g["label"], "time": x, "paired": bool(paired),
-                       "acc": 100 * acc["mean"], "acc_sd": 100 * (acc["std"] or 0.0),
-                       "n": acc["n"]})
+        points.append(
+            {
+                "label": g["label"],
+                "time": x,
+                "paired": bool(paired),
+                "acc": 100 * acc["mean"],
+                "acc_sd": 100 * (acc["std"] or 0.0),
+                "n": acc["n"],
+            }
+        )
     return points

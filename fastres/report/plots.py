@@ -16,8 +16,12 @@ from .numbers import group_runs, time_accuracy_points
 from .runs import Run
 
 
-def plot_val_acc(runs: list[Run], path: Path, variants: frozenset[str] = frozenset(),
-                 apart: frozenset[str] = frozenset()) -> None:
+def plot_val_acc(
+    runs: list[Run],
+    path: Path,
+    variants: frozenset[str] = frozenset(),
+    apart: frozenset[str] = frozenset(),
+) -> None:
     """Val accuracy per epoch for each setting: mean over finished seeds, min-max band."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -37,11 +41,23 @@ def plot_val_acc(runs: list[Run], path: Path, variants: frozenset[str] = frozens
         length = len(epochs)
         mean = [100 * statistics.fmean(v) for v in per_epoch]
         color = f"C{i % 10}"
-        ax.plot(epochs, mean, color=color, marker="o" if length < 20 else None, markersize=3,
-                label=f"{g.label} (n={len(curves)})")
+        ax.plot(
+            epochs,
+            mean,
+            color=color,
+            marker="o" if length < 20 else None,
+            markersize=3,
+            label=f"{g.label} (n={len(curves)})",
+        )
         if len(curves) > 1:
-            ax.fill_between(epochs, [100 * min(v) for v in per_epoch],
-                            [100 * max(v) for v in per_epoch], color=color, alpha=0.2, linewidth=0)
+            ax.fill_between(
+                epochs,
+                [100 * min(v) for v in per_epoch],
+                [100 * max(v) for v in per_epoch],
+                color=color,
+                alpha=0.2,
+                linewidth=0,
+            )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("val accuracy (%)")
@@ -51,8 +67,12 @@ def plot_val_acc(runs: list[Run], path: Path, variants: frozenset[str] = frozens
     _save_png(fig, path)
 
 
-def plot_lr(runs: list[Run], path: Path, variants: frozenset[str] = frozenset(),
-            apart: frozenset[str] = frozenset()) -> None:
+def plot_lr(
+    runs: list[Run],
+    path: Path,
+    variants: frozenset[str] = frozenset(),
+    apart: frozenset[str] = frozenset(),
+) -> None:
     """The learning rate against (fractional) epoch for each setting, as the trainer applies it."""
     from matplotlib.figure import Figure
 
@@ -63,8 +83,9 @@ def plot_lr(runs: list[Run], path: Path, variants: frozenset[str] = frozenset(),
     curves: dict[str, tuple[TrainConfig, int, list[str]]] = {}
     for i, g in enumerate(group_runs(runs, variants, apart)):
         c = g.config
-        key = json.dumps([c.lr, c.lr_schedule, list(c.milestones), c.lr_gamma, c.warmup_epochs,
-                          c.epochs])
+        key = json.dumps(
+            [c.lr, c.lr_schedule, list(c.milestones), c.lr_gamma, c.warmup_epochs, c.epochs]
+        )
         curves.setdefault(key, (c, i, []))[2].append(g.label)
     resolution = 100  # nominal steps per epoch: the schedule's shape, whatever the data size
     for c, i, labels in curves.values():
@@ -72,8 +93,13 @@ def plot_lr(runs: list[Run], path: Path, variants: frozenset[str] = frozenset(),
         lrs = [c.lr * lr_factor(c, s, resolution) for s in steps]
         # Step s holds its lr from s to s+1: a post-step line shows milestone drops as
         # vertical edges.
-        ax.step([s / resolution for s in steps] + [c.epochs], lrs + lrs[-1:], where="post",
-                color=f"C{i % 10}", label=", ".join(labels))
+        ax.step(
+            [s / resolution for s in steps] + [c.epochs],
+            lrs + lrs[-1:],
+            where="post",
+            color=f"C{i % 10}",
+            label=", ".join(labels),
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("learning rate")
     ax.set_title("Learning-rate schedules")
@@ -92,14 +118,28 @@ def plot_time_accuracy(data: dict[str, Any], path: Path) -> None:
     reference = data["reference"]
     for i, p in enumerate(time_accuracy_points(data)):
         color = f"C{i % 10}"
-        ax.errorbar([p["time"]], [p["acc"]], yerr=[p["acc_sd"]], fmt="o", color=color, capsize=3,
-                    markerfacecolor=color if p["paired"] else "none")
-        ax.annotate(f"{p['label']} (n={p['n']})", (p["time"], p["acc"]), textcoords="offset points",
-                    xytext=(5, 4), fontsize="small", color=color)
+        ax.errorbar(
+            [p["time"]],
+            [p["acc"]],
+            yerr=[p["acc_sd"]],
+            fmt="o",
+            color=color,
+            capsize=3,
+            markerfacecolor=color if p["paired"] else "none",
+        )
+        ax.annotate(
+            f"{p['label']} (n={p['n']})",
+            (p["time"], p["acc"]),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize="small",
+            color=color,
+        )
     if reference is not None:
         ax.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
-        ax.set_xlabel(f"train_time_s / {reference}'s (hollow: medians of runs that did not run "
-                      "next to it)")
+        ax.set_xlabel(
+            f"train_time_s / {reference}'s (hollow: medians of runs that did not run next to it)"
+        )
     else:
         ax.set_xlabel("train_time_s, median over seeds (s)")
     ax.set_ylabel("final val accuracy (%), mean ± sd")

@@ -51,8 +51,9 @@ def folders(roots: str | Path | Sequence[str | Path]) -> list[Path]:
     return [Path(roots)] if isinstance(roots, str | Path) else [Path(r) for r in roots]
 
 
-def load_runs(root: str | Path, skipped: list[dict[str, str]] | None = None,
-              prefix: str = "") -> list[Run]:
+def load_runs(
+    root: str | Path, skipped: list[dict[str, str]] | None = None, prefix: str = ""
+) -> list[Run]:
     """The runs below ``root`` (named by their path inside it, after ``prefix``), and those of
     earlier studies that the study in ``root`` reused (``fastres ablate --reuse``: named by their
     path from ``root``) unless ``root`` has its own run of that setting and seed; a folder whose
@@ -60,15 +61,17 @@ def load_runs(root: str | Path, skipped: list[dict[str, str]] | None = None,
     left out, and named in ``skipped``."""
     root = Path(root)
     if not root.is_dir():
-        raise FastresError(f"{root} is not a folder: pass the --out folder of an ablation "
-                           f"(default {STUDY_ROOT})")
+        raise FastresError(
+            f"{root} is not a folder: pass the --out folder of an ablation (default {STUDY_ROOT})"
+        )
     runs = []
     unread: list[dict[str, str]] = []
     for rd, inside, name, reused in _found(root):
         # Through several folders, a reused run is named by its own path: runs/a/../b/x is
         # runs/b/x.
-        name = (os.path.normpath(prefix + name) if prefix and name.startswith("..")
-                else prefix + name)
+        name = (
+            os.path.normpath(prefix + name) if prefix and name.startswith("..") else prefix + name
+        )
         try:
             config = record.read_config(rd)
             state = rd.state()
@@ -79,27 +82,46 @@ def load_runs(root: str | Path, skipped: list[dict[str, str]] | None = None,
             if skipped is not None:
                 skipped.append(unread[-1])
             continue
-        runs.append(Run(rd.path, name, config, state, summary, rd.read_metrics(),
-                        folder=inside.split("/")[0] if "/" in inside else ""))
+        runs.append(
+            Run(
+                rd.path,
+                name,
+                config,
+                state,
+                summary,
+                rd.read_metrics(),
+                folder=inside.split("/")[0] if "/" in inside else "",
+            )
+        )
     if not runs and unread:
         more = f" (and {len(unread) - 1} more)" if len(unread) > 1 else ""
-        raise FastresError(f"{root} holds no fastres run this fastres can count: "
-                           f"{unread[0]['run']}: {unread[0]['reason']}{more}")
+        raise FastresError(
+            f"{root} holds no fastres run this fastres can count: "
+            f"{unread[0]['run']}: {unread[0]['reason']}{more}"
+        )
     if not runs:
-        raise FastresError(f"{root} holds no fastres runs (no run directories with a config.json "
-                           f"below it): pass the --out folder of an ablation, e.g. fastres report "
-                           f"{STUDY_ROOT}")
+        raise FastresError(
+            f"{root} holds no fastres runs (no run directories with a config.json "
+            f"below it): pass the --out folder of an ablation, e.g. fastres report "
+            f"{STUDY_ROOT}"
+        )
     return runs
 
 
 def _found(root: Path) -> list[tuple[RunDir, str, str, bool]]:
     """(run directory, its path as a study's run inside root, the name the report gives it,
     reused): root's own runs, then the reused runs of settings and seeds it has none of."""
-    found = [(rd, inside, inside, False) for rd in find_runs(root)
-             for inside in [str(rd.path.relative_to(root)) if rd.path != root else "."]]
+    found = [
+        (rd, inside, inside, False)
+        for rd in find_runs(root)
+        for inside in [str(rd.path.relative_to(root)) if rd.path != root else "."]
+    ]
     own = {inside for _, inside, _, _ in found}
-    found += [(RunDir(path), f"{name}/seed{seed}", os.path.relpath(path, root), True)
-              for name, seed, path in reused_runs(root) if f"{name}/seed{seed}" not in own]
+    found += [
+        (RunDir(path), f"{name}/seed{seed}", os.path.relpath(path, root), True)
+        for name, seed, path in reused_runs(root)
+        if f"{name}/seed{seed}" not in own
+    ]
     return found
 
 
@@ -130,9 +152,13 @@ def load_studies(roots: list[Path], skipped: list[dict[str, str]]) -> list[Run]:
                 first, run = run, first
             else:
                 first.twins.append(run)
-            skipped.append({"run": run.rel,
-                            "reason": f"the same setting and seed as {first.rel}, counted once"
-                                      " (its time still pairs with the runs beside it)"})
+            skipped.append(
+                {
+                    "run": run.rel,
+                    "reason": f"the same setting and seed as {first.rel}, counted once"
+                    " (its time still pairs with the runs beside it)",
+                }
+            )
     return runs
 
 
@@ -166,9 +192,12 @@ def study_reference(*roots: str | Path) -> str | None:
 def machine_variants(*roots: str | Path) -> frozenset[str]:
     """The variants of the studies in ``roots`` that change only machine fields (``--compile
     on``, ``--threads 1``): their recipe is their preset's, so only their folder sets them apart."""
-    return frozenset(name for study in _studies(roots)
-                     for name, options in study.get("variants", {}).items()
-                     if options and set(options) <= MACHINE_FIELDS)
+    return frozenset(
+        name
+        for study in _studies(roots)
+        for name, options in study.get("variants", {}).items()
+        if options and set(options) <= MACHINE_FIELDS
+    )
 
 
 def study_rules(*roots: str | Path) -> dict[str, str]:

@@ -230,9 +230,15 @@ def _check_variants(presets: Sequence[str], variants: Mapping[str, Mapping[str, 
         _check_study(presets, 1, changes)
 
 
-def _plan_run(preset: str, seed: int, config: TrainConfig, overrides: Mapping[str, Any],
-              out: Path, setting: str = "", earlier: EarlierRuns | None = None,
-              ) -> PlannedRun | str:
+def _plan_run(
+    preset: str,
+    seed: int,
+    config: TrainConfig,
+    overrides: Mapping[str, Any],
+    out: Path,
+    setting: str = "",
+    earlier: EarlierRuns | None = None,
+) -> PlannedRun | str:
     """What to do with one (preset, seed), read from its run directory (or, when it has none,
     from an ``earlier`` study's); or, when it holds another recipe, a description of
     the conflict."""
@@ -245,19 +251,48 @@ def _plan_run(preset: str, seed: int, config: TrainConfig, overrides: Mapping[st
     run = RunDir(run_dir)
     state = run.state()
 
-    def planned(action: str, command: tuple[str, ...] = (), done: int = 0,
-                **more: Any) -> PlannedRun:
-        return PlannedRun(preset, seed, run_dir, config, action, state, command, done,
-                          resume_command=resume, setting=setting, **more)
+    def planned(
+        action: str, command: tuple[str, ...] = (), done: int = 0, **more: Any
+    ) -> PlannedRun:
+        return PlannedRun(
+            preset,
+            seed,
+            run_dir,
+            config,
+            action,
+            state,
+            command,
+            done,
+            resume_command=resume,
+            setting=setting,
+            **more,
+        )
 
     if state == "new":
         found, note = earlier.find(config, setting) if earlier is not None else (None, "")
         if found is not None:
             at = RunDir(found)
-            return PlannedRun(preset, seed, found, config.replace(run_dir=str(found)), "reuse",
-                              at.state(), (), len(at.read_metrics()), setting=setting)
-        command = (*TRAIN, "--preset", preset, "--seed", str(seed), *option_args(overrides),
-                   "--run-dir", str(run_dir))
+            return PlannedRun(
+                preset,
+                seed,
+                found,
+                config.replace(run_dir=str(found)),
+                "reuse",
+                at.state(),
+                (),
+                len(at.read_metrics()),
+                setting=setting,
+            )
+        command = (
+            *TRAIN,
+            "--preset",
+            preset,
+            "--seed",
+            str(seed),
+            *option_args(overrides),
+            "--run-dir",
+            str(run_dir),
+        )
         return planned("train", command, note=note)
     diffs = recipe_differences(TrainConfig.from_dict(run.read_config()), config)
     if diffs:
@@ -270,6 +305,7 @@ def _plan_run(preset: str, seed: int, config: TrainConfig, overrides: Mapping[st
         # A diverged run is a result: the same recipe and seed would diverge again.
         return planned("skip", (), done)
     return planned("resume", resume, done)
+
 
 def refresh(run: PlannedRun) -> PlannedRun:
     """The run as its directory stands now, just before it would start: another study on the
