@@ -21,6 +21,7 @@ import pytest
 from fastres.cli import build_parser
 from fastres.cli.options import config_from_args
 from fastres.errors import FastresError
+from fastres.ffcv_compat import ffcv_available
 from fastres.rundir import RunDir
 from fastres.study import devices
 from fastres.study.devices import check_devices
@@ -405,7 +406,7 @@ def test_device_indices_follow_an_inherited_cuda_visible_devices(monkeypatch):
         (["--config", "resnet99"], "unknown preset 'resnet99': choose one of baseline, cosine"),
         (["--config", "baseline", "--seeds", "0"], "--seeds must be a whole number >= 1, got 0"),
         (
-            ["--config", "baseline", "--out", "/proc/no/such"],
+            ["--config", "baseline", "--loader", "memory", "--out", "/proc/no/such"],
             "cannot write the ablation folder /proc/no/such",
         ),
         (["--config", "baseline", "--run-dir", "x"], "run_dir cannot be overridden"),
@@ -425,6 +426,16 @@ def test_bad_input_gets_a_one_line_error(capsys, args, message):
     res = run_main(capsys, "ablate", *args)
     assert res.returncode == 2
     assert res.stdout == "" and res.stderr.count("\n") == 1 and message in res.stderr, res.stderr
+
+
+@pytest.mark.skipif(not ffcv_available(), reason="the betons are read only with ffcv")
+def test_unprepared_data_is_named_once_before_any_run_starts(tmp_path, capsys):
+    out = tmp_path / "study"
+    args = ["--config", "quick", "--seeds", "3", "--data-dir", str(tmp_path / "nodata")]
+    res = run_main(capsys, "ablate", *args, "--loader", "ffcv", "--out", str(out))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "no prepared CIFAR-10 in" in res.stderr and "fastres prepare-data" in res.stderr
+    assert not out.exists(), "nothing started, nothing written"
 
 
 def test_a_run_folder_with_another_recipe_is_refused_before_anything_runs(study, capsys):

@@ -19,7 +19,9 @@ from typing import Any
 
 from ..config import TrainConfig, get_preset
 from ..errors import FastresError
+from ..ffcv_compat import ffcv_available
 from ..files import ensure_writable_dir
+from ..prepare import verify_betons
 from ..rundir import STUDY_ROOT
 from . import factors, projection
 from .devices import expand_slots, on_cpu, parse_devices, share_cores
@@ -154,6 +156,7 @@ def run_study(
     if request.dry_run:
         result.dry_run = _dry_run(planned)
         return result
+    _check_data(planned.runs)
     ensure_writable_dir(planned.out, "ablation folder", "--out")
     result.outcome = planned.launcher.launch(
         Launch(
@@ -171,6 +174,14 @@ def run_study(
         )
     )
     return result
+
+
+def _check_data(runs: Sequence[PlannedRun]) -> None:
+    """The prepared data of every run to train, checked once before any starts: missing betons
+    would otherwise fail each run in turn with the same line."""
+    for loader, data_dir in {(r.config.loader, r.config.data_dir) for r in runs if r.runs_here}:
+        if loader == "ffcv" and ffcv_available():
+            verify_betons(data_dir, check_hash=False)
 
 
 def _check(request: StudyRequest) -> None:
