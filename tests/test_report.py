@@ -744,3 +744,15 @@ def test_report_says_which_split_each_accuracy_comes_from(tmp_path):
     assert "| held-out 72.00 (2) |" in text, (
         "a run's best epoch is named with the split that chose it"
     )
+
+
+def test_setup_keeps_the_recipe_apart_from_the_machine(tmp_path, capsys):
+    for seed in (42, 43):
+        make_run(tmp_path, "baseline", seed, [0.5, 0.6], threads=1, data_dir="/data/cifar")
+    res = run_main(capsys, "report", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    text = (tmp_path / "report.md").read_text()
+    assert "- Changes from each preset applied to every run: `width=8`, `epochs=2`." in text
+    machine = next(line for line in text.splitlines() if line.startswith("- Machine settings"))
+    assert "`threads=1`" in machine and "`data_dir=/data/cifar`" in machine
+    assert "width" not in machine

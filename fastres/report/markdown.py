@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import contention, seedstats
+from ..config import MACHINE_FIELDS
 from ..formatting import compact, duration
 from .numbers import LR_PLOT, ORIGINAL_EPOCHS, ORIGINAL_STUDY, TIME_PLOT, VAL_PLOT
 
@@ -143,11 +144,20 @@ def _setup_section(data: dict[str, Any]) -> list[str]:
     """What every run shares (changes, seeds, machine, commit) and what each named setting is."""
     lines = ["", "## Setup", ""]
     common = data["common_changes"]
+    recipe = {k: v for k, v in common.items() if k not in MACHINE_FIELDS}
+    machine = {k: v for k, v in common.items() if k in MACHINE_FIELDS}
     lines.append(
         "- Changes from each preset applied to every run: "
-        + (", ".join(f"`{k}={compact(v)}`" for k, v in common.items()) if common else "none")
+        + (", ".join(f"`{k}={compact(v)}`" for k, v in recipe.items()) if recipe else "none")
         + "."
     )
+    if machine:
+        # Apart: where and how the runs ran, not what they trained.
+        lines.append(
+            "- Machine settings of every run (not part of the recipe): "
+            + ", ".join(f"`{k}={compact(v)}`" for k, v in machine.items())
+            + "."
+        )
     prov = data["provenance"]
     lines.append(f"- Seeds: {', '.join(prov['seeds'])}.")
     for key, name in (
