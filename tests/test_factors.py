@@ -271,7 +271,10 @@ def test_dry_run_projects_the_training_time_from_finished_runs(tmp_path, capsys)
         "--times-from",
         str(empty),
     )
-    assert f"# projected time: no finished runs found below {empty} to project from" in res.stderr
+    assert (
+        "# projected time: no finished runs that had their CPU to themselves found below "
+        f"{empty} to project from"
+    ) in res.stderr
 
 
 def test_a_base_study_trains_its_settings_and_reports_them_with_the_rule(

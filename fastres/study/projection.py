@@ -122,9 +122,9 @@ def describe(p: Projection, total: int, slots: int, folders: Sequence[str | Path
     where = ", ".join(str(f) for f in folders)
     if not p.measured_runs:
         return [
-            f"projected time: no finished runs found below {where or 'any folder'} to project "
-            "from; pass --times-from DIR with finished runs of these settings (one seed of each "
-            "is enough)"
+            "projected time: no finished runs that had their CPU to themselves found below "
+            f"{where or 'any folder'} to project from; pass --times-from DIR with finished runs "
+            "of these settings (one seed of each is enough)"
         ]
     lines = []
     if p.runs:
@@ -149,7 +149,7 @@ def describe(p: Projection, total: int, slots: int, folders: Sequence[str | Path
     if p.unmeasured:
         lines.append(
             f"projected time: no finished run of {', '.join(p.unmeasured)} (same model, width, "
-            "data, batch, resolution, evaluation) below "
+            "data, batch, resolution, evaluation) that had its CPU to itself below "
             + where
             + "; pass --times-from DIR with one"
         )
