@@ -413,7 +413,8 @@ def test_device_indices_follow_an_inherited_cuda_visible_devices(monkeypatch):
         ([], "no presets chosen"),
         (["--config", "baseline", "--devices", "0,x"], "--devices takes distinct GPU indices"),
         (
-            ["--config", "baseline", "--devices", "0", "--device", "cpu"],
+            # named before the data's state (no betons there)
+            ["--config", "baseline", "--devices", "0", "--device", "cpu", "--data-dir", "/no/data"],
             "--devices pins runs to GPUs",
         ),
         (

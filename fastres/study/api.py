@@ -24,7 +24,7 @@ from ..files import ensure_writable_dir
 from ..prepare import verify_betons
 from ..rundir import STUDY_ROOT
 from . import factors, projection
-from .devices import expand_slots, on_cpu, parse_devices, share_cores
+from .devices import check_devices, expand_slots, on_cpu, parse_devices, share_cores
 from .launcher import Launch, Launcher, Outcome
 from .planning import PlannedRun, ablation_presets, plan, preset_listing
 from .registry import get_launcher
@@ -156,6 +156,8 @@ def run_study(
     if request.dry_run:
         result.dry_run = _dry_run(planned)
         return result
+    if planned.devices:  # the options' own conflicts are named before the data's state
+        check_devices(planned.devices, planned.overrides)
     _check_data(planned.runs)
     ensure_writable_dir(planned.out, "ablation folder", "--out")
     result.outcome = planned.launcher.launch(
