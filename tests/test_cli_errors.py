@@ -234,3 +234,11 @@ def test_resume_of_a_folder_without_a_run(tmp_path, capsys):
 def test_eval_of_a_folder_without_a_run(tmp_path, capsys):
     res = run_main(capsys, "eval", str(tmp_path))
     assert_clean_error(res, "holds no fastres run")
+
+
+def test_a_line_break_in_a_path_does_not_split_the_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("a\x85b", "a\u2028b", "a\rb"):
+        res = run_main(capsys, "report", name)
+        assert res.returncode != 0 and len(res.stderr.splitlines()) == 1, repr(res.stderr)
+        assert repr(name)[1:-1] in res.stderr, "the name is shown, escaped"

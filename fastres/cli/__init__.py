@@ -30,6 +30,14 @@ COMMANDS = {
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
+# What str.splitlines() breaks on: a path or name holding one would split the error in two.
+_LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+
+
+def _one_line(text: str) -> str:
+    """``text`` with every line break escaped, so an error stays the one line it is."""
+    return "".join(repr(c)[1:-1] if c in _LINE_BREAKS else c for c in text)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
@@ -41,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         # One write with its newline, so that the lines of several failing torchrun ranks
         # never run into each other (unbuffered, print() writes the newline apart).
-        sys.stderr.write(f"fastres: error: {exc}\n")
+        sys.stderr.write(f"fastres: error: {_one_line(str(exc))}\n")
         sys.stderr.flush()
         return exc.exit_code
     except KeyboardInterrupt:
@@ -52,8 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         # A path the OS refused where no check foresaw it (a name too long, a loop of links).
         sys.stderr.write(
-            f"fastres: error: cannot use {exc.filename}: {exc.strerror or exc}; "
-            "pass a path this system accepts\n"
+            _one_line(f"fastres: error: cannot use {exc.filename}: {exc.strerror or exc}; ")
+            + "pass a path this system accepts\n"
         )
         return 1
     except BrokenPipeError:
