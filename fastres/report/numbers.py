@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import contention, seedstats
-from ..config import PRESETS, TrainConfig
+from ..config import TrainConfig
 from ..errors import FastresError
 from ..formatting import compact
+from ..presets import PRESETS
 from ..rundir import training_interval
 from .runs import (
     Run,
