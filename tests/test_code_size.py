@@ -14,8 +14,6 @@ MAX_FUNCTION_LINES = 80
 MODULE_EXCEPTIONS = {
     "fastres/train.py": "Trainer grew past 500 with the formatter; its epoch loop and checkpoint "
     "steps are the next split (issue 25)",
-    "fastres/report/numbers.py": "aggregate and its groups grew past 500 with the formatter; "
-    "time comparisons are the next split (issue 25)",
 }
 FUNCTION_EXCEPTIONS = {
     "fastres/data.py:open_data": "the two loaders' set-up side by side, one checked path for "
