@@ -187,8 +187,8 @@ class LeverStep:
         from torch import nn
 
         from fastres import recipe
-        from fastres.config import get_preset
         from fastres.models import build_model
+        from fastres.presets import get_preset
         from fastres.runtime import Runtime, compile_module
         from fastres.step import GraphStep
 

@@ -7,11 +7,12 @@ Python API (the CLI is a thin layer over it)::
     summary = fastres.train(cfg)
 """
 
-from .config import PRESETS, TrainConfig, get_preset
+from .config import TrainConfig
 from .errors import ConfigError, FastresError
 from .evaluation import evaluate_run
 from .models import build_model, model_names
 from .prepare import prepare_data
+from .presets import PRESETS, get_preset
 from .train import train
 
 __version__ = "0.1.0"

@@ -1,7 +1,11 @@
-"""Training configuration: one validated dataclass, and the presets as named instances of it.
+"""Training configuration: one validated dataclass, ``TrainConfig``, whose fields carry their
+own help (the ``fastres train`` options are generated from them).
 
 Every field can be overridden from the command line (``--field-name``), and every run
-writes the resolved config as ``config.json``, which ``--config`` reads back.
+writes the resolved config as ``config.json``, which ``--config`` reads back
+(``load_config_file``). What a field may hold is checked in ``fastres.config_checks``, the
+command line's spelling of a config is ``fastres.config_options``, and the named configs are
+``fastres.presets``.
 """
 
 from __future__ import annotations
@@ -9,25 +13,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, FastresError
-from .models import MODELS, NORMS, check_model_name, check_width, family, standard_width
-
-SCHEDULES = ("cosine", "linear", "multistep", "none")
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-OPTIMIZERS = ("sgd", "muon")
-COMPILE_MODES = ("auto", "on", "off")
-CUDA_GRAPH_MODES = ("off", "on")
-LOADERS = ("ffcv", "memory")
-DEVICES = ("auto", "cuda", "cpu")
-NATIVE_RES = 32  # CIFAR-10's image size
-RES_STEP = 4
+from .config_checks import NATIVE_RES, RES_STEP, check_types, check_values
+from .errors import ConfigError
+from .models import MODELS, family, standard_width
 
 # Fields that describe the machine rather than the training recipe: they may differ
 # between a run and its resume, and between runs that are meant to be comparable.
@@ -354,11 +347,11 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        _validate_types(self)
+        check_types(self)
         # Accept lists (from JSON) and normalise to a tuple so the config stays hashable.
         object.__setattr__(self, "milestones", tuple(float(m) for m in self.milestones))
         object.__setattr__(self, "res_ramp", tuple(float(m) for m in self.res_ramp))
-        _validate(self)
+        check_values(self)
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed, validated again. A model of the other family (a
@@ -422,294 +415,9 @@ class TrainConfig:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-# Bounds that keep a value inside what the training can compute: larger seeds overflow numpy's
-# and FFCV's seeding, larger learning rates overflow float32 in the optimizer step, larger
-# sizes only reach the kernel's out-of-memory killer.
-MAXIMUM: dict[str, float] = {
-    "seed": 2**31 - 1,
-    "width": 1024,
-    "epochs": 100_000,
-    "batch_size": 1_000_000,
-    "lr": 1e3,
-    "muon_lr": 1e3,
-    "bn_bias_lr": 1e3,
-    "weight_decay": 1e3,
-    "lr_gamma": 1,
-    "warmup_epochs": 100_000,
-    "crop_padding": 16,
-    "train_subset": 10**9,
-    "test_subset": 10**9,
-    "num_workers": 1024,
-    "threads": 4096,
-    "eval_every": 100_000,
-}
-
-
-def _validate_types(c: TrainConfig) -> None:
-    """Each field holds a value of its type (JSON and the Python API can pass anything), finite
-    numbers, paths without NUL bytes, and nothing above ``MAXIMUM``."""
-    for f in fields(c):
-        name, value, kind = f.name, getattr(c, f.name), _FIELD_TYPES[f.name]
-        flag = option_flag(name)
-        if kind is bool:
-            ok = isinstance(value, bool)
-        elif kind is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif kind is float:
-            ok = isinstance(value, int | float) and not isinstance(
-                value, bool
-            )  # NaN: each field's check
-        elif kind is str:
-            ok = isinstance(value, str) and "\x00" not in value
-        else:  # a list of numbers
-            ok = (
-                isinstance(value, list | tuple)
-                and len(value) <= 64
-                and all(
-                    isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-                    for v in value
-                )
-            )
-        if not ok:
-            what = {
-                bool: "true or false",
-                int: "an integer",
-                float: "a number",
-                str: "a string without NUL bytes",
-            }.get(kind, "a list of at most 64 finite numbers")
-            raise ConfigError(
-                f"{name} must be {what}, got {value!r:.80}: fix it in the config file or pass "
-                f"{flag}"
-            )
-        if (
-            name in MAXIMUM
-            and not math.isnan(value)
-            and (value > MAXIMUM[name] or (name == "seed" and value < 0))
-        ):
-            high = MAXIMUM[name]
-            bound = ("from 0 to " if name == "seed" else "at most ") + (
-                f"{high:_}" if isinstance(high, int) else f"{high:g}"
-            )
-            raise ConfigError(
-                f"{name} must be {bound}, got {value!r:.80}: pass {flag} with a value in that range"
-            )
-
-
 def _field_names(names: list[str]) -> str:
     """Field names for a one-line message: an odd one (a newline, a space) is quoted so it shows."""
     return ", ".join(n if n.isidentifier() else repr(n) for n in names)
-
-
-def _choice(name: str, value: str, choices: tuple[str, ...] | Any) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-
-
-def _positive(name: str, value: float, flag: str) -> None:
-    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-        raise ConfigError(f"{name} must be positive, got {value!r}: pass {flag} with a value > 0")
-
-
-def _validate(c: TrainConfig) -> None:
-    try:
-        check_model_name(c.model)
-    except FastresError as exc:
-        raise ConfigError(str(exc)) from None
-    _choice("norm", c.norm, NORMS)
-    _choice("lr_schedule", c.lr_schedule, SCHEDULES)
-    _choice("precision", c.precision, PRECISIONS)
-    _choice("compile", c.compile, COMPILE_MODES)
-    _choice("cuda_graph", c.cuda_graph, CUDA_GRAPH_MODES)
-    _choice("loader", c.loader, LOADERS)
-    _choice("device", c.device, DEVICES)
-    for name in ("width", "epochs", "batch_size"):
-        value = getattr(c, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(
-                f"{name} must be a positive integer, got {value!r}: pass "
-                f"--{name.replace('_', '-')} N with N >= 1"
-            )
-    _positive("lr", c.lr, "--lr")
-    _positive("lr_gamma", c.lr_gamma, "--lr-gamma")
-    for name in ("momentum", "weight_decay", "warmup_epochs", "label_smoothing"):
-        value = getattr(c, name)
-        if not (math.isfinite(value) and value >= 0):
-            raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
-    if c.momentum >= 1:
-        raise ConfigError(f"momentum must be below 1, got {c.momentum}")
-    if c.nesterov and c.momentum == 0:
-        raise ConfigError("nesterov needs a momentum > 0: pass --momentum 0.9 or --no-nesterov")
-    if c.label_smoothing >= 1:
-        raise ConfigError(f"label_smoothing must be in [0, 1), got {c.label_smoothing}")
-    if c.warmup_epochs >= c.epochs:
-        raise ConfigError(
-            f"warmup_epochs ({c.warmup_epochs}) must be shorter than the run ({c.epochs} epochs)"
-        )
-    for name in (
-        "train_subset",
-        "test_subset",
-        "num_workers",
-        "threads",
-        "crop_padding",
-        "eval_every",
-        "val_split",
-    ):
-        if getattr(c, name) < 0:
-            raise ConfigError(f"{name} must be >= 0, got {getattr(c, name)}")
-    try:
-        check_width(c.model, c.width)
-    except FastresError as exc:
-        raise ConfigError(str(exc)) from None
-    if c.train_subset and c.val_split >= c.train_subset:
-        raise ConfigError(
-            f"val_split {c.val_split} leaves none of the {c.train_subset} images of --train-subset "
-            "to "
-            f"train on: pass a --val-split below {c.train_subset} (e.g. {c.train_subset // 10})"
-        )
-    _validate_milestones(c)
-    _validate_resolution(c)
-    _validate_recipe_options(c)
-
-
-def _validate_recipe_options(c: TrainConfig) -> None:
-    if not (isinstance(c.ema, int | float) and math.isfinite(c.ema) and 0 <= c.ema < 1):
-        raise ConfigError(
-            f"ema must be a decay in [0, 1) (0 = off), got {c.ema!r}: pass e.g. --ema 0.99"
-        )
-    if not (
-        isinstance(c.bn_momentum, int | float)
-        and math.isfinite(c.bn_momentum)
-        and 0 < c.bn_momentum <= 1
-    ):
-        raise ConfigError(
-            f"bn_momentum must be in (0, 1], got {c.bn_momentum!r}: pass e.g. --bn-momentum 0.4 "
-            "(PyTorch's default is 0.1)"
-        )
-    _positive("bn_bias_lr", c.bn_bias_lr, "--bn-bias-lr")
-    _choice("optimizer", c.optimizer, OPTIMIZERS)
-    _positive("muon_lr", c.muon_lr, "--muon-lr")
-    if not (isinstance(c.muon_momentum, int | float) and 0 <= c.muon_momentum < 1):
-        raise ConfigError(
-            f"muon_momentum must be in [0, 1), got {c.muon_momentum!r}: pass e.g. --muon-momentum "
-            "0.95"
-        )
-    if (
-        not isinstance(c.tta_translate, int)
-        or isinstance(c.tta_translate, bool)
-        or not 0 <= c.tta_translate <= 4
-    ):
-        raise ConfigError(
-            f"tta_translate must be 0 to 4 pixels, got {c.tta_translate!r}: pass e.g. "
-            "--tta-translate 1"
-        )
-    if c.alternate_flip and not c.augment:
-        raise ConfigError(
-            "alternate_flip says how images are mirrored, and --no-augment turns flips off: drop "
-            "one"
-        )
-    if c.tta_final_only and not c.tta_translate:
-        raise ConfigError(
-            "tta_final_only needs --tta-translate N: it says when the multi-view TTA applies"
-        )
-
-
-def _validate_resolution(c: TrainConfig) -> None:
-    if (
-        not isinstance(c.min_res, int)
-        or isinstance(c.min_res, bool)
-        or not 8 <= c.min_res <= NATIVE_RES
-        or c.min_res % RES_STEP
-    ):
-        raise ConfigError(
-            f"min_res must be a multiple of {RES_STEP} from 8 to {NATIVE_RES}, got {c.min_res!r}: "
-            f"pass e.g. --min-res 16 (or {NATIVE_RES} to train at full size throughout)"
-        )
-    hint = (
-        "pass --res-ramp START,END as fractions of the run, 0 <= START <= END <= 1, e.g. "
-        "--res-ramp 0,0.75"
-    )
-    if len(c.res_ramp) != 2:
-        raise ConfigError(
-            f"res_ramp needs two fractions of the run (START,END), got {list(c.res_ramp)}: {hint}"
-        )
-    start, end = c.res_ramp
-    if not (math.isfinite(start) and math.isfinite(end) and 0 <= start <= end <= 1):
-        raise ConfigError(f"res_ramp {list(c.res_ramp)} is not a part of the run: {hint}")
-    if c.min_res < NATIVE_RES and end == 0:
-        raise ConfigError(f"min_res {c.min_res} needs a ramp that ends inside the run: {hint}")
-
-
-def _validate_milestones(c: TrainConfig) -> None:
-    ms = c.milestones
-    hint = (
-        "pass --milestones as increasing fractions of the run (0.5,0.75) or increasing epochs "
-        "(100,150)"
-    )
-    if c.lr_schedule != "multistep":
-        return
-    if not ms:
-        raise ConfigError(f"the multistep schedule needs milestones: {hint}")
-    if any(not math.isfinite(m) or m <= 0 for m in ms):
-        raise ConfigError(f"milestones must be positive, got {list(ms)}: {hint}")
-    fractions = all(m < 1 for m in ms)
-    if not fractions and any(m < 1 or m != int(m) for m in ms):
-        raise ConfigError(f"milestones mix fractions and epochs, got {list(ms)}: {hint}")
-    if list(ms) != sorted(set(ms)):
-        raise ConfigError(f"milestones must be strictly increasing, got {list(ms)}: {hint}")
-    if not fractions and ms[-1] >= c.epochs:
-        raise ConfigError(
-            f"milestone epoch {int(ms[-1])} is not inside the {c.epochs}-epoch run: {hint}"
-        )
-
-
-# Fields given on the command line as a list of numbers, with an example of each.
-NUMBER_LISTS = {"milestones": "0.5,0.75 or 100,150", "res_ramp": "0,0.75"}
-
-
-def parse_numbers(text: str, name: str) -> tuple[float, ...]:
-    """Parse ``"0.5,0.75"`` or ``"100 150"`` for the field ``name``; raises ConfigError on
-    anything else."""
-    parts = [p for p in text.replace(",", " ").split() if p]
-    try:
-        return tuple(float(p) for p in parts)
-    except ValueError:
-        raise ConfigError(
-            f"malformed {name} {text!r}: pass comma-separated numbers, e.g. "
-            f"--{name.replace('_', '-')} "
-            f"{NUMBER_LISTS[name]}"
-        ) from None
-
-
-# --- the command line's spelling of a config ---------------------------------------------
-
-
-def option_flag(name: str) -> str:
-    """The ``fastres train`` option of a TrainConfig field: ``batch_size`` -> ``--batch-size``."""
-    return "--" + name.replace("_", "-")
-
-
-def field_type(name: str) -> Any:
-    """The type a field's option parses to (bool fields are on/off switches)."""
-    return _FIELD_TYPES[name]
-
-
-def option_args(values: Mapping[str, Any]) -> list[str]:
-    """The ``fastres train`` options that set each TrainConfig field in ``values`` to exactly
-    that value: the inverse of the options the CLI generates from the same fields."""
-    args: list[str] = []
-    for name, value in values.items():
-        flag = option_flag(name)
-        kind = field_type(name)
-        if kind is bool:
-            args.append(flag if value else "--no-" + flag[2:])
-        elif name in NUMBER_LISTS:
-            # repr keeps floats exact (1e-05, 0.1), so the parser gets back the very same value.
-            args += [flag, ",".join(repr(float(v)) for v in value)]
-        elif kind is float:
-            args += [flag, repr(float(value))]
-        else:
-            args += [flag, str(value)]
-    return args
 
 
 def recipe_differences(recorded: TrainConfig, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
@@ -721,135 +429,6 @@ def recipe_differences(recorded: TrainConfig, other: TrainConfig) -> dict[str, t
 def describe_differences(diffs: Mapping[str, tuple[Any, Any]], other: str) -> str:
     """``lr (0.05 recorded, 0.5 given); epochs (...)`` with ``other`` naming the second value."""
     return "; ".join(f"{k} ({a!r} recorded, {b!r} {other})" for k, (a, b) in diffs.items())
-
-
-_FIELD_TYPES: dict[str, Any] = typing.get_type_hints(TrainConfig)
-
-
-# --- presets ---------------------------------------------------------------------------
-
-BASELINE = TrainConfig(preset="baseline")
-
-# One preset per row of the original study's ablation table (run there at 100 epochs),
-# each `baseline` plus exactly the change its name says.
-ABLATIONS: dict[str, tuple[str, TrainConfig]] = {
-    "baseline": (
-        "ResNet-18, SGD 0.9, lr 0.1, MultiStep x0.1 at 50%/75%, batch 128, wd 5e-4",
-        BASELINE,
-    ),
-    "cosine": (
-        "baseline with a cosine schedule",
-        BASELINE.replace(lr_schedule="cosine", preset="cosine"),
-    ),
-    "no_schedule": (
-        "baseline with a constant learning rate",
-        BASELINE.replace(lr_schedule="none", preset="no_schedule"),
-    ),
-    "resnet34": ("baseline with ResNet-34", BASELINE.replace(model="resnet34", preset="resnet34")),
-    "resnet50": (
-        "baseline with ResNet-50 (Bottleneck)",
-        BASELINE.replace(model="resnet50", preset="resnet50"),
-    ),
-    "no_batchnorm": (
-        "baseline without BatchNorm, lr 0.01",
-        BASELINE.replace(norm="none", lr=0.01, preset="no_batchnorm"),
-    ),
-    "small_batch": (
-        "baseline with batch size 32",
-        BASELINE.replace(batch_size=32, preset="small_batch"),
-    ),
-}
-
-# Sized for a CPU without a GPU: a quarter-width ResNet-18 for 6 epochs. Short runs underfit,
-# so what regularises a long run costs accuracy here: no random crop (flip only), a high peak
-# lr decaying linearly to zero. Progressive resizing trains the first epochs at 16 px; the
-# epochs at 24-32 px carry the accuracy. Mirroring each image on alternate epochs beat coin
-# flips, and testing once, after the last epoch (with flip TTA), pays for the sixth epoch.
-# The runs behind each choice: BENCHMARKS.md, "`quick`'s frontier, interleaved";
-# docs/history/benchmarks-2026-11.md, "`quick` preset: accuracy and wall time" (crop, lr,
-# schedule, TTA); docs/recipes-cpu/README.md, "Study 2" (lr, resizing, flips).
-QUICK = BASELINE.replace(
-    width=16,
-    epochs=6,
-    batch_size=256,
-    lr=0.8,
-    lr_schedule="linear",
-    warmup_epochs=1.0,
-    nesterov=True,
-    label_smoothing=0.2,
-    crop_padding=0,
-    alternate_flip=True,
-    min_res=16,
-    res_ramp=(0.2, 0.8),
-    eval_tta=True,
-    eval_every=0,
-    preset="quick",
-)
-
-# Time to accuracy on a GPU: the full-width ResNet-18 in 20 epochs instead of 200, aimed at
-# 94% (the public record in the README's time-to-accuracy table, whose recipe this builds on:
-# label smoothing and flip TTA). What the quick-scale ablations kept (alternating flips,
-# multi-view TTA at the end) on top; a 2-pixel crop because 20 epochs want some augmentation
-# where 6 want none. Muon for the filters: it beat SGD on the same recipe, paired by seed,
-# at about twice the time per epoch (its optimizer step is launch-bound there); see
-# BENCHMARKS.md, "`fast` end to end: accuracy and time". No progressive resizing: under
-# torch.compile every new input size is a recompile, which costs more than the smaller
-# epochs save on a GPU.
-FAST = BASELINE.replace(
-    epochs=20,
-    batch_size=512,
-    lr=0.4,
-    lr_schedule="linear",
-    warmup_epochs=2.0,
-    nesterov=True,
-    label_smoothing=0.2,
-    crop_padding=2,
-    alternate_flip=True,
-    eval_tta=True,
-    tta_translate=1,
-    tta_final_only=True,
-    optimizer="muon",
-    preset="fast",
-)
-
-PRESETS: dict[str, TrainConfig] = {name: cfg for name, (_, cfg) in ABLATIONS.items()} | {
-    "quick": QUICK,
-    "fast": FAST,
-}
-DESCRIPTIONS: dict[str, str] = {name: desc for name, (desc, _) in ABLATIONS.items()} | {
-    "quick": (
-        "CPU-sized: ResNet-18 at width 16, 6 epochs growing from 16 to 32 px, alternating "
-        "flips, tested once with flip TTA (minutes, no GPU)"
-    ),
-    "fast": (
-        "GPU time to accuracy: full-width ResNet-18, 20 epochs, batch 512, Muon, alternating "
-        "flips, multi-view TTA"
-    ),
-}
-ALIASES: dict[str, str] = {
-    "cosine_schedule": "cosine",
-    "multistep": "baseline",
-    "no_bn": "no_batchnorm",
-}
-
-
-def preset_names() -> list[str]:
-    return list(PRESETS)
-
-
-def get_preset(name: str) -> TrainConfig:
-    """A preset by name or alias; unknown names fail with the list of valid ones."""
-    key = ALIASES.get(name, name)
-    if key not in PRESETS:
-        valid = ", ".join(list(PRESETS) + [f"{a} (= {t})" for a, t in ALIASES.items()])
-        raise ConfigError(f"unknown preset {name!r}: choose one of {valid}")
-    return PRESETS[key]
-
-
-def preset_differences(name: str) -> dict[str, tuple[Any, Any]]:
-    """Fields in which a preset differs from ``baseline``: {field: (baseline, preset)}."""
-    base, cfg = BASELINE.to_dict(), get_preset(name).to_dict()
-    return {k: (base[k], cfg[k]) for k in cfg if k != "preset" and cfg[k] != base[k]}
 
 
 def load_config_file(path: str | Path) -> TrainConfig:

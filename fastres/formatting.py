@@ -1,4 +1,4 @@
-"""How numbers read in fastres' tables and messages."""
+"""How numbers and config fields read in fastres' tables, messages and commands."""
 
 from __future__ import annotations
 
@@ -19,3 +19,8 @@ def compact(value: Any) -> str:
     if isinstance(value, list | tuple):
         return ",".join(f"{v:g}" for v in value)
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def option_flag(name: str) -> str:
+    """The ``fastres train`` option of a TrainConfig field: ``batch_size`` -> ``--batch-size``."""
+    return "--" + name.replace("_", "-")

@@ -457,7 +457,7 @@ def test_a_run_folder_with_another_recipe_is_refused_before_anything_runs(study,
 def test_list_shows_every_preset_and_its_differences(capsys):
     res = run_main(capsys, "ablate", "--list")
     assert res.returncode == 0
-    from fastres.config import PRESETS
+    from fastres.presets import PRESETS
 
     for name in PRESETS:
         assert any(line.startswith(name + " ") for line in res.stdout.splitlines()), name

@@ -12,12 +12,8 @@ MAX_FUNCTION_LINES = 80
 
 # Lines counted as ruff format writes them (one argument per line where a call is long).
 MODULE_EXCEPTIONS = {
-    "fastres/config.py": "TrainConfig's fields carry their own help and bounds (the CLI is "
-    "generated from them) and the presets beside them; splitting presets out is open (issue 25)",
     "fastres/train.py": "Trainer grew past 500 with the formatter; its epoch loop and checkpoint "
     "steps are the next split (issue 25)",
-    "fastres/report/numbers.py": "aggregate and its groups grew past 500 with the formatter; "
-    "time comparisons are the next split (issue 25)",
 }
 FUNCTION_EXCEPTIONS = {
     "fastres/data.py:open_data": "the two loaders' set-up side by side, one checked path for "

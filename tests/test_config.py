@@ -3,7 +3,9 @@ import json
 import pytest
 
 from fastres import PRESETS, ConfigError, TrainConfig, get_preset
-from fastres.config import load_config_file, parse_numbers, preset_differences
+from fastres.config import load_config_file
+from fastres.config_options import parse_numbers
+from fastres.presets import preset_differences
 
 
 def test_baseline_is_the_studys_recipe():

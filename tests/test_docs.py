@@ -19,7 +19,7 @@ import pytest
 from fastres import cli
 from fastres.cli.ablate import parse_variants
 from fastres.cli.options import config_from_args
-from fastres.config import get_preset
+from fastres.presets import get_preset
 
 from .conftest import REPO
 

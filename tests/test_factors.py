@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fastres.config import get_preset
+from fastres.presets import get_preset
 from fastres.study import factors
 
 from .conftest import REPO, run_cli, run_main

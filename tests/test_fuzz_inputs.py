@@ -13,7 +13,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastres.config import TrainConfig, field_type, option_flag
+from fastres.config import TrainConfig
+from fastres.config_options import field_type
+from fastres.formatting import option_flag
 
 from .conftest import run_main
 

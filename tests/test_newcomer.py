@@ -11,7 +11,7 @@ import pytest
 
 import fastres.train  # noqa: F401  (the module whose train() a test replaces)
 from fastres.cli import runs as cli
-from fastres.config import get_preset
+from fastres.presets import get_preset
 
 from .conftest import run_main
 

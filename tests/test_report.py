@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fastres.config import get_preset
+from fastres.presets import get_preset
 from fastres.report import aggregate, render_markdown, time_accuracy_points
 from fastres.rundir import RunDir, record_study
 

@@ -18,8 +18,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .. import recipe
-from ..config import get_preset
 from ..models import build_model
+from ..presets import get_preset
 from ..runtime import Runtime
 from ..step import GraphStep, train_step
 

@@ -8,19 +8,11 @@ import dataclasses
 import typing
 from collections.abc import Callable
 
-from ..config import (
-    ALIASES,
-    DESCRIPTIONS,
-    NUMBER_LISTS,
-    PRESETS,
-    TrainConfig,
-    field_type,
-    get_preset,
-    load_config_file,
-    option_flag,
-    parse_numbers,
-)
+from ..config import TrainConfig, load_config_file
+from ..config_options import NUMBER_LISTS, field_type, parse_numbers
 from ..errors import FastresError
+from ..formatting import option_flag
+from ..presets import ALIASES, DESCRIPTIONS, PRESETS, get_preset
 from ..rundir import RunDir
 
 

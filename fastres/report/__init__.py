@@ -7,8 +7,11 @@ read through ``fastres.rundir`` only. One module per job, read top-down:
 
 * ``markdown``: report.md, section by section, and the terminal's summary table;
 * ``plots``: the PNG plots;
-* ``numbers``: settings, their statistics, differences and time ratios against the
+* ``numbers``: each setting's statistics, its difference and time ratio against the
   reference: the report's data, as report.json holds it;
+* ``times``: a setting's training time against the reference's, paired by seed where their
+  runs ran next to each other;
+* ``settings``: runs grouped into settings, and the reference setting among them;
 * ``runs``: loading the runs of one folder or of several studies, and what each study's
   study.json says.
 
@@ -28,22 +31,16 @@ from ..files import atomic_write_text
 from .markdown import render_markdown, summary_table
 from .numbers import (
     LR_PLOT,
-    NEIGHBOURS,
     ORIGINAL_EPOCHS,
     ORIGINAL_STUDY,
     REPORT_JSON,
     REPORT_MD,
     TIME_PLOT,
     VAL_PLOT,
-    Group,
     aggregate,
     difference,
-    find_reference,
-    group_runs,
-    shared_cpu,
     stats,
     time_accuracy_points,
-    time_comparison,
 )
 from .plots import plot_lr, plot_time_accuracy, plot_val_acc
 from .runs import (
@@ -56,6 +53,8 @@ from .runs import (
     study_rules,
     study_variants,
 )
+from .settings import Group, find_reference, group_runs
+from .times import NEIGHBOURS, shared_cpu, time_comparison
 
 __all__ = [
     "LR_PLOT",

@@ -1,34 +1,31 @@
-"""The report's numbers: runs grouped into settings (everything but the seed), each setting's
-statistics, its difference from the reference setting (``fastres.seedstats``) and its time
-against the reference's, all gathered into the plain data that report.json holds.
+"""The report's numbers: each setting's statistics (its runs grouped by ``settings``), its
+difference from the reference setting (``fastres.seedstats``) and its time against the
+reference's (``times``), all gathered into the plain data that report.json holds.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import contention, seedstats
-from ..config import PRESETS, TrainConfig
+from .. import seedstats
 from ..errors import FastresError
-from ..formatting import compact
-from ..rundir import training_interval
+from ..presets import PRESETS
 from .runs import (
     Run,
     folders,
     load_studies,
     machine_variants,
-    setting,
     study_reference,
     study_rules,
     study_variants,
 )
+from .settings import Group, find_reference, group_runs
+from .times import shared_cpu, time_comparison
 
 # The original study: one run per setting, 100 epochs, best-epoch test accuracy (percent).
 ORIGINAL_STUDY = {
@@ -44,31 +41,6 @@ ORIGINAL_EPOCHS = 100
 # The files a report writes into its folder.
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
 VAL_PLOT, LR_PLOT, TIME_PLOT = "val_acc.png", "lr_schedule.png", "acc_vs_time.png"
-# Two runs "ran next to each other" when their starts are at most this many times the longer
-# run's training time apart: side by side (0), one after the other (~1), or with up to three
-# runs of other settings between them (~4: `fastres ablate --interleave` with five settings
-# puts a seed's five runs in a row), so that the host's drift over hours (BENCHMARKS.md, the
-# interleaved CPU studies) stays out of a pair.
-NEIGHBOURS = 4.5
-
-
-@dataclass
-class Group:
-    preset: str
-    label: str
-    recipe: dict[str, Any]
-    config: TrainConfig  # of its first run: the setting's recipe
-    runs: list[Run] = field(default_factory=list)
-    # The folder its runs share (OUT/<name>/seed<S>), e.g. an ablate --variant's name.
-    name: str = ""
-
-    @property
-    def done(self) -> list[Run]:
-        return [r for r in self.runs if r.complete]
-
-    @property
-    def unfinished(self) -> list[Run]:
-        return [r for r in self.runs if not r.complete]
 
 
 def stats(values: list[float]) -> dict[str, Any]:
@@ -93,72 +65,6 @@ def stats(values: list[float]) -> dict[str, Any]:
         "max": max(values),
         "values": values,
     }
-
-
-def group_runs(
-    runs: list[Run], variants: frozenset[str] = frozenset(), apart: frozenset[str] = frozenset()
-) -> list[Group]:
-    """One group per (preset, recipe without the seed), in the ablation table's order; a group
-    living in the folder of one of the study's ``variants`` is labelled with its name. Runs in
-    the folder of a variant in ``apart`` (``machine_variants``) form a group of their own."""
-    groups: dict[tuple[str, str, str], Group] = {}
-    for run in runs:
-        recipe = setting(run)
-        key = (
-            run.config.preset,
-            json.dumps(recipe, sort_keys=True),
-            run.folder if run.folder in apart else "",
-        )
-        if key not in groups:
-            label = run.config.preset or "custom"
-            groups[key] = Group(run.config.preset, label, recipe, run.config)
-        groups[key].runs.append(run)
-    result = list(groups.values())
-    for g in result:
-        shared = {r.folder for r in g.runs if r.folder}
-        folder = shared.pop() if len(shared) == 1 else ""
-        g.name = folder if folder in variants or folder == g.preset else ""
-        if g.name in variants:  # a named variant: its name says which setting it is
-            g.label = g.name
-    _tell_apart(result)
-    order = list(PRESETS)
-    # A preset's own runs come before its variants (they are the variants' reference).
-    result.sort(
-        key=lambda g: (
-            order.index(g.preset) if g.preset in order else len(order),
-            g.label != (g.preset or "custom") and not g.label.startswith(f"{g.preset} ("),
-            g.label,
-        )
-    )
-    return result
-
-
-def _tell_apart(groups: list[Group]) -> None:
-    """Settings that would share a label (a preset's name, or a variant's name that two studies
-    gave different options) get the fields that tell them apart in it."""
-    for label in {g.label for g in groups}:
-        same = [g for g in groups if g.label == label]
-        if len(same) > 1:
-            varying = [
-                k for k in same[0].recipe if len({json.dumps(g.recipe[k]) for g in same}) > 1
-            ]
-            for g in same:
-                g.label = f"{label} ({', '.join(f'{k}={compact(g.recipe[k])}' for k in varying)})"
-
-
-def find_reference(groups: list[Group], reference: str | None) -> Group | None:
-    """The setting the others are compared with: the one named ``reference`` (a variant's or
-    preset's name, or a label), else ``baseline`` when the runs include it."""
-    if reference is None:
-        named = [g for g in groups if g.preset == "baseline" and g.done]
-        return next((g for g in named if g.name in ("", "baseline")), named[0] if named else None)
-    for g in groups:
-        if reference in (g.name, g.label) or (g.preset == reference and g.name in ("", reference)):
-            return g
-    names = ", ".join(dict.fromkeys(g.name or g.label for g in groups))
-    raise FastresError(
-        f"no setting named {reference!r} among the runs: pass --reference with one of {names}"
-    )
 
 
 def difference(group: Group, reference: Group) -> dict[str, Any] | None:
@@ -207,100 +113,6 @@ def difference(group: Group, reference: Group) -> dict[str, Any] | None:
             "significant": False,
         }
     )
-
-
-def shared_cpu(summary: dict[str, Any] | None) -> bool:
-    """Whether a run shared its CPU with other processes (contention.py): its time is then the
-    machine's load, not its setting's cost."""
-    return contention.is_shared((summary or {}).get("cpu_wait"))
-
-
-def time_comparison(group: Group, reference: Group) -> dict[str, Any] | None:
-    """``train_time_s`` of ``group`` against ``reference``'s, leaving out runs that shared
-    their CPU (``left_out`` counts them). When seeds that ran in both ran next to each other
-    (see NEIGHBOURS; what ``fastres ablate --interleave`` does), the median of those seeds'
-    ratios: a machine's drift between the two is then small (``not_beside`` counts the seeds
-    whose runs ran further apart, left out). Else the ratio of the two medians, with how far
-    apart the runs ran (``apart_s``, the largest start-to-start distance of a seed's pair; None
-    when the summaries do not say when)."""
-    if not group.done or not reference.done:
-        return None
-    left_out = sum(shared_cpu(r.summary) for r in group.done + reference.done)
-    mine, theirs = _timed_summaries(group), _timed_summaries(reference)
-    if not mine or not theirs:
-        return {
-            "paired": False,
-            "n": 0,
-            "seeds": [],
-            "values": [],
-            "ratio": None,
-            "apart_s": None,
-            "left_out": left_out,
-            "not_beside": 0,
-        }
-    pairs = [
-        p
-        for seed in sorted(set(mine) & set(theirs))
-        if (p := _closest_pair(seed, mine[seed], theirs[seed])) is not None
-    ]
-    beside = [p for p in pairs if p["neighbours"]]
-    if beside:  # drift-free pairs, even a few, say more than medians of runs hours apart
-        ratios = [p["ratio"] for p in beside]
-        return {
-            "paired": True,
-            "n": len(ratios),
-            "seeds": [p["seed"] for p in beside],
-            "values": ratios,
-            "ratio": statistics.median(ratios),
-            "apart_s": max(p["apart_s"] for p in beside),
-            "left_out": left_out,
-            "not_beside": len(pairs) - len(beside),
-        }
-    a, b = (statistics.median(ss[0]["train_time_s"] for ss in d.values()) for d in (mine, theirs))
-    return {
-        "paired": False,
-        "n": min(len(mine), len(theirs)),
-        "seeds": [],
-        "values": [],
-        "ratio": a / b if a and b else None,
-        "apart_s": max(p["apart_s"] for p in pairs) if pairs else None,
-        "left_out": left_out,
-        "not_beside": 0,
-    }
-
-
-def _timed_summaries(group: Group) -> dict[int, list[dict[str, Any]]]:
-    """Per seed, the summaries whose time counts: the counted run's first, then its twins'
-    (see load_studies), leaving out runs that shared their CPU; seeds with none left out."""
-    per_seed = {
-        r.config.seed: [
-            t.summary for t in [r, *r.twins] if t.complete and not shared_cpu(t.summary)
-        ]
-        for r in group.done
-    }
-    return {seed: ss for seed, ss in per_seed.items() if ss}
-
-
-def _closest_pair(
-    seed: int, mine: list[dict[str, Any]], theirs: list[dict[str, Any]]
-) -> dict[str, Any] | None:
-    """Of a seed's runs in both settings, the two that ran closest together, with their time
-    ratio; None when no summary says when it ran."""
-    timed = [
-        (abs(a[0] - b[0]), max(a[1] - a[0], b[1] - b[0]), x, y)
-        for x in mine
-        for y in theirs
-        if (a := training_interval(x)) is not None and (b := training_interval(y)) is not None
-    ]
-    if not timed:
-        return None
-    apart, longest, x, y = min(timed, key=lambda t: t[0])
-    return {
-        "seed": seed,
-        "ratio": x["train_time_s"] / y["train_time_s"],
-        "apart_s": apart,
-        "neighbours": apart <= NEIGHBOURS * longest,
-    }
 
 
 def aggregate(

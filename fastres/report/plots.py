@@ -12,8 +12,9 @@ from typing import Any
 from ..config import TrainConfig
 from ..files import atomic_path
 from ..schedule import lr_factor
-from .numbers import group_runs, time_accuracy_points
+from .numbers import time_accuracy_points
 from .runs import Run
+from .settings import group_runs
 
 
 def plot_val_acc(

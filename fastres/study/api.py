@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import TrainConfig, get_preset
+from ..config import TrainConfig
 from ..errors import FastresError
 from ..ffcv_compat import ffcv_available
 from ..files import ensure_writable_dir
 from ..prepare import verify_betons
+from ..presets import get_preset
 from ..rundir import STUDY_ROOT
 from . import factors, projection
 from .devices import check_devices, expand_slots, on_cpu, parse_devices, share_cores

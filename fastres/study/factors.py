@@ -1,7 +1,7 @@
 """The original study's settings on any base recipe: each is the base plus exactly its change
 (``fastres ablate --base``), with a stated rule where the change needs one.
 
-A setting's change is read from the ablation table (``config.ABLATIONS``: the fields its preset
+A setting's change is read from the ablation table (``presets.ABLATIONS``: the fields its preset
 changes from ``baseline``); the learning rate that goes with it follows a rule instead of the
 table's number, because the table's numbers were chosen for ``baseline``'s lr 0.1 and batch 128.
 """
@@ -13,17 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import (
-    ABLATIONS,
-    ALIASES,
-    PRESETS,
-    TrainConfig,
-    get_preset,
-    load_config_file,
-    preset_differences,
-)
+from ..config import TrainConfig, load_config_file
 from ..errors import ConfigError
 from ..formatting import compact
+from ..presets import ABLATIONS, ALIASES, PRESETS, get_preset, preset_differences
 
 SETTINGS: tuple[str, ...] = tuple(name for name in ABLATIONS if name != "baseline")
 # The largest lr measured to train without BatchNorm, per base preset: on `quick` a sweep

@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import option_flag
 from ..errors import FastresError
+from ..formatting import option_flag
 from .planning import PlannedRun
 
 # The command line's scheduler options, as ``StudyRequest.scheduler`` keys: only a launcher

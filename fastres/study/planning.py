@@ -18,22 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import (
+from ..config import MACHINE_FIELDS, TrainConfig, describe_differences, recipe_differences
+from ..config_options import option_args
+from ..errors import FastresError
+from ..formatting import compact, option_flag
+from ..presets import (
     ABLATIONS,
     ALIASES,
     DESCRIPTIONS,
-    MACHINE_FIELDS,
-    TrainConfig,
-    describe_differences,
     get_preset,
-    option_args,
-    option_flag,
     preset_differences,
     preset_names,
-    recipe_differences,
 )
-from ..errors import FastresError
-from ..formatting import compact
 from ..rundir import STUDY_JOBS, STUDY_ROOT, RunDir
 from .reuse import EarlierRuns
 
