@@ -24,6 +24,7 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 OPTIMIZERS = ("sgd", "muon")
 COMPILE_MODES = ("auto", "on", "off")
 CUDA_GRAPH_MODES = ("off", "on")
+MUON_NEWTON_SCHULZ = ("eager", "compiled", "padded")
 LOADERS = ("ffcv", "memory")
 DEVICES = ("auto", "cuda", "cpu")
 NATIVE_RES = 32  # CIFAR-10's image size
@@ -45,6 +46,7 @@ MACHINE_FIELDS = frozenset(
         "deterministic",
         "sync_bn",
         "cuda_graph",
+        "muon_newton_schulz",
     }
 )
 
@@ -310,6 +312,17 @@ class TrainConfig:
             )
         },
     )
+    muon_newton_schulz: str = field(
+        default="eager",
+        metadata={
+            "help": (
+                "how Muon runs Newton-Schulz (with --optimizer muon; the same weights to rounding, "
+                "docs/gpu-step.md): eager (one batch per filter shape), compiled (all shapes as "
+                "one torch.compile graph, whatever --compile says), padded (all filters "
+                "zero-padded into one batch)"
+            )
+        },
+    )
     loader: str = field(
         default="ffcv",
         metadata={
@@ -520,6 +533,7 @@ def _validate(c: TrainConfig) -> None:
     _choice("precision", c.precision, PRECISIONS)
     _choice("compile", c.compile, COMPILE_MODES)
     _choice("cuda_graph", c.cuda_graph, CUDA_GRAPH_MODES)
+    _choice("muon_newton_schulz", c.muon_newton_schulz, MUON_NEWTON_SCHULZ)
     _choice("loader", c.loader, LOADERS)
     _choice("device", c.device, DEVICES)
     for name in ("width", "epochs", "batch_size"):
