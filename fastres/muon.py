@@ -382,6 +382,11 @@ class FilterMuon(torch.optim.Optimizer):
             )
         return self._newton_schulz[key](updates)
 
+    def newton_schulz_flops(self) -> int:
+        """The matrix products' floating-point operations of a step in this optimizer's form,
+        as its last step ran them (0 before the first): :meth:`NewtonSchulz.flops`."""
+        return sum(ns.flops() for ns in self._newton_schulz.values())
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         for batch in self._batches_by_params.values():  # the loaded buffers replace the stacks
