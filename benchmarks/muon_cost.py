@@ -219,7 +219,9 @@ def main() -> None:
     cpu = torch.device("cpu")
     if sys.argv[1:2] == ["forms"]:  # Newton-Schulz's forms alone, at each WIDTH
         widths = [int(w) for w in sys.argv[2:]] or [16, 64]
-        print(json.dumps([newton_schulz_forms(cpu, width=w) for w in widths], indent=1))
+        # As main's optimizer_step: more steps per repeat where a step takes milliseconds.
+        forms = [newton_schulz_forms(cpu, width=w, steps=20 if w <= 16 else 3) for w in widths]
+        print(json.dumps(forms, indent=1))
         return
     res = int(sys.argv[1]) if len(sys.argv) > 1 else 32
     print(
