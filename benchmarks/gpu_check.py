@@ -47,13 +47,11 @@ import argparse
 import dataclasses
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
-import traceback
 from pathlib import Path
 from typing import Any
+
+from gpu_budget import TINY_TRAIN_ARGS, BudgetedDoc, run_stopping_cleanly
 
 SCHEMA = "fastres-gpu-check/1"
 TARGET_IMAGES_PER_S = 30_000  # ResNet-18, batch 512, bf16 + channels_last + compile, H100
@@ -102,26 +100,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 E2E_PRESET = "fast"
-E2E_TINY = [
-    "--width",
-    "8",
-    "--epochs",
-    "2",
-    "--warmup-epochs",
-    "0.5",
-    "--batch-size",
-    "50",
-    "--train-subset",
-    "500",
-    "--test-subset",
-    "100",
-    "--device",
-    "cpu",
-    "--compile",
-    "off",
-    "--threads",
-    "1",
-]
 E2E_FIELDS = (
     "status",
     "epochs",
@@ -141,7 +119,7 @@ E2E_FIELDS = (
 )
 
 
-class Check:
+class Check(BudgetedDoc):
     """Collects records and rewrites the JSON after each, against a time budget."""
 
     def __init__(self, outdir: Path, tiny: bool, budget_s: float) -> None:
@@ -149,11 +127,9 @@ class Check:
 
         from fastres import bench
 
-        self.started = time.perf_counter()
+        super().__init__(outdir / "gpu_check.json", budget_s)
         self.bench = bench
         self.tiny = tiny
-        self.budget_s = budget_s
-        self.path = outdir / "gpu_check.json"
         if tiny:
             torch.set_num_threads(1)  # a smoke test: one thread never stalls on shared cores
             self.device = torch.device("cpu")
@@ -217,18 +193,6 @@ class Check:
         }
         self.write()
 
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
-    def left(self) -> float:
-        return self.budget_s - self.elapsed()
-
-    def write(self) -> None:
-        from fastres.files import atomic_write_text
-
-        self.doc["elapsed_s"] = round(self.elapsed(), 2)
-        atomic_write_text(self.path, json.dumps(self.doc, indent=2) + "\n")
-
     def skipped(
         self, model: str, batch: int, config: str, runtime: Any, reason: str, **extra: Any
     ) -> dict:
@@ -284,10 +248,8 @@ class Check:
                     augment=augment,
                 )
                 record["status"] = "error"
-                self.doc["errors"].append(
-                    {"what": label, "traceback": traceback.format_exc()[-4000:]}
-                )
-        print(f"[{self.elapsed():6.1f}s] {label}: {self.bench.short_result(record)}", flush=True)
+                self.error(label)
+        self.say(f"{label}: {self.bench.short_result(record)}")
         return record
 
     def add(self, record: dict) -> dict:
@@ -376,11 +338,9 @@ class Check:
             }
         except Exception as exc:  # noqa: BLE001 - one failure must not lose the rest of the check
             entry = {"status": "error", "reason": f"{type(exc).__name__}: {exc}"[:300]}
-            self.doc["errors"].append(
-                {"what": "muon_step", "traceback": traceback.format_exc()[-4000:]}
-            )
+            self.error("muon_step")
         self.doc["muon_step"] = entry
-        print(f"[{self.elapsed():6.1f}s] muon step: {self.muon_line()}", flush=True)
+        self.say(f"muon step: {self.muon_line()}")
         self.write()
 
     def muon_line(self) -> str:
@@ -413,7 +373,7 @@ class Check:
             "--no-progress",
             "--run-dir",
             str(run_dir),
-            *(E2E_TINY if self.tiny else []),
+            *(TINY_TRAIN_ARGS if self.tiny else []),
         ]
         entry: dict[str, Any] = {
             "preset": E2E_PRESET,
@@ -426,31 +386,14 @@ class Check:
         self.doc["end_to_end"] = entry
         if not cifar:
             entry["reason"] = "no CIFAR-10 source: pass --cifar PATH (or FASTRES_GPU_CHECK_CIFAR)"
-            print(f"[{self.elapsed():6.1f}s] end to end: skipped ({entry['reason']})", flush=True)
+            self.say(f"end to end: skipped ({entry['reason']})")
             self.write()
             return
-        started = time.perf_counter()
-        with open(outdir / "e2e.log", "w") as log:
-            # fastres itself reads the folder, its parent or the .tar.gz, and names what is wrong.
-            proc = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "FASTRES_CIFAR10": str(Path(cifar).resolve())},
-            )
-            try:
-                proc.wait(timeout=budget_s)
-            except subprocess.TimeoutExpired:
-                proc.send_signal(
-                    signal.SIGTERM
-                )  # fastres stops cleanly: checkpoint and summary kept
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-        entry["wall_s"] = round(time.perf_counter() - started, 1)
-        entry["returncode"] = proc.returncode
+        # fastres itself reads the folder, its parent or the .tar.gz, and names what is wrong.
+        env = {**os.environ, "FASTRES_CIFAR10": str(Path(cifar).resolve())}
+        returncode, wall = run_stopping_cleanly(command, outdir / "e2e.log", env, budget_s)
+        entry["wall_s"] = round(wall, 1)
+        entry["returncode"] = returncode
         summary_path = run_dir / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         entry.update({k: summary.get(k) for k in E2E_FIELDS})
@@ -459,12 +402,11 @@ class Check:
         if entry["status"] != "completed":
             tail = (outdir / "e2e.log").read_text()[-2000:]
             self.doc["errors"].append({"what": f"end to end: {entry['status']}", "traceback": tail})
-        print(
-            f"[{self.elapsed():6.1f}s] end to end: {E2E_PRESET} {entry['status']} after "
+        self.say(
+            f"end to end: {E2E_PRESET} {entry['status']} after "
             f"{entry['epochs']}/{entry['epochs_planned']} epochs, final accuracy "
             f"{100 * (entry['final_val_acc'] or 0):.2f}%, train_time_s {entry['train_time_s']}, "
-            f"compile {entry['compile_time_s']}s, compiles {entry['compiles']}",
-            flush=True,
+            f"compile {entry['compile_time_s']}s, compiles {entry['compiles']}"
         )
         self.write()
 

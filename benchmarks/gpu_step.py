@@ -9,7 +9,8 @@ first), bf16 + channels_last, synthetic input already on the GPU, for every leve
 Per batch size every lever is built and run once (its first call apart: compile, and for the
 graph levers the warm-up and capture, reported as ``first_step_s`` and ``setup_s``), then the
 levers take turns, A B C ... A B C ..., ``--rounds`` times; the rate is the median round.
-Compiled levers are skipped once less than COMPILE_RESERVE_S of the budget is left.
+Levers that compile (the model, or Muon's Newton-Schulz) are skipped once less than
+COMPILE_RESERVE_S of the budget is left.
 
 ``epoch`` (call b): the GPU preset ``fast`` trained from the CIFAR-10 source (``--cifar``) with
 ``--cuda-graph off`` and ``on``, alternating, for each of ``--seeds``; final accuracy, epoch
@@ -27,15 +28,14 @@ import dataclasses
 import json
 import math
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from gpu_budget import TINY_TRAIN_ARGS, BudgetedDoc, run_stopping_cleanly
 
 SCHEMA = "fastres-gpu-step/1"
 COMPILE_RESERVE_S = 60.0  # do not start a compiled lever with less budget left than this
@@ -49,6 +49,11 @@ class Lever:
     compile_mode: str | None = None  # inductor's mode; None: its default (no CUDA graphs)
     fused: bool = False  # SGD's fused implementation in the eager step
     graph: bool = False  # fastres.step.GraphStep: one CUDA graph per step
+    newton_schulz: str = "eager"  # Muon's form of it (fastres.muon.NewtonSchulz)
+
+    @property
+    def compiles(self) -> bool:
+        return self.compile or self.newton_schulz == "compiled"
 
 
 # The step as the trainer runs it (train_step), or as --cuda-graph on runs it (GraphStep).
@@ -63,29 +68,12 @@ LEVERS = {
     "muon_graph": Lever(optimizer="muon", graph=True),
     "muon_compile": Lever(optimizer="muon", compile=True),
     "muon_compile_graph": Lever(optimizer="muon", compile=True, graph=True),
+    # Fewer launches without a graph: Newton-Schulz as one compiled graph, or in one padded stack.
+    "muon_ns_compiled": Lever(optimizer="muon", newton_schulz="compiled"),
+    "muon_ns_padded": Lever(optimizer="muon", newton_schulz="padded"),
 }
 # Call (b)'s runs and the lever of call (a) that is the same step (fast compiles on CUDA).
 EPOCH_LEVERS = {"off": "muon_compile", "on": "muon_compile_graph"}
-EPOCH_TINY = [
-    "--width",
-    "8",
-    "--epochs",
-    "2",
-    "--warmup-epochs",
-    "0.5",
-    "--batch-size",
-    "50",
-    "--train-subset",
-    "500",
-    "--test-subset",
-    "100",
-    "--device",
-    "cpu",
-    "--compile",
-    "off",
-    "--threads",
-    "1",
-]
 EPOCH_FIELDS = (
     "status",
     "epochs",
@@ -137,43 +125,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-class Doc:
+def new_doc(path: Path, call: str, tiny: bool, budget_s: float, device: Any) -> BudgetedDoc:
     """The call's JSON, rewritten after every measurement, and its clock."""
+    from fastres.bench import machine_info
 
-    def __init__(self, path: Path, call: str, tiny: bool, budget_s: float, device: Any) -> None:
-        from fastres.bench import machine_info
-
-        self.path, self.budget_s, self.started = path, budget_s, time.perf_counter()
-        self.doc: dict[str, Any] = {
-            "schema": SCHEMA,
-            "call": call,
-            "mode": "tiny" if tiny else "full",
-            "complete": False,
-            "machine": machine_info(device),
-            "settings": {},
-            "records": [],
-            "errors": [],
-            "elapsed_s": 0.0,
-        }
-        self.write()
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
-    def left(self) -> float:
-        return self.budget_s - self.elapsed()
-
-    def write(self) -> None:
-        from fastres.files import atomic_write_text
-
-        self.doc["elapsed_s"] = round(self.elapsed(), 2)
-        atomic_write_text(self.path, json.dumps(self.doc, indent=2) + "\n")
-
-    def error(self, what: str) -> None:
-        self.doc["errors"].append({"what": what, "traceback": traceback.format_exc()[-4000:]})
-
-    def say(self, text: str) -> None:
-        print(f"[{self.elapsed():6.1f}s] {text}", flush=True)
+    doc = BudgetedDoc(path, budget_s)
+    doc.doc = {
+        "schema": SCHEMA,
+        "call": call,
+        "mode": "tiny" if tiny else "full",
+        "complete": False,
+        "machine": machine_info(device),
+        "settings": {},
+        "records": [],
+        "errors": [],
+        "elapsed_s": 0.0,
+    }
+    doc.write()
+    return doc
 
 
 # --- call (a): the step ------------------------------------------------------------------
@@ -195,13 +164,16 @@ class LeverStep:
         self.torch, self.device = torch, device
         torch.manual_seed(0)
         config = get_preset("fast").replace(
-            optimizer=lever.optimizer, width=width, batch_size=batch
+            optimizer=lever.optimizer,
+            width=width,
+            batch_size=batch,
+            muon_newton_schulz=lever.newton_schulz,
         )
         self.runtime = Runtime(
             device, str(device), "bf16", compile=lever.compile, channels_last=True
         )
         net = self.runtime.place(build_model(config.model, norm=config.norm, width=width))
-        self.optimizer = recipe.build_optimizer(net, config)
+        self.optimizer = recipe.build_optimizer(net, config, compile_backend=backend)
         if lever.fused:
             for group in self.optimizer.param_groups:
                 if "fused" in group:
@@ -278,7 +250,7 @@ def call_step(args: argparse.Namespace, outdir: Path) -> int:
     rounds = args.rounds or rounds
     names = args.levers or list(LEVERS)
     set_deterministic(False)  # the trainer's setting: cuDNN autotunes
-    doc = Doc(outdir / "gpu_step.json", "step", tiny, args.budget_s, device)
+    doc = new_doc(outdir / "gpu_step.json", "step", tiny, args.budget_s, device)
     doc.doc["settings"] = {
         "model": "resnet18",
         "width": width,
@@ -311,7 +283,7 @@ def call_step(args: argparse.Namespace, outdir: Path) -> int:
                 "step_ms": None,
             }
             doc.doc["records"].append(record)
-            if doc.left() < (COMPILE_RESERVE_S if lever.compile and not tiny else 5):
+            if doc.left() < (COMPILE_RESERVE_S if lever.compiles and not tiny else 5):
                 record["reason"] = f"time budget ({args.budget_s:.0f}s) spent"
                 doc.say(f"b{batch} {name}: skipped ({record['reason']})")
                 doc.write()
@@ -391,7 +363,7 @@ def call_epoch(args: argparse.Namespace, outdir: Path) -> int:
     import torch
 
     device = torch.device("cpu") if args.tiny else torch.device("cuda")
-    doc = Doc(outdir / "gpu_epoch.json", "epoch", args.tiny, args.budget_s, device)
+    doc = new_doc(outdir / "gpu_epoch.json", "epoch", args.tiny, args.budget_s, device)
     doc.doc["settings"] = {
         "preset": "fast",
         "seeds": args.seeds,
@@ -425,7 +397,7 @@ def call_epoch(args: argparse.Namespace, outdir: Path) -> int:
                 "--no-progress",
                 "--run-dir",
                 str(run_dir),
-                *(EPOCH_TINY if args.tiny else []),
+                *(TINY_TRAIN_ARGS if args.tiny else []),
             ]
             entry: dict[str, Any] = {
                 "seed": seed,
@@ -438,22 +410,10 @@ def call_epoch(args: argparse.Namespace, outdir: Path) -> int:
                 entry["reason"] = f"time budget ({args.budget_s:.0f}s) spent"
                 doc.write()
                 continue
-            started = time.perf_counter()
-            with open(outdir / f"{run_dir.name}.log", "w") as log:
-                proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-                try:
-                    proc.wait(timeout=args.run_budget_s)
-                except subprocess.TimeoutExpired:
-                    proc.send_signal(signal.SIGTERM)  # stops cleanly: the summary is kept
-                    try:
-                        proc.wait(timeout=60)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
-            entry["wall_s"], entry["returncode"] = (
-                round(time.perf_counter() - started, 1),
-                proc.returncode,
+            returncode, wall = run_stopping_cleanly(
+                command, outdir / f"{run_dir.name}.log", env, args.run_budget_s
             )
+            entry["wall_s"], entry["returncode"] = round(wall, 1), returncode
             summary_path = run_dir / "summary.json"
             summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
             entry.update({k: summary.get(k) for k in EPOCH_FIELDS})

@@ -5,6 +5,10 @@ then the optimizer step alone for SGD, fastres' batched ``FilterMuon`` and ``per
 batching), alternating repeats, with the matrix products each runs per step. Times in ms.
 
     .venv/bin/python benchmarks/muon_cost.py [RES]      # RES: input size, default 32
+    .venv/bin/python benchmarks/muon_cost.py forms [WIDTH ...]   # default 16 64
+
+``forms`` times ``FilterMuon``'s step alone in each form of its Newton-Schulz (eager, compiled,
+padded: ``--muon-newton-schulz``), alternating, with each form's matrix-product GFLOP.
 
 ``optimizer_step`` is also the GPU check's Muon section (benchmarks/gpu_check.py).
 """
@@ -23,6 +27,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastres import recipe
 from fastres.config import TrainConfig
+from fastres.config_checks import MUON_NEWTON_SCHULZ
 from fastres.models import build_model
 from fastres.muon import FilterMuon
 from fastres.runtime import resolve_runtime
@@ -67,23 +72,14 @@ class _MatrixProducts(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def optimizer_step(
-    device: torch.device, width: int = 64, repeats: int = 7, steps: int = 10
-) -> dict[str, Any]:
-    """ResNet-18's optimizer step alone (channels_last filters, fixed random gradients) for SGD,
-    ``FilterMuon`` and ``PerFilterMuon``, each on its own copy of the model, alternating
-    ``repeats`` times ``steps`` steps: median and range in ms, matrix products per step, and
-    how far the two Muons' weights are apart after the same first step."""
+def _copies(
+    device: torch.device, width: int, makers: dict[str, Any]
+) -> dict[str, tuple[list[nn.Parameter], torch.optim.Optimizer]]:
+    """For each maker, ResNet-18's parameters (channels_last, the same weights and fixed random
+    gradients for all) and the optimizer ``make(params, filters)`` builds over them."""
     torch.manual_seed(0)
     base = build_model("resnet18", width=width).to(device, memory_format=torch.channels_last)
     grads = [torch.randn_like(p) for p in base.parameters()]
-    makers = {
-        "sgd": lambda ps, fs: torch.optim.SGD(
-            ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4
-        ),
-        "muon_batched": lambda ps, fs: FilterMuon(fs, **MUON),
-        "muon_per_filter": lambda ps, fs: PerFilterMuon(fs, **MUON),
-    }
     setups = {}
     for name, make in makers.items():
         model = build_model("resnet18", width=width).to(device, memory_format=torch.channels_last)
@@ -92,26 +88,22 @@ def optimizer_step(
         for p, g in zip(params, grads, strict=True):
             p.grad = g.clone()
         setups[name] = (params, make(params, [p for p in params if p.ndim >= 2]))
-    out: dict[str, Any] = {
-        "device": str(device),
-        "width": width,
-        "repeats": repeats,
-        "steps": steps,
-        "filters": sum(p.ndim >= 2 for p in base.parameters()),
-    }
-    for name, (_, optimizer) in setups.items():
-        with _MatrixProducts() as products:
-            optimizer.step()
-        out[f"{name}_matrix_products"] = products.count
-    diff = max(
-        (a - b).abs().max().item()
-        for a, b in zip(setups["muon_batched"][0], setups["muon_per_filter"][0], strict=True)
-    )
-    out["muon_max_abs_difference_after_one_step"] = diff
-    times: dict[str, list[float]] = {name: [] for name in setups}
+    return setups
+
+
+def _max_difference(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return max((p - q).abs().max().item() for p, q in zip(a, b, strict=True))
+
+
+def _alternate(
+    optimizers: dict[str, torch.optim.Optimizer], device: torch.device, repeats: int, steps: int
+) -> dict[str, list[float]]:
+    """Each optimizer's step time in ms, [median, min, max] of ``repeats`` of ``steps`` steps,
+    the optimizers taking turns (one untimed step before each timed repeat)."""
+    times: dict[str, list[float]] = {name: [] for name in optimizers}
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(repeats):
-        for name, (_, optimizer) in setups.items():
+        for name, optimizer in optimizers.items():
             optimizer.step()
             sync()
             start = time.perf_counter()
@@ -119,12 +111,79 @@ def optimizer_step(
                 optimizer.step()
             sync()
             times[name].append((time.perf_counter() - start) / steps * 1000)
-    for name, ms in times.items():
-        out[f"{name}_step_ms"] = [
-            round(statistics.median(ms), 3),
-            round(min(ms), 3),
-            round(max(ms), 3),
-        ]
+    return {
+        name: [round(statistics.median(ms), 3), round(min(ms), 3), round(max(ms), 3)]
+        for name, ms in times.items()
+    }
+
+
+def optimizer_step(
+    device: torch.device, width: int = 64, repeats: int = 7, steps: int = 10
+) -> dict[str, Any]:
+    """ResNet-18's optimizer step alone (channels_last filters, fixed random gradients) for SGD,
+    ``FilterMuon`` and ``PerFilterMuon``, each on its own copy of the model, alternating
+    ``repeats`` times ``steps`` steps: median and range in ms, matrix products per step, and
+    how far the two Muons' weights are apart after the same first step."""
+    setups = _copies(
+        device,
+        width,
+        {
+            "sgd": lambda ps, fs: torch.optim.SGD(
+                ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4
+            ),
+            "muon_batched": lambda ps, fs: FilterMuon(fs, **MUON),
+            "muon_per_filter": lambda ps, fs: PerFilterMuon(fs, **MUON),
+        },
+    )
+    out: dict[str, Any] = {
+        "device": str(device),
+        "width": width,
+        "repeats": repeats,
+        "steps": steps,
+        "filters": sum(p.ndim >= 2 for p in setups["sgd"][0]),
+    }
+    for name, (_, optimizer) in setups.items():
+        with _MatrixProducts() as products:
+            optimizer.step()
+        out[f"{name}_matrix_products"] = products.count
+    out["muon_max_abs_difference_after_one_step"] = _max_difference(
+        setups["muon_batched"][0], setups["muon_per_filter"][0]
+    )
+    optimizers = {name: optimizer for name, (_, optimizer) in setups.items()}
+    for name, ms in _alternate(optimizers, device, repeats, steps).items():
+        out[f"{name}_step_ms"] = ms
+    return out
+
+
+def _muon_in(form: str) -> Any:
+    return lambda params, filters: FilterMuon(filters, newton_schulz=form, **MUON)
+
+
+def newton_schulz_forms(
+    device: torch.device, width: int = 64, repeats: int = 6, steps: int = 3
+) -> dict[str, Any]:
+    """``FilterMuon``'s step in each Newton-Schulz form (``MUON_NEWTON_SCHULZ``) as
+    :func:`optimizer_step` times it: the first step apart (the compiled form compiles there),
+    then ``repeats`` alternating; with the matrix products' GFLOP of each form and how far its
+    weights are from the eager form's after the first step."""
+    setups = _copies(device, width, {form: _muon_in(form) for form in MUON_NEWTON_SCHULZ})
+    out: dict[str, Any] = {
+        "device": str(device),
+        "width": width,
+        "repeats": repeats,
+        "steps": steps,
+    }
+    for form, (params, optimizer) in setups.items():
+        start = time.perf_counter()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        out[f"{form}_first_step_s"] = round(time.perf_counter() - start, 3)
+        out[f"{form}_newton_schulz_gflop"] = round(optimizer.newton_schulz_flops() / 1e9, 2)
+        out[f"{form}_max_abs_difference_to_eager"] = _max_difference(setups["eager"][0], params)
+    optimizers = {form: optimizer for form, (_, optimizer) in setups.items()}
+    for form, ms in _alternate(optimizers, device, repeats, steps).items():
+        out[f"{form}_step_ms"] = ms
     return out
 
 
@@ -158,8 +217,14 @@ def train_steps(res: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    res = int(sys.argv[1]) if len(sys.argv) > 1 else 32
     cpu = torch.device("cpu")
+    if sys.argv[1:2] == ["forms"]:  # Newton-Schulz's forms alone, at each WIDTH
+        widths = [int(w) for w in sys.argv[2:]] or [16, 64]
+        # As main's optimizer_step: more steps per repeat where a step takes milliseconds.
+        forms = [newton_schulz_forms(cpu, width=w, steps=20 if w <= 16 else 3) for w in widths]
+        print(json.dumps(forms, indent=1))
+        return
+    res = int(sys.argv[1]) if len(sys.argv) > 1 else 32
     print(
         json.dumps(
             {

@@ -1,7 +1,8 @@
 """Operators dispatched per training step on the CPU (``fastres.bench.opcount``): ResNet-18
 with SGD and with Muon, without and with the weight average, for today's eager step and the
-step a CUDA graph holds (``--cuda-graph on``), as a Markdown table; ``--json FILE`` keeps
-each count's operators by name.
+step a CUDA graph holds (``--cuda-graph on``), as a Markdown table; then Muon's optimizer step
+for each form of its Newton-Schulz (``--muon-newton-schulz``; the compiled one is compiled by
+inductor, a minute on a CPU). ``--json FILE`` keeps each count's operators by name.
 
     PYTHONPATH=. .venv/bin/python benchmarks/op_count.py [--width 64] [--json FILE]
 
@@ -15,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from fastres.bench.opcount import STEPS, count_step_ops
+from fastres.bench.opcount import STEPS, count_muon_forms, count_step_ops
 
 EMA_DECAY = 0.99
 
@@ -44,8 +45,20 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['forward_backward']} | {r['optimizer_and_average']} | "
             f"{r.get('host_ops_with_graph', '-')} |"
         )
+    forms = count_muon_forms(width=args.width)
+    print()
+    print(
+        "| Newton-Schulz | its operators (compiled: kernels) | matrix products "
+        "| rest of Muon's step | Muon's step | matrix GFLOP |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in forms:
+        print(
+            f"| {r['form']} | {r['newton_schulz']} | {r['matrix_products']} | {r['rest']} | "
+            f"{r['total']} | {r['flops'] / 1e9:.1f} |"
+        )
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        args.json.write_text(json.dumps({"steps": rows, "muon_forms": forms}, indent=2) + "\n")
     return 0
 
 

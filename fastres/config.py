@@ -38,6 +38,7 @@ MACHINE_FIELDS = frozenset(
         "deterministic",
         "sync_bn",
         "cuda_graph",
+        "muon_newton_schulz",
     }
 )
 
@@ -300,6 +301,17 @@ class TrainConfig:
                 "CUDA graph per input size, with fused SGD reading the lr from the GPU; on the CPU "
                 "the "
                 "same step uncaptured (docs/gpu-step.md); off: the eager step"
+            )
+        },
+    )
+    muon_newton_schulz: str = field(
+        default="eager",
+        metadata={
+            "help": (
+                "how Muon runs Newton-Schulz (with --optimizer muon; the same weights to rounding, "
+                "docs/gpu-step.md): eager (one batch per filter shape), compiled (all shapes as "
+                "one torch.compile graph, whatever --compile says), padded (all filters "
+                "zero-padded into one batch)"
             )
         },
     )

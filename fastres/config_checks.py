@@ -21,6 +21,7 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 OPTIMIZERS = ("sgd", "muon")
 COMPILE_MODES = ("auto", "on", "off")
 CUDA_GRAPH_MODES = ("off", "on")
+MUON_NEWTON_SCHULZ = ("eager", "compiled", "padded")
 LOADERS = ("ffcv", "memory")
 DEVICES = ("auto", "cuda", "cpu")
 NATIVE_RES = 32  # CIFAR-10's image size
@@ -130,6 +131,7 @@ def check_values(c: Any) -> None:
     _choice("precision", c.precision, PRECISIONS)
     _choice("compile", c.compile, COMPILE_MODES)
     _choice("cuda_graph", c.cuda_graph, CUDA_GRAPH_MODES)
+    _choice("muon_newton_schulz", c.muon_newton_schulz, MUON_NEWTON_SCHULZ)
     _choice("loader", c.loader, LOADERS)
     _choice("device", c.device, DEVICES)
     for name in ("width", "epochs", "batch_size"):

@@ -15,6 +15,11 @@ filters (momentum buffers of shape (out, in * kh * kw) under the same keys), so 
 either load into the other. Results agree to rounding, not bit for bit: a step gives the same
 weights, but over many steps last-bit differences appear and grow as any rounding difference
 does in training, within a seed's noise (measured: BENCHMARKS.md, "Muon's step, batched").
+
+Newton-Schulz is most of the step's launches: three matrix products per shape and iteration.
+:class:`NewtonSchulz` runs a step's stacks one by one (``eager``, the default), as one compiled
+graph, or zero-padded into one stack (fewer launches, ~5x the arithmetic for ResNet-18);
+docs/gpu-step.md and BENCHMARKS.md ("Newton-Schulz in one graph or one stack") compare them.
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ import dataclasses
 import functools
 import inspect
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from .config_checks import MUON_NEWTON_SCHULZ
 
 # torch.optim.Muon's own defaults (Newton-Schulz coefficients, steps, eps), read from its
 # signature so that both stay the same algorithm when torch changes them.
@@ -73,7 +80,6 @@ class _Batch:
             if self.channels_last
             else self.grads_physical.view(self.count, out, fan_in)
         )
-        self.ns = NewtonSchulzBuffers.for_stack(self.count, out, fan_in, p.device)
         self.update = p.new_empty(physical)
         # Each filter's update, laid out like the filter, so the foreach add takes its fast path.
         self.updates = [
@@ -156,19 +162,127 @@ def orthogonalise(
     ``torch.optim.Muon`` does it for one matrix: wide orientation, scaled to norm <= 1, ``steps``
     quintic iterations with ``coefficients`` (a, b, c). Works in ``buffers`` when given (the
     result is a view of one of them)."""
-    a, b, c = coefficients
     tall = x.shape[-2] > x.shape[-1]
     if buffers is None:
         buffers = NewtonSchulzBuffers.for_stack(*x.shape, device=x.device)
+    buffers.x.copy_(x.mT if tall else x)
+    y = _iterate(buffers, coefficients, steps, eps)
+    return y.mT if tall else y
+
+
+def _iterate(
+    buffers: NewtonSchulzBuffers, coefficients: tuple[float, float, float], steps: int, eps: float
+) -> Tensor:
+    """:func:`orthogonalise` on the wide matrices already in ``buffers.x``: each scaled to norm
+    <= 1, then ``steps`` iterations; the result is one of the two iterate buffers."""
+    a, b, c = coefficients
     y, y_next = buffers.x, buffers.x_next
-    y.copy_(x.mT if tall else x)
     y.div_(torch.linalg.vector_norm(y, dim=(-2, -1), keepdim=True).clamp(min=eps))
     for _ in range(steps):
         torch.bmm(y, y.mT, out=buffers.gram)
         torch.baddbmm(buffers.gram, buffers.gram, buffers.gram, beta=b, alpha=c, out=buffers.poly)
         torch.baddbmm(y, buffers.poly, y, beta=a, out=y_next)
         y, y_next = y_next, y
-    return y.mT if tall else y
+    return y
+
+
+def _check_form(form: str) -> None:
+    if form not in MUON_NEWTON_SCHULZ:
+        raise ValueError(
+            f"newton_schulz must be one of {', '.join(MUON_NEWTON_SCHULZ)}, got {form!r}"
+        )
+
+
+def _orthogonalise_all(
+    stacks: list[Tensor], coefficients: tuple[float, float, float], steps: int, eps: float
+) -> list[Tensor]:
+    """Every stack orthogonalised: what the compiled form compiles, as one graph."""
+    return [orthogonalise(x, coefficients, steps, eps) for x in stacks]
+
+
+class NewtonSchulz:
+    """:func:`orthogonalise` for a list of stacks whose shapes are the same every step (a
+    parameter group's batches), in one of three forms (``MUON_NEWTON_SCHULZ``):
+
+    - ``eager``: each stack on its own, in buffers reused between steps.
+    - ``compiled``: all stacks as one ``torch.compile`` graph, compiled at the first call (the
+      shapes never change: once). Inductor rounds to bf16 where eager does
+      (``emulate_precision_casts``), so the numbers are the eager form's.
+    - ``padded``: all matrices, each wide (m <= n), in the top-left corner of one zero-padded
+      (G, m_max, n_max) stack, one batched iteration for all. Zero rows and columns change
+      nothing: the norm is the same, and they stay exactly zero through X X^T, the polynomial
+      and its product with X (0 times a finite number is 0), so each corner is what the matrix
+      alone gives, to the rounding of the larger products (the padding is therefore written once:
+      each step overwrites the corners). The price is arithmetic: :meth:`flops`.
+    """
+
+    def __init__(
+        self,
+        form: str,
+        shapes: list[tuple[int, int, int]],
+        device: torch.device,
+        coefficients: tuple[float, float, float],
+        steps: int,
+        eps: float,
+        compile_backend: str | Callable[..., Any] = "inductor",
+    ) -> None:
+        _check_form(form)
+        self.form, self.shapes = form, [tuple(s) for s in shapes]
+        self.coefficients, self.steps, self.eps = tuple(coefficients), steps, eps
+        # The padded form's corners: (first matrix, count, m, n, tall) per stack, m <= n.
+        self.corners, first = [], 0
+        for count, rows, cols in self.shapes:
+            self.corners.append((first, count, min(rows, cols), max(rows, cols), rows > cols))
+            first += count
+        wide = [(m, n) for _, _, m, n, _ in self.corners]
+        self.padded_shape = (first, max(m for m, _ in wide), max(n for _, n in wide))
+        self.buffers: list[NewtonSchulzBuffers] = []
+        if form == "eager":
+            self.buffers = [NewtonSchulzBuffers.for_stack(*s, device=device) for s in self.shapes]
+        elif form == "padded":
+            self.buffers = [NewtonSchulzBuffers.for_stack(*self.padded_shape, device=device)]
+            self.buffers[0].x.zero_()
+            self.buffers[0].x_next.zero_()
+        self.compiled = None
+        if form == "compiled":
+            inductor = compile_backend == "inductor"
+            self.compiled = torch.compile(
+                functools.partial(
+                    _orthogonalise_all, coefficients=self.coefficients, steps=steps, eps=eps
+                ),
+                fullgraph=True,
+                dynamic=False,
+                backend=compile_backend,
+                options={"emulate_precision_casts": True} if inductor else None,
+            )
+
+    def __call__(self, stacks: list[Tensor]) -> list[Tensor]:
+        """The stacks orthogonalised (views of reused buffers, valid until the next call)."""
+        options = (self.coefficients, self.steps, self.eps)
+        if self.compiled is not None:
+            return self.compiled(stacks)
+        if self.form == "eager":
+            return [
+                orthogonalise(x, *options, buffers)
+                for x, buffers in zip(stacks, self.buffers, strict=True)
+            ]
+        (buffers,) = self.buffers
+        for (first, count, m, n, tall), x in zip(self.corners, stacks, strict=True):
+            buffers.x[first : first + count, :m, :n].copy_(x.mT if tall else x)
+        y = _iterate(buffers, *options)
+        corners = [y[first : first + count, :m, :n] for first, count, m, n, _ in self.corners]
+        return [c.mT if tall else c for c, (*_, tall) in zip(corners, self.corners, strict=True)]
+
+    def flops(self) -> int:
+        """Floating-point operations of the matrix products per call (a multiply-add is two):
+        per iteration and wide m x n matrix, X X^T and the product with X 2 m^2 n each, the
+        polynomial's G G 2 m^3; the padded form pays for its padded shape."""
+        shapes = [self.padded_shape] if self.form == "padded" else self.shapes
+        total = 0
+        for count, rows, cols in shapes:
+            m, n = min(rows, cols), max(rows, cols)
+            total += count * (4 * m * m * n + 2 * m**3)
+        return self.steps * total
 
 
 class FilterMuon(torch.optim.Optimizer):
@@ -176,7 +290,9 @@ class FilterMuon(torch.optim.Optimizer):
     orthogonalisation in bf16, decoupled weight decay, lr scaled by sqrt(max(1, out / fan_in)))
     for filters of two or more dimensions, same-shaped filters in one batch. A group's ``lr``
     may be a 0-dim float64 tensor on the filters' device (what a CUDA graph reads; fastres.step):
-    the step then gives the same numbers as with the float, without reading it on the host."""
+    the step then gives the same numbers as with the float, without reading it on the host.
+    ``newton_schulz`` picks how a step's batches are orthogonalised (:class:`NewtonSchulz`:
+    ``eager``, ``compiled`` with ``compile_backend``, or ``padded``)."""
 
     def __init__(
         self,
@@ -189,7 +305,11 @@ class FilterMuon(torch.optim.Optimizer):
         eps: float = _TORCH_DEFAULTS["eps"],
         ns_steps: int = _TORCH_DEFAULTS["ns_steps"],
         adjust_lr_fn: str | None = None,
+        *,
+        newton_schulz: str = "eager",
+        compile_backend: str | Callable[..., Any] = "inductor",
     ) -> None:
+        _check_form(newton_schulz)
         if adjust_lr_fn not in (None, "original"):
             raise ValueError(
                 "FilterMuon scales the lr as Muon's 'original' rule only, got "
@@ -214,6 +334,8 @@ class FilterMuon(torch.optim.Optimizer):
                         f"{tuple(p.shape)}"
                     )
         self._batches_by_params: dict[tuple[int, ...], _Batch] = {}
+        self.newton_schulz, self.compile_backend = newton_schulz, compile_backend
+        self._newton_schulz: dict[tuple[Any, ...], NewtonSchulz] = {}
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
@@ -231,17 +353,39 @@ class FilterMuon(torch.optim.Optimizer):
             if isinstance(shrink, Tensor):
                 shrink = shrink.to(params[0].dtype)
             torch._foreach_mul_(params, shrink)
-            for batch in self._batches(params):
+            batches = self._batches(params)
+            updates = []
+            for batch in batches:
                 grads = batch.stack_grads()
                 buf = batch.momentum(self.state)
                 buf.lerp_(grads, 1 - momentum)
-                update = grads.lerp_(buf, momentum) if group["nesterov"] else buf
-                update = orthogonalise(
-                    update, group["ns_coefficients"], group["ns_steps"], group["eps"], batch.ns
-                )
+                updates.append(grads.lerp_(buf, momentum) if group["nesterov"] else buf)
+            updates = self._orthogonalise(batches, updates, group)
+            for batch, update in zip(batches, updates, strict=True):
                 rows, cols = update.shape[-2:]
                 batch.apply(update, alpha=lr * -math.sqrt(max(1.0, rows / cols)))
         return loss
+
+    def _orthogonalise(
+        self, batches: list[_Batch], updates: list[Tensor], group: dict[str, Any]
+    ) -> list[Tensor]:
+        """Each batch's update orthogonalised, in this optimizer's ``newton_schulz`` form."""
+        options = (tuple(group["ns_coefficients"]), group["ns_steps"], group["eps"])
+        key = (tuple(id(b) for b in batches), *options)
+        if key not in self._newton_schulz:
+            self._newton_schulz[key] = NewtonSchulz(
+                self.newton_schulz,
+                [tuple(u.shape) for u in updates],
+                updates[0].device,
+                *options,
+                compile_backend=self.compile_backend,
+            )
+        return self._newton_schulz[key](updates)
+
+    def newton_schulz_flops(self) -> int:
+        """The matrix products' floating-point operations of a step in this optimizer's form,
+        as its last step ran them (0 before the first): :meth:`NewtonSchulz.flops`."""
+        return sum(ns.flops() for ns in self._newton_schulz.values())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)

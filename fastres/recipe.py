@@ -92,10 +92,13 @@ def whiten_stem(conv: nn.Conv2d, x: torch.Tensor) -> None:
             conv.bias.zero_()
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, config: TrainConfig, *, compile_backend: str = "inductor"
+) -> torch.optim.Optimizer:
     """SGD over :func:`param_groups`; with ``optimizer="muon"``, Muon for the filters (every
     parameter of two or more dimensions: convolutions and the classifier) at ``muon_lr`` and SGD
-    for the rest, as one optimizer whose first group is SGD's (the run's ``lr``)."""
+    for the rest, as one optimizer whose first group is SGD's (the run's ``lr``). Muon runs
+    Newton-Schulz in ``muon_newton_schulz``'s form, compiled with ``compile_backend``."""
     groups = param_groups(model, config)
     sgd_options = {
         "lr": config.lr,
@@ -110,7 +113,12 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     rest = [{**g, "params": [p for p in g["params"] if id(p) not in is_filter]} for g in groups]
     rest = [g for g in rest if g["params"]]
     muon = FilterMuon(
-        filters, lr=config.muon_lr, momentum=config.muon_momentum, weight_decay=config.weight_decay
+        filters,
+        lr=config.muon_lr,
+        momentum=config.muon_momentum,
+        weight_decay=config.weight_decay,
+        newton_schulz=config.muon_newton_schulz,
+        compile_backend=compile_backend,
     )
     return Combined(torch.optim.SGD(rest, **sgd_options), muon)
 

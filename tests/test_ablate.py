@@ -518,6 +518,7 @@ NON_DEFAULT = {
     "run_dir": "study with spaces",
     "preset": "cosine",
     "cuda_graph": "on",
+    "muon_newton_schulz": "padded",
     "val_split": 500,
 }
 # Fields that are valid only together with another non-default value.

@@ -18,9 +18,6 @@ MODULE_EXCEPTIONS = {
 FUNCTION_EXCEPTIONS = {
     "fastres/data.py:open_data": "the two loaders' set-up side by side, one checked path for "
     "both; to be split per loader (issue 25)",
-    "fastres/bench/end_to_end.py:measure_step_in_loop": "one timed protocol read top to bottom; "
-    "to be split with the GPU step work (issue 22)",
-    "fastres/bench/end_to_end.py:measure_end_to_end": "same protocol as measure_step_in_loop",
 }
 
 

@@ -38,10 +38,15 @@ def test_step_call_measures_every_lever_taking_turns(tmp_path):
         "muon",
         "muon_graph",
         "muon_compile_graph",
+        "muon_ns_compiled",
+        "muon_ns_padded",
     } <= set(levers)
     for r in doc["records"]:
         assert r["status"] == "ok" and len(r["round_images_per_s"]) == 3, r
         assert r["images_per_s"] > 0 and r["first_step_s"] is not None
+    defined = doc["settings"]["levers_defined"]
+    assert defined["muon_ns_padded"]["newton_schulz"] == "padded"
+    assert levers[-2:] == ["muon_ns_compiled", "muon_ns_padded"], "after the levers before them"
     graph = next(r for r in doc["records"] if r["lever"] == "muon_graph")
     assert graph["graph"].startswith("0 replayed")  # the CPU runs the step uncaptured
     assert (tmp_path / "gpu_step_step.log").read_text().strip().endswith("not measurements)")

@@ -12,9 +12,9 @@ from typing import Any
 import torch
 
 from ..config import TrainConfig
-from ..data import open_data
+from ..data import DataSource, open_data
 from ..rundir import RunDir
-from ..runtime import resolve_runtime
+from ..runtime import Runtime, resolve_runtime
 from ..train import Trainer, train, train_step
 from .step import measure_step
 from .timing import FULL_TIMING, Timing
@@ -93,29 +93,15 @@ def measure_end_to_end(
             runtime=runtime,
         )
 
-    # The step rate is measured before and after the run and averaged: a machine whose speed
-    # drifts (shared CPUs) would otherwise show up as a loss or gain of the loop.
-    before = step_rate()
-    t0 = time.perf_counter()
-
     def training() -> dict[str, Any]:
         return train(config, log=lambda m: None, progress=False)
 
-    summary = run_training(training) if run_training is not None else training()
-    wall = time.perf_counter() - t0
-    after = step_rate()
+    before, summary, wall, after = _between_step_rates(step_rate, training, run_training)
     step = dict(before, images_per_s=(before["images_per_s"] + after["images_per_s"]) / 2)
     rows = RunDir(run_dir).read_metrics()
     epoch_rate = rows[-1]["images_per_s"]
-    # The last epoch's own account of its time (CPU only): each part of the loop measured in the
-    # same epoch, so the machine's drift cancels in the shares, unlike in `kept`.
-    parts = rows[-1].get("loop_time_s")
-    train_s = rows[-1].get("epoch_train_s")
-    shares = {k: v / train_s for k, v in parts.items()} if parts and train_s else None
     return {
-        "loop_time_s": parts,
-        "loop_shares": shares,
-        "step_in_loop_images_per_s": epoch_rate * train_s / parts["step"] if shares else None,
+        **_loop_account(rows[-1]),
         "model": model,
         "batch_size": batch_size,
         "width": width,
@@ -133,6 +119,37 @@ def measure_end_to_end(
         "compile": runtime.compile,
         "step": step,
         "step_images_per_s_before_after": [before["images_per_s"], after["images_per_s"]],
+    }
+
+
+def _between_step_rates(
+    step_rate: Callable[[], dict[str, Any]],
+    training: Callable[[], dict[str, Any]],
+    run_training: Callable[[Callable[[], dict[str, Any]]], dict[str, Any]] | None,
+) -> tuple[dict[str, Any], dict[str, Any], float, dict[str, Any]]:
+    """The step rate, the run (its summary and wall time) and the step rate again: averaged,
+    the two rates keep a machine whose speed drifts (shared CPUs) from showing up as a loss or
+    gain of the loop."""
+    before = step_rate()
+    t0 = time.perf_counter()
+    summary = run_training(training) if run_training is not None else training()
+    wall = time.perf_counter() - t0
+    return before, summary, wall, step_rate()
+
+
+def _loop_account(row: dict[str, Any]) -> dict[str, Any]:
+    """The last epoch's own account of its time (CPU only; None elsewhere): each part of the
+    loop measured in the same epoch, so the machine's drift cancels in the shares, unlike in
+    ``kept``; and the step's rate inside the loop."""
+    parts = row.get("loop_time_s")
+    train_s = row.get("epoch_train_s")
+    shares = {k: v / train_s for k, v in parts.items()} if parts and train_s else None
+    return {
+        "loop_time_s": parts,
+        "loop_shares": shares,
+        "step_in_loop_images_per_s": row["images_per_s"] * train_s / parts["step"]
+        if shares
+        else None,
     }
 
 
@@ -167,6 +184,43 @@ def measure_step_in_loop(
             f"settle ({settle}) must be smaller than block ({block}): it skips held steps of each "
             "block"
         )
+    trainer, data, runtime = _loop_trainer(
+        model, width, batch_size, data_dir, run_dir, device, train_subset
+    )
+    in_loop, alone = _alternate_blocks(trainer, data, runtime, size, block, settle)
+    if not in_loop or not alone:
+        raise ValueError(
+            f"{train_subset or 50_000} training images make fewer than two blocks of {block} "
+            f"batches of {batch_size}: use more images or a smaller block"
+        )
+    loop_s, alone_s = statistics.median(in_loop), statistics.median(alone)
+    return {
+        "model": model,
+        "width": width,
+        "batch_size": batch_size,
+        "size": size,
+        "block": block,
+        "loop_steps": len(in_loop),
+        "alone_steps": len(alone),
+        "loop_step_s": loop_s,
+        "alone_step_s": alone_s,
+        "step_kept": alone_s / loop_s,
+        "precision": runtime.precision,
+        "channels_last": runtime.channels_last,
+    }
+
+
+def _loop_trainer(
+    model: str,
+    width: int,
+    batch_size: int,
+    data_dir: str | Path,
+    run_dir: str | Path,
+    device: torch.device,
+    train_subset: int,
+) -> tuple[Trainer, DataSource, Runtime]:
+    """A real ``Trainer`` for one epoch on the FFCV loader, in training mode: the trainer, its
+    data and its runtime."""
     config = _bench_config(
         model,
         width,
@@ -191,6 +245,15 @@ def measure_step_in_loop(
     )
     trainer = Trainer(config, runtime, data, RunDir(run_dir), log=lambda m: None)
     trainer.model.train()
+    return trainer, data, runtime
+
+
+def _alternate_blocks(
+    trainer: Trainer, data: DataSource, runtime: Runtime, size: int, block: int, settle: int
+) -> tuple[list[float], list[float]]:
+    """One epoch in which every ``block`` loop steps are followed by ``block`` steps on a batch
+    held from the loader: the seconds of the loop's steps and of the held ones, the first block
+    and each block's first ``settle`` held steps left out."""
 
     def step(x: torch.Tensor, labels: torch.Tensor) -> float:
         t0 = time.perf_counter()
@@ -220,23 +283,4 @@ def measure_step_in_loop(
             times = [step(*held) for _ in range(block)]
             if i >= block:
                 alone.extend(times[settle:])
-    if not in_loop or not alone:
-        raise ValueError(
-            f"{train_subset or 50_000} training images make fewer than two blocks of {block} "
-            f"batches of {batch_size}: use more images or a smaller block"
-        )
-    loop_s, alone_s = statistics.median(in_loop), statistics.median(alone)
-    return {
-        "model": model,
-        "width": width,
-        "batch_size": batch_size,
-        "size": size,
-        "block": block,
-        "loop_steps": len(in_loop),
-        "alone_steps": len(alone),
-        "loop_step_s": loop_s,
-        "alone_step_s": alone_s,
-        "step_kept": alone_s / loop_s,
-        "precision": runtime.precision,
-        "channels_last": runtime.channels_last,
-    }
+    return in_loop, alone

@@ -6,10 +6,16 @@ each (what an operator runs inside is not seen); views and the profiler's marker
 out, since they launch nothing. The eager step's SGD is forced onto its foreach path, which is
 what it takes on CUDA (on a CPU it loops over the parameters). A ``foreach`` operator counts
 once, as on CUDA, where it is one launch per few dozen tensors.
+
+:func:`count_muon_forms` counts Muon's step for each form of its Newton-Schulz
+(``fastres.muon.NewtonSchulz``); a compiled graph cannot run under a dispatch mode, so for it
+the kernels that inductor's generated code launches are counted instead.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections import Counter
 from typing import Any
 
@@ -18,7 +24,9 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .. import recipe
+from ..config_checks import MUON_NEWTON_SCHULZ
 from ..models import build_model
+from ..muon import FilterMuon, NewtonSchulz
 from ..presets import get_preset
 from ..runtime import Runtime
 from ..step import GraphStep, train_step
@@ -147,3 +155,79 @@ def _count_third_step(
     with OpCounter() as counter:
         one_step()
     return counter
+
+
+MATRIX_PRODUCTS = ("bmm", "baddbmm", "mm", "addmm")
+MUON_OPTIONS = {"lr": 0.05, "momentum": 0.95, "weight_decay": 5e-4}
+
+
+def count_muon_forms(
+    *, model: str = "resnet18", width: int = 64, forms: tuple[str, ...] = MUON_NEWTON_SCHULZ
+) -> list[dict[str, Any]]:
+    """Muon's optimizer step (``FilterMuon``, channels_last filters, random gradients) for each
+    form of its Newton-Schulz: ``newton_schulz`` (its operators; for ``compiled`` the kernels
+    inductor's code for the CPU launches: fused kernels and library calls), ``matrix_products``
+    among them, ``rest`` (the step's other operators: the same in every form), ``total``, the
+    matrix products' ``flops`` and ``by_op``. Counts do not depend on ``width``."""
+    torch.manual_seed(0)
+    net = build_model(model, width=width).to(memory_format=torch.channels_last)
+    filters = [p for p in net.parameters() if p.ndim >= 2]
+    for p in filters:
+        p.grad = torch.randn_like(p)
+    optimizer = FilterMuon(filters, **MUON_OPTIONS)
+    for _ in range(2):  # the first step creates the momentum
+        optimizer.step()
+    with OpCounter() as step:
+        optimizer.step()
+    # FilterMuon's stacks: one per filter shape, in order of appearance.
+    by_shape = Counter(tuple(p.shape) for p in filters)
+    shapes = [(n, s[0], math.prod(s[1:])) for s, n in by_shape.items()]
+    stacks = [torch.randn(s) for s in shapes]
+    defaults = optimizer.defaults
+    options = (defaults["ns_coefficients"], defaults["ns_steps"], defaults["eps"])
+    eager = _counted(NewtonSchulz("eager", shapes, torch.device("cpu"), *options), stacks)
+    rest = step.total - sum(eager.values())  # the step less its (eager) Newton-Schulz
+    rows = []
+    for form in forms:
+        ns = NewtonSchulz(form, shapes, torch.device("cpu"), *options)
+        counts = _compiled_launches(ns, stacks) if form == "compiled" else _counted(ns, stacks)
+        total = sum(counts.values())
+        rows.append(
+            {
+                "model": model,
+                "form": form,
+                "stacks": len(shapes),
+                "newton_schulz": total,
+                "matrix_products": sum(counts[op] for op in MATRIX_PRODUCTS),
+                "rest": rest,
+                "total": rest + total,
+                "flops": ns.flops(),
+                "by_op": dict(counts.most_common()),
+            }
+        )
+    return rows
+
+
+def _counted(ns: NewtonSchulz, stacks: list[torch.Tensor]) -> Counter[str]:
+    ns(stacks)
+    with OpCounter() as counter:
+        ns(stacks)
+    return Counter({name.split("::")[-1].split(".")[0]: n for name, n in counter.counts.items()})
+
+
+def _compiled_launches(ns: NewtonSchulz, stacks: list[torch.Tensor]) -> Counter[str]:
+    """The kernels one call of the compiled graph launches, read from inductor's code: its
+    fused kernels (``fused``) and library calls (by operator); allocations not counted."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    _, codes = run_and_get_code(ns, stacks)
+    counts: Counter[str] = Counter()
+    for code in codes:
+        body = code[code.index("def call(") :].split("\ndef ", 1)[0]
+        for name in re.findall(r"^\s+(?:\w+ = )?([A-Za-z_][\w.]*)\(", body, flags=re.M):
+            if name.startswith(("cpp_fused", "triton_")):
+                counts["fused"] += 1
+            elif name.startswith(("extern_kernels.", "aten.", "torch.ops.")):
+                counts[name.split(".")[-1]] += 1
+    return counts
