@@ -61,15 +61,17 @@ def _wait_for_first_epoch(run_dir: Path, proc: subprocess.Popen, timeout: float 
 def test_submitit_local_study_trains_every_run_and_a_signalled_task_is_requeued_and_resumes(
     synthetic_data, memory_source, tmp_path
 ):
-    """The Slurm code path with submitit's local executor: 2 settings x 2 seeds, two jobs at a
-    time. One task gets SIGUSR2 (Slurm's warning) after its first epoch: its run stops cleanly,
+    """The Slurm code path with submitit's local executor: one setting x 2 seeds, both jobs at
+    once. One task gets SIGUSR2 (Slurm's warning) after its first epoch: its run stops cleanly,
     the task is requeued and resumes, and ends with the weights of an uninterrupted run."""
     out = tmp_path / "study"
     cmd = [
         sys.executable,
         "-m",
         "fastres",
-        *STUDY,
+        *STUDY[:3],  # baseline only: the launcher is the subject here, not the settings
+        "--seeds",
+        "2",
         *RECIPE,
         "--data-dir",
         str(synthetic_data),
@@ -92,9 +94,9 @@ def test_submitit_local_study_trains_every_run_and_a_signalled_task_is_requeued_
     os.kill(task, signal.SIGUSR2)
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stdout + stderr
-    assert "Traceback" not in stderr and "ablation finished: 4 job(s) ended" in stdout
+    assert "Traceback" not in stderr and "ablation finished: 2 job(s) ended" in stdout
 
-    for folder in FOLDERS:
+    for folder in FOLDERS[:2]:
         run = RunDir(out / folder)
         assert run.state() == "completed", folder
         assert [r["epoch"] for r in run.read_metrics()] == [1, 2, 3, 4, 5], folder
@@ -120,9 +122,9 @@ def test_submitit_local_study_trains_every_run_and_a_signalled_task_is_requeued_
     assert_same_weights(target, reference)
 
     report = json.loads(in_process("report", str(out), "--json").stdout)
-    assert len(report["runs"]) == 4 and not report["unfinished"]
+    assert len(report["runs"]) == 2 and not report["unfinished"]
     status = in_process("ablate", "--status", str(out)).stdout.splitlines()
-    assert len(status) == 5 and all(" done " in line and " job " in line for line in status[1:]), (
+    assert len(status) == 3 and all(" done " in line and " job " in line for line in status[1:]), (
         status
     )
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from fastres.checkpoint import load as load_checkpoint
@@ -26,6 +27,17 @@ TINY = [
     "cosine",
     "--no-progress",
 ]
+
+
+# For tests of the launch rather than the loader, under `memory_source`: each rank then skips
+# ffcv's seconds-long import, and the in-memory loader's sharding is exercised too.
+IN_MEMORY = ["--loader", "memory"]
+
+
+@pytest.fixture
+def memory_source(synthetic_source, monkeypatch):
+    monkeypatch.setenv("FASTRES_CIFAR10", str(synthetic_source))
+    return synthetic_source
 
 
 def torchrun(*args, nproc=2, script=("-m", "fastres"), timeout=300, **popen):
@@ -118,11 +130,12 @@ def test_two_processes_at_batch_b_equal_one_process_at_batch_b(synthetic_data, t
     )
 
 
-def test_resume_across_world_sizes(synthetic_data, tmp_path):
+def test_resume_across_world_sizes(synthetic_data, memory_source, tmp_path):
     run_dir = tmp_path / "run"
     args = [
         "train",
         *TINY,
+        *IN_MEMORY,
         "--epochs",
         "3",
         "--data-dir",
@@ -178,13 +191,14 @@ sys.exit(main())
 """
 
 
-def test_a_failing_rank_stops_the_whole_job(synthetic_data, tmp_path):
+def test_a_failing_rank_stops_the_whole_job(synthetic_data, memory_source, tmp_path):
     script = tmp_path / "crash_rank1.py"
     script.write_text(CRASH)
     t0 = time.monotonic()
     res = torchrun(
         "train",
         *TINY,
+        *IN_MEMORY,
         "--epochs",
         "3",
         "--data-dir",
@@ -217,7 +231,9 @@ def test_global_batch_must_divide_over_processes(synthetic_data, tmp_path):
     assert "batch size 101 does not divide over 2 processes" in res.stdout + res.stderr
 
 
-def test_a_held_run_directory_is_refused_on_every_rank_without_waiting(synthetic_data, tmp_path):
+def test_a_held_run_directory_is_refused_on_every_rank_without_waiting(
+    synthetic_data, memory_source, tmp_path
+):
     from fastres.files import FileLock
 
     run_dir = tmp_path / "held"
@@ -229,6 +245,7 @@ def test_a_held_run_directory_is_refused_on_every_rank_without_waiting(synthetic
         res = torchrun(
             "train",
             *TINY,
+            *IN_MEMORY,
             "--epochs",
             "1",
             "--data-dir",

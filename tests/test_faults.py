@@ -33,6 +33,8 @@ from .conftest import REPO, run_cli, run_main
 
 # 40 steps per epoch on the synthetic set: long enough to catch a run between epochs.
 TINY = ["--width", "8", "--batch-size", "50", "--epochs", "3", "--lr", "0.05"]
+# For runs in child processes under `memory_loader`: they skip ffcv's seconds-long import.
+IN_MEMORY = ["--loader", "memory"]
 FASTRES = [sys.executable, "-m", "fastres"]
 REAL_FSYNC = os.fsync
 
@@ -136,12 +138,19 @@ def wait_stopped(pid: int, timeout: float = 30) -> None:
 
 
 def test_a_second_process_on_a_run_directory_refuses_at_once_and_writes_nothing(
-    synthetic_data, tmp_path, capsys
+    synthetic_data, memory_loader, tmp_path, capsys
 ):
     out = tmp_path / "study"
     run_dir = out / "baseline" / "seed42"
     first = start_training(
-        "--preset", "baseline", *TINY, "--data-dir", str(synthetic_data), "--run-dir", str(run_dir)
+        "--preset",
+        "baseline",
+        *TINY,
+        *IN_MEMORY,
+        "--data-dir",
+        str(synthetic_data),
+        "--run-dir",
+        str(run_dir),
     )
     wait_for_epoch(first, run_dir)
     first.send_signal(signal.SIGSTOP)  # held still, so that every byte the others write would show
@@ -156,6 +165,7 @@ def test_a_second_process_on_a_run_directory_refuses_at_once_and_writes_nothing(
                 "--preset",
                 "baseline",
                 *TINY,
+                *IN_MEMORY,
                 "--data-dir",
                 str(synthetic_data),
                 "--run-dir",
@@ -181,6 +191,7 @@ def test_a_second_process_on_a_run_directory_refuses_at_once_and_writes_nothing(
             "--seeds",
             "2",
             *TINY,
+            *IN_MEMORY,
             "--data-dir",
             str(synthetic_data),
             "--out",
@@ -209,11 +220,13 @@ def test_a_second_process_on_a_run_directory_refuses_at_once_and_writes_nothing(
 
 
 def test_a_run_killed_with_sigkill_leaves_no_stale_lock_and_resumes_from_last_pt(
-    synthetic_data, tmp_path
+    synthetic_data, memory_loader, tmp_path
 ):
     # What the kernel's OOM killer does on a CPU: no handler runs, no summary is written.
     run_dir = tmp_path / "run"
-    first = start_training(*TINY, "--data-dir", str(synthetic_data), "--run-dir", str(run_dir))
+    first = start_training(
+        *TINY, *IN_MEMORY, "--data-dir", str(synthetic_data), "--run-dir", str(run_dir)
+    )
     wait_for_epoch(first, run_dir)
     while not RunDir(run_dir).last_checkpoint.exists():  # written just after the epoch's metrics
         time.sleep(0.01)
@@ -251,10 +264,12 @@ def test_a_file_system_without_locks_is_named(tmp_path, monkeypatch):
 
 
 def test_a_checkpoint_over_the_file_size_limit_stops_the_run_and_keeps_the_last_one(
-    synthetic_data, tmp_path
+    synthetic_data, memory_loader, tmp_path
 ):
     run_dir = tmp_path / "run"
-    first = start_training(*TINY, "--data-dir", str(synthetic_data), "--run-dir", str(run_dir))
+    first = start_training(
+        *TINY, *IN_MEMORY, "--data-dir", str(synthetic_data), "--run-dir", str(run_dir)
+    )
     wait_for_epoch(first, run_dir)
     first.send_signal(signal.SIGTERM)
     first.communicate(timeout=120)

@@ -29,6 +29,8 @@ def test_train_on_real_cifar10_learns_and_writes_the_run_directory(real_data, tm
         "3",
         "--train-subset",
         "10000",
+        "--test-subset",
+        "2000",  # each epoch's evaluation of all 10,000 would cost more than its training
         "--batch-size",
         "128",
         "--lr",

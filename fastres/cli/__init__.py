@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from ..errors import FastresError
 from .ablate import cmd_ablate
 from .bench import cmd_bench
+from .output import reader_gone
 from .parser import build_parser
 from .report import cmd_report
 from .runs import cmd_eval, cmd_prepare, cmd_train
@@ -40,6 +41,12 @@ def _one_line(text: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    code = _run(argv)
+    # A command stopped because its reader went away (`| head`) exits as SIGPIPE would.
+    return 141 if reader_gone() else code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -53,8 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.flush()
         return exc.exit_code
     except KeyboardInterrupt:
-        print("fastres: interrupted", file=sys.stderr, flush=True)
+        if not reader_gone():
+            print("fastres: interrupted", file=sys.stderr, flush=True)
         return 130
+    except BrokenPipeError:  # an OSError, so caught first: a print outside `output.log`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as exc:
         if exc.filename is None or args.debug:
             raise
@@ -64,7 +75,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             + "pass a path this system accepts\n"
         )
         return 1
-    except BrokenPipeError:
-        # The reader went away (`fastres ... | head`): stop quietly, as Unix tools do.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141

@@ -24,7 +24,8 @@ from ..study import (
     status_lines,
 )
 from ..study.launcher import SCHEDULER_OPTIONS
-from .options import Parser, add_config_options, log, presets_table
+from .options import Parser, add_config_options, presets_table
+from .output import log
 from .signals import stop_cleanly_on_signals
 
 

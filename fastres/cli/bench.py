@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import FastresError
 from ..files import ensure_writable_file
 from ..models import IMAGENET_MODELS, check_model_name, check_width, model_names, standard_width
-from .options import log
+from .output import log
 
 
 def add_parser(sub: Any) -> None:

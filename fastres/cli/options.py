@@ -46,10 +46,6 @@ def _held_out_images(text: str) -> int:
     return n
 
 
-def log(message: str) -> None:
-    print(message, flush=True)
-
-
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field; defaults are SUPPRESSed so only given ones override."""
     group = parser.add_argument_group(

@@ -15,7 +15,8 @@ from typing import Any
 from ..config import TrainConfig
 from ..errors import FastresError
 from ..rundir import STUDY, RunDir
-from .options import add_config_options, config_from_args, log, presets_table
+from .options import add_config_options, config_from_args, presets_table
+from .output import log
 from .signals import stop_cleanly_on_signals
 
 

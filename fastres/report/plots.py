@@ -64,7 +64,7 @@ def plot_val_acc(
     ax.set_ylabel("val accuracy (%)")
     ax.set_title("Validation accuracy: mean over seeds, band = min-max")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend(ax)
     _save_png(fig, path)
 
 
@@ -105,7 +105,7 @@ def plot_lr(
     ax.set_ylabel("learning rate")
     ax.set_title("Learning-rate schedules")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend(ax)
     _save_png(fig, path)
 
 
@@ -148,6 +148,12 @@ def plot_time_accuracy(data: dict[str, Any], path: Path) -> None:
     ax.margins(x=0.15, y=0.1)
     ax.grid(alpha=0.3)
     _save_png(fig, path)
+
+
+def _legend(ax: Any) -> None:
+    # A study stopped before any run evaluated an epoch has no curve to name.
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
 
 
 def _save_png(fig: Any, path: Path) -> None:
