@@ -14,14 +14,10 @@ MAX_FUNCTION_LINES = 80
 MODULE_EXCEPTIONS = {
     "fastres/config.py": "TrainConfig's fields carry their own help and bounds (the CLI is "
     "generated from them) and the presets beside them; splitting presets out is open (issue 25)",
-    "fastres/train.py": "Trainer grew past 500 with the formatter; its epoch loop and checkpoint "
-    "steps are the next split (issue 25)",
     "fastres/report/numbers.py": "aggregate and its groups grew past 500 with the formatter; "
     "time comparisons are the next split (issue 25)",
 }
 FUNCTION_EXCEPTIONS = {
-    "fastres/data.py:open_data": "the two loaders' set-up side by side, one checked path for "
-    "both; to be split per loader (issue 25)",
     "fastres/bench/end_to_end.py:measure_step_in_loop": "one timed protocol read top to bottom; "
     "to be split with the GPU step work (issue 22)",
     "fastres/bench/end_to_end.py:measure_end_to_end": "same protocol as measure_step_in_loop",
