@@ -13,7 +13,7 @@ In sequential order both loaders yield identical batches.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -277,50 +277,98 @@ def open_data(
             f"that is a multiple of {world_size} (the batch size is global, split evenly between "
             "processes)"
         )
+    shared = {
+        "batch_size": batch_size,
+        "device": device,
+        "seed": seed,
+        "train_subset": train_subset,
+        "test_subset": test_subset,
+        "eval_batch_size": eval_batch_size,
+        "shuffle": shuffle,
+        "world_size": world_size,
+        "val_split": val_split,
+    }
     if loader == "ffcv":
-        manifest = prepare.verify_betons(data_dir)
-        counts = {s: manifest["files"][s]["count"] for s in prepare.BETONS}
-        _check_subsets(counts, train_subset, test_subset, batch_size, val_split)
-        workers = num_workers or (8 if device.type == "cuda" else 1)
-        common = {"device": device, "seed": seed, "num_workers": workers}
-        beton = prepare.beton_path(data_dir, "train")
-        held = _held_out(_beton_labels(beton), train_subset, val_split) if val_split else None
-        keep = None if held is None else split.kept(train_subset or counts["train"], held)
-        train = FFCVBatches(
-            beton,
-            batch_size // world_size,
-            shuffle=shuffle,
-            drop_last=True,
-            subset=train_subset,
-            distributed=world_size > 1,
-            indices=keep,
-            **common,
-        )
-        test = FFCVBatches(
-            prepare.beton_path(data_dir, "test"),
-            eval_batch_size,
-            shuffle=False,
-            drop_last=False,
-            subset=test_subset,
-            **common,
-        )
-        val = (
-            None
-            if held is None
-            else FFCVBatches(
-                beton, eval_batch_size, shuffle=False, drop_last=False, indices=held, **common
-            )
-        )
-        return DataSource(
-            train,
-            test,
-            "ffcv",
-            prepare.manifest_hash(manifest),
-            f"FFCV betons in {data_dir}",
-            val,
-            held,
-        )
+        return _open_ffcv(data_dir, num_workers=num_workers, **shared)
+    return _open_memory(data_dir, source, rank=rank, **shared)
 
+
+def _open_ffcv(
+    data_dir: str | Path,
+    *,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    num_workers: int,
+    train_subset: int,
+    test_subset: int,
+    eval_batch_size: int,
+    shuffle: bool,
+    world_size: int,
+    val_split: int,
+) -> DataSource:
+    """``open_data`` with FFCV: the betons in ``data_dir``, verified against their manifest."""
+    manifest = prepare.verify_betons(data_dir)
+    counts = {s: manifest["files"][s]["count"] for s in prepare.BETONS}
+    beton = prepare.beton_path(data_dir, "train")
+    held, keep = _checked_split(
+        counts, lambda: _beton_labels(beton), train_subset, test_subset, batch_size, val_split
+    )
+    workers = num_workers or (8 if device.type == "cuda" else 1)
+    common = {"device": device, "seed": seed, "num_workers": workers}
+    train = FFCVBatches(
+        beton,
+        batch_size // world_size,
+        shuffle=shuffle,
+        drop_last=True,
+        subset=train_subset,
+        distributed=world_size > 1,
+        indices=keep,
+        **common,
+    )
+    test = FFCVBatches(
+        prepare.beton_path(data_dir, "test"),
+        eval_batch_size,
+        shuffle=False,
+        drop_last=False,
+        subset=test_subset,
+        **common,
+    )
+    val = (
+        None
+        if held is None
+        else FFCVBatches(
+            beton, eval_batch_size, shuffle=False, drop_last=False, indices=held, **common
+        )
+    )
+    return DataSource(
+        train,
+        test,
+        "ffcv",
+        prepare.manifest_hash(manifest),
+        f"FFCV betons in {data_dir}",
+        val,
+        held,
+    )
+
+
+def _open_memory(
+    data_dir: str | Path,
+    source: str | Path | None,
+    *,
+    batch_size: int,
+    device: torch.device,
+    seed: int,
+    rank: int,
+    train_subset: int,
+    test_subset: int,
+    eval_batch_size: int,
+    shuffle: bool,
+    world_size: int,
+    val_split: int,
+) -> DataSource:
+    """``open_data`` in device memory: the CIFAR-10 source (``source``, or found from
+    ``data_dir``), read whole."""
     src = cifar.locate_source(source, data_dir)
     if src is None:
         raise FastresError(
@@ -329,15 +377,10 @@ def open_data(
             f"set {cifar.ENV_VAR} or put '{cifar.FOLDER}' in --data-dir"
         )
     data = cifar.load_source(src, expect_full=False)
-    _check_subsets(
-        {"train": len(data.train), "test": len(data.test)},
-        train_subset,
-        test_subset,
-        batch_size,
-        val_split,
+    counts = {"train": len(data.train), "test": len(data.test)}
+    held, keep = _checked_split(
+        counts, lambda: data.train.labels, train_subset, test_subset, batch_size, val_split
     )
-    held = _held_out(data.train.labels, train_subset, val_split)
-    keep = None if held is None else split.kept(train_subset or len(data.train), held)
     train = MemoryBatches(
         data.train,
         batch_size // world_size,
@@ -382,6 +425,23 @@ def open_data(
         val,
         held,
     )
+
+
+def _checked_split(
+    counts: dict[str, int],
+    labels: Callable[[], np.ndarray],
+    train_subset: int,
+    test_subset: int,
+    batch_size: int,
+    val_split: int,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Both loaders' one check of the subsets and split against the data set's ``counts``,
+    then the (held-out, kept) training images' data-set indices: (None, None) without
+    --val-split. ``labels`` (the training labels) is read only for a split."""
+    _check_subsets(counts, train_subset, test_subset, batch_size, val_split)
+    held = _held_out(labels(), train_subset, val_split) if val_split else None
+    keep = None if held is None else split.kept(train_subset or counts["train"], held)
+    return held, keep
 
 
 def _held_out(labels: np.ndarray, train_subset: int, val_split: int) -> np.ndarray | None:

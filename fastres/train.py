@@ -3,34 +3,31 @@
 Per step: uint8 batch on the device -> batched augmentation -> model (channels_last,
 autocast) -> loss -> optimizer. Running sums live on the device and are read only at
 logging points and epoch ends, so a GPU step never waits for the host. What the loop leans
-on has a module each: ``evaluation``, ``epoch_log``, ``loop_clock``, ``run_summary``,
-``resume`` and ``run_errors`` (docs/architecture.md).
+on has a module each: ``run_parts`` (what a run is built from), ``run_start`` (its run
+directory held, started or resumed), ``evaluation``, ``epoch_log``, ``loop_clock``,
+``run_summary``, ``resume`` and ``run_errors`` (docs/architecture.md).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
-from . import checkpoint, contention, distributed, recipe, record
-from .augment import BatchAugment
+from . import checkpoint, contention, distributed, recipe
 from .config import TrainConfig
 from .data import DataSource, open_config_data
 from .epoch_log import EpochLog, progress_bar
 from .errors import ConfigError, FastresError
 from .evaluation import evaluate, evaluate_run
 from .loop_clock import LoopClock, loop_account
-from .models import build_model, count_parameters
-from .resume import check_resume, check_val_split, record_val_split
+from .resume import check_resume, check_val_split
 from .run_errors import (
     Interrupted,
     TrainingDiverged,
@@ -39,18 +36,12 @@ from .run_errors import (
     explain,
     out_of_memory_at_start,
 )
+from .run_parts import build_parts
+from .run_start import hold, start_or_resume
 from .run_summary import finished_line, run_summary
 from .rundir import RunDir, default_run_dir
-from .runtime import (
-    Runtime,
-    compile_module,
-    is_out_of_memory,
-    resolve_runtime,
-    seed_everything,
-    set_deterministic,
-)
-from .schedule import lr_factor
-from .step import GraphStep, graph_obstacle, train_step
+from .runtime import Runtime, is_out_of_memory, resolve_runtime, set_deterministic
+from .step import train_step
 
 # Callers import these from here: the loop's errors, its step, and evaluation.
 __all__ = [
@@ -70,7 +61,8 @@ LOG_EVERY = 50  # steps between host reads of the running loss (progress, diverg
 
 
 class Trainer:
-    """One run: model, optimizer, data and run directory, built from a config."""
+    """One run: its parts (``run_parts``: model, optimizer, ...), data and run directory,
+    built from a config."""
 
     def __init__(
         self,
@@ -83,50 +75,12 @@ class Trainer:
     ) -> None:
         self.config, self.runtime, self.data, self.run = config, runtime, data, run
         self.log, self.dist = log, dist
-        device = runtime.device
-        seed_everything(config.seed)
-        self.model = runtime.place(build_model(config.model, norm=config.norm, width=config.width))
-        recipe.set_bn_momentum(self.model, config.bn_momentum)
-        self.params = count_parameters(self.model)
-        if dist.enabled and config.sync_bn and config.norm == "batch":
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        # torch.compile and DDP wrap the module; the plain one gives state_dicts without their
-        # prefixes, so checkpoints load in any setting (one process or many, compiled or not).
-        compiled = compile_module(self.model) if runtime.compile else self.model
-        if dist.enabled:
-            ddp = DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None
-            )
-            self.forward = compile_module(ddp) if runtime.compile else ddp
-        else:
-            self.forward = compiled
-        # The average of the weights, when asked for, is what the run evaluates and reports.
-        self.ema = recipe.build_ema(self.model, config.ema)
-        averaged = self.ema.module if self.ema is not None else None
-        if averaged is None:
-            self.eval_forward = compiled  # no gradient sync needed: evaluation is per process
-        else:
-            self.eval_forward = compile_module(averaged) if runtime.compile else averaged
-        self.optimizer = recipe.build_optimizer(self.model, config)
-        self.steps_per_epoch = len(data.train)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(config, step, self.steps_per_epoch)
-        )
-        self.scaler = torch.amp.GradScaler(device.type, enabled=runtime.grad_scaler)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-        input_dtype = runtime.amp_dtype
-        self.augment = BatchAugment(
-            device,
-            input_dtype,
-            channels_last=runtime.channels_last,
-            augment=config.augment,
-            padding=config.crop_padding,
-            seed=config.seed,
-            alternate_flip=config.alternate_flip,
-            dataset_size=data.train.dataset_size,
-        )
-        # --cuda-graph on: the step a CUDA graph holds (on the CPU the same step, uncaptured).
-        self.graph_step = self._graph_step() if config.cuda_graph == "on" else None
+        parts = build_parts(config, runtime, data, log, dist)
+        self.model, self.forward, self.eval_forward = parts.model, parts.forward, parts.eval_forward
+        self.ema, self.optimizer, self.scheduler = parts.ema, parts.optimizer, parts.scheduler
+        self.scaler, self.criterion, self.augment = parts.scaler, parts.criterion, parts.augment
+        self.graph_step, self.params = parts.graph_step, parts.params
+        self.steps_per_epoch = parts.steps_per_epoch
         self.writer = checkpoint.BackgroundWriter()
         self.rows: list[dict[str, Any]] = []  # metrics of the finished epochs
         self.epoch = 0  # completed epochs
@@ -189,24 +143,6 @@ class Trainer:
             self._checkpoint = None
 
     # -- steps -------------------------------------------------------------------------
-
-    def _graph_step(self) -> GraphStep | None:
-        obstacle = graph_obstacle(self.runtime, self.dist.enabled)
-        if obstacle is not None:
-            self.log(f"--cuda-graph on: stepping eagerly instead ({obstacle})")
-            return None
-        # It captures lazily, at its first full-batch steps: after a resume has loaded its state.
-        return GraphStep(
-            self.forward,
-            self.model,
-            self.criterion,
-            self.optimizer,
-            self.runtime,
-            batch_size=self.config.batch_size,
-            ema=self.ema,
-            ema_decay=self.config.ema,
-            log=self.log,
-        )
 
     def train_epoch(self, progress) -> dict[str, float]:
         self.model.train()
@@ -464,7 +400,7 @@ def train(
     distributed.init(d, runtime.device.type)
     try:
         config = config.replace(run_dir=distributed.broadcast(config.run_dir, d))
-        with _hold(RunDir(config.run_dir), d):
+        with hold(RunDir(config.run_dir), d):
             if resume:
                 config = check_resume(config, log)
             return _train(config, runtime, d, started, log, progress, resume)
@@ -474,24 +410,6 @@ def train(
         raise out_of_memory_at_start(config, runtime) from None  # fit() explains one later on
     finally:
         distributed.shutdown()
-
-
-@contextlib.contextmanager
-def _hold(run: RunDir, d: distributed.Dist) -> Iterator[None]:
-    """One process per run directory, for the whole run: rank 0 holds it, and its refusal
-    (another process holds it, or the folder cannot be written) reaches every rank before
-    any of them waits at a barrier."""
-    with contextlib.ExitStack() as stack:
-        error = None
-        if d.is_main:
-            try:
-                stack.enter_context(run.hold())
-            except FastresError as exc:
-                error = exc
-        error = distributed.broadcast(error, d)
-        if error is not None:
-            raise error
-        yield
 
 
 def _silent(message: str) -> None:
@@ -515,7 +433,7 @@ def _train(
     if resume:
         check_val_split(run, data)
     trainer = Trainer(config, runtime, data, run, log, d)
-    _start_or_resume(trainer, resume)
+    start_or_resume(trainer, resume)
     scale = (
         f"; {d.world_size} processes, {config.batch_size // d.world_size} images each per step"
         if d.enabled
@@ -545,29 +463,6 @@ def _train(
     if (note := contention.shared_note(summary["cpu_wait"])) is not None:
         log(note)
     return summary
-
-
-def _start_or_resume(trainer: Trainer, resume: bool) -> None:
-    """Load the run's last checkpoint and the metrics up to it when resuming, or start the run
-    directory's record of a new run."""
-    run, config, log, d = trainer.run, trainer.config, trainer.log, trainer.dist
-    if resume and run.last_checkpoint.exists():
-        state = checkpoint.load(run.last_checkpoint, map_location=trainer.runtime.device, log=log)
-        trainer.load_state(state)
-        trainer.rows = run.read_metrics()[: trainer.epoch]
-        if "train_time_s" not in state:  # written before checkpoints kept it: the epochs' times
-            trainer.earlier_seconds = sum(r.get("epoch_time_s") or 0.0 for r in trainer.rows)
-        if d.is_main:
-            run.rewrite_metrics(trainer.rows)
-        log(f"resuming {run.path} after epoch {trainer.epoch}/{config.epochs}")
-    elif resume:
-        if d.is_main:
-            run.rewrite_metrics([])
-        log(f"{run.path} has no checkpoint yet; starting it from epoch 1")
-    elif d.is_main:
-        run.create()
-        record.start_record(run, config)
-        record_val_split(run, trainer.data)
 
 
 def _report_parameters(trainer: Trainer, d: distributed.Dist) -> None:

@@ -1,6 +1,5 @@
 """Checkpoints, exact resume, interruption, divergence and determinism."""
 
-import importlib
 import json
 import os
 import signal
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 from fastres import TrainConfig, train
+from fastres.augment import BatchAugment
 from fastres.checkpoint import load as load_checkpoint
 from fastres.errors import FastresError
 from fastres.prepare import BETONS, MANIFEST
@@ -224,9 +224,7 @@ def test_divergence_stops_with_a_clear_message(synthetic_data, tmp_path):
 
 
 def test_divergence_keeps_the_last_good_checkpoint(synthetic_data, tmp_path, monkeypatch):
-    train_module = importlib.import_module("fastres.train")  # the package attribute is the function
-
-    original = train_module.BatchAugment.train
+    original = BatchAugment.train
     calls = {"n": 0}
 
     def poisoned(self, images, size=None, indices=None):
@@ -236,7 +234,7 @@ def test_divergence_keeps_the_last_good_checkpoint(synthetic_data, tmp_path, mon
             x * float("nan") if calls["n"] > 20 + 3 else x
         )  # 20 steps per epoch: NaN in epoch 2, step 4
 
-    monkeypatch.setattr(train_module.BatchAugment, "train", poisoned)
+    monkeypatch.setattr(BatchAugment, "train", poisoned)
     cfg = TrainConfig(
         width=8,
         batch_size=100,

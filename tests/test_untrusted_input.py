@@ -530,7 +530,7 @@ def test_out_of_memory_while_the_model_is_built_is_one_line(
 ):
     import importlib
 
-    train = importlib.import_module("fastres.train")
+    run_parts = importlib.import_module("fastres.run_parts")  # where the run's model is built
 
     def no_memory(*args, **kwargs):
         raise RuntimeError(
@@ -538,7 +538,7 @@ def test_out_of_memory_while_the_model_is_built_is_one_line(
             "you tried to allocate 274877906944 bytes"
         )
 
-    monkeypatch.setattr(train, "build_model", no_memory)
+    monkeypatch.setattr(run_parts, "build_model", no_memory)
     res = run_main(
         capsys,
         "train",
