@@ -3,11 +3,12 @@ on, and the line the console ends with."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol
 
 import torch
 
-from . import contention, split
+from . import contention, seedstats, split
 from .config import TrainConfig
 from .data import DataSource
 from .distributed import Dist
@@ -113,4 +114,24 @@ def finished_line(summary: dict[str, Any], run: RunDir) -> str:
         f"finished: final val acc {100 * summary['final_val_acc']:.2f}% "
         f"(best {100 * summary['best_val_acc']:.2f}% at epoch {summary['best_epoch']}), "
         f"{summary['train_time_s']:.0f}s; logs in {run.path}"
+    )
+
+
+def chance_note(summary: dict[str, Any], test_images: int) -> str | None:
+    """A line for a run that finished without learning: its accuracy is what guessing gives.
+    None for a run that learned (or was never evaluated)."""
+    accuracy = summary.get("final_val_acc")
+    if accuracy is None or not seedstats.at_chance(accuracy, test_images):
+        return None
+    loss = summary.get("final_train_loss")
+    losses = (
+        ""
+        if loss is None
+        else f" (final train loss {loss:.4f}; ln {seedstats.CLASSES} = "
+        f"{math.log(seedstats.CLASSES):.4f})"
+    )
+    return (
+        f"note: this run did not learn: {100 * accuracy:.2f}% is what guessing one of "
+        f"{seedstats.CLASSES} classes gives{losses}; a learning rate too high for the recipe "
+        "ends this way: try a lower --lr"
     )

@@ -19,6 +19,7 @@ CONFIDENCE = 0.95
 POWER = 0.80
 MAX_SEEDS = 1000  # beyond this, "seeds to separate" says "more than MAX_SEEDS"
 TEST_IMAGES = 10_000  # CIFAR-10's test set
+CLASSES = 10  # CIFAR-10's
 
 RULE = (
     f"{100 * CONFIDENCE:.0f}% interval from Student's t (paired: n-1 degrees of freedom; "
@@ -128,3 +129,16 @@ def binomial_stderr(accuracy: float, images: int = TEST_IMAGES) -> float:
     if images < 1:
         raise ValueError(f"a test set needs at least 1 image, got {images}")
     return math.sqrt(accuracy * (1 - accuracy) / images)
+
+
+def test_images(test_subset: int) -> int:
+    """How many test images a run evaluates: its ``--test-subset`` when set, else the set."""
+    return min(test_subset or TEST_IMAGES, TEST_IMAGES)
+
+
+def at_chance(accuracy: float, images: int = TEST_IMAGES, classes: int = CLASSES) -> bool:
+    """Whether an accuracy is what guessing one of ``classes`` gives, within three binomial
+    standard errors on ``images`` test images: a run that did not learn (a loss stuck at
+    ln 10 ends there without a NaN to stop it)."""
+    chance = 1 / classes
+    return accuracy <= chance + 3 * binomial_stderr(chance, images)

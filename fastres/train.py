@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import checkpoint, contention, distributed, recipe
+from . import checkpoint, contention, distributed, recipe, seedstats
 from .config import TrainConfig
 from .data import DataSource, open_config_data
 from .epoch_log import EpochLog, progress_bar
@@ -38,7 +38,7 @@ from .run_errors import (
 )
 from .run_parts import build_parts
 from .run_start import hold, start_or_resume
-from .run_summary import finished_line, run_summary
+from .run_summary import chance_note, finished_line, run_summary
 from .rundir import RunDir, default_run_dir
 from .runtime import Runtime, is_out_of_memory, resolve_runtime, set_deterministic
 from .step import train_step
@@ -458,6 +458,8 @@ def _train(
     if d.enabled:
         _report_parameters(trainer, d)
     log(finished_line(summary, run))
+    if (note := chance_note(summary, seedstats.test_images(config.test_subset))) is not None:
+        log(note)
     if (account := loop_account(trainer.rows)) is not None:
         log(account)
     if (note := contention.shared_note(summary["cpu_wait"])) is not None:

@@ -756,3 +756,29 @@ def test_setup_keeps_the_recipe_apart_from_the_machine(tmp_path, capsys):
     machine = next(line for line in text.splitlines() if line.startswith("- Machine settings"))
     assert "`threads=1`" in machine and "`data_dir=/data/cifar`" in machine
     assert "width" not in machine
+
+
+def test_a_finished_run_that_did_not_learn_is_marked_at_chance(tmp_path, capsys):
+    """A learning rate too high can leave the loss at ln 10 to the end without a NaN: the run
+    finishes at 10%, and the report says so instead of averaging it in silently."""
+    root = tmp_path / "sweep"
+    make_run(root, "quick", 0, [0.30, 0.60], folder="lr0.4", lr=0.4)
+    make_run(root, "quick", 0, [0.10, 0.1003], folder="lr0.8", lr=0.8)  # 10,000 test images
+    make_run(root, "quick", 1, [0.12, 0.15], folder="lr0.8-small", lr=0.8, test_subset=100)
+    res = run_main(capsys, "report", str(root))
+    assert res.returncode == 0, res.stderr
+    text = (root / "report.md").read_text()
+    assert row(text, "quick (lr=0.8, test_subset=0)")[2] == "10.03 ± n/a §"
+    assert row(text, "quick (lr=0.4, test_subset=0)")[2] == "60.00 ± n/a"
+    # 15% of 100 test images is within three binomial standard errors (3.0 points) of 10%.
+    assert row(text, "quick (lr=0.8, test_subset=100)")[2] == "15.00 ± n/a §"
+    assert "| `lr0.8/seed0` | 0 | completed | 2/2 | 10.03 § |" in text  # the runs' table
+    note = next(line for line in text.splitlines() if line.startswith("§ At chance"))
+    assert "lr0.8/seed0" in note and "lr0.8-small/seed1" in note and "lr0.4" not in note
+    assert "§ At chance" in res.stdout  # the terminal's table says it too
+    data = json.loads((root / "report.json").read_text())
+    assert {r["run"]: r["at_chance"] for r in data["runs"]} == {
+        "lr0.4/seed0": False,
+        "lr0.8/seed0": True,
+        "lr0.8-small/seed1": True,
+    }

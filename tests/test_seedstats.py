@@ -79,3 +79,11 @@ def test_the_binomial_limit_of_one_accuracy_on_the_test_set():
     assert binomial_stderr(0.5, 2500) == pytest.approx(0.01)
     with pytest.raises(ValueError):
         binomial_stderr(0.5, 0)
+
+
+def test_an_accuracy_at_chance_is_within_three_standard_errors_of_one_in_ten():
+    from fastres.seedstats import at_chance, test_images
+
+    assert at_chance(0.1) and at_chance(0.108) and not at_chance(0.11)  # 10,000 images: 0.3 pt
+    assert at_chance(0.15, 100) and not at_chance(0.20, 100)  # 100 images: 3 points
+    assert test_images(0) == 10_000 and test_images(500) == 500 and test_images(20_000) == 10_000

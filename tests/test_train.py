@@ -286,3 +286,15 @@ def test_compiled_training_gets_one_static_graph_per_input_size():
     assert stats["compiles"] == 5 and not stats["recompile_limit_hit"]
     torch._dynamo.reset()
     counters.clear()
+
+
+def test_a_run_that_finished_without_learning_ends_with_a_note_saying_so():
+    from fastres.run_summary import chance_note
+
+    stuck = {"final_val_acc": 0.1, "final_train_loss": 2.3026}
+    note = chance_note(stuck, 10_000)
+    assert note.startswith("note: this run did not learn: 10.00% is what guessing one of 10")
+    assert "final train loss 2.3026; ln 10 = 2.3026" in note and "try a lower --lr" in note
+    assert chance_note({"final_val_acc": 0.12, "final_train_loss": 2.0}, 10_000) is None
+    assert chance_note({"final_val_acc": 0.12, "final_train_loss": 2.0}, 100) is not None
+    assert chance_note({"final_val_acc": None}, 10_000) is None  # never evaluated

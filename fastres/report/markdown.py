@@ -93,6 +93,23 @@ def _shared_note(data: dict[str, Any]) -> str | None:
     )
 
 
+def _chance_marker(at_chance: bool | list[str] | None) -> str:
+    return " §" if at_chance else ""
+
+
+def _chance_note(data: dict[str, Any]) -> str | None:
+    """The footnote for finished runs that did not learn, naming them; None when all did."""
+    runs = [r["run"] for r in data["runs"] if r.get("at_chance")]
+    if not runs:
+        return None
+    return (
+        f"§ At chance: these runs finished at the accuracy of guessing one of "
+        f"{seedstats.CLASSES} classes (within three binomial standard errors of it), so they "
+        f"did not learn, and their setting's mean counts them: {', '.join(runs)}. A loss that "
+        "stays at ln 10 without a NaN (a learning rate too high for the recipe) ends this way."
+    )
+
+
 def _held_out_text(g: dict[str, Any]) -> str:
     if "best_val_split_acc" not in g:
         return "-"
@@ -249,7 +266,7 @@ def _results_row(g: dict[str, Any], held: bool) -> list[str]:
     return [
         f"`{g['label']}`",
         n,
-        _mean_std(g["final_val_acc"]),
+        _mean_std(g["final_val_acc"]) + _chance_marker(g.get("at_chance")),
         _diff_text(g["diff_vs_reference"]),
         _mean_std(g["best_val_acc"]),
         *([_held_out_text(g)] if held else []),
@@ -284,8 +301,9 @@ def _results_notes(data: dict[str, Any], reference: str, held: bool, notes: bool
         "speed can drift by tens of percent over that time, so it is not a measurement of the "
         "setting's cost.",
     ]
-    if (shared_note := _shared_note(data)) is not None:
-        lines += ["", shared_note]
+    for note in (_shared_note(data), _chance_note(data)):
+        if note is not None:
+            lines += ["", note]
     if notes:
         lines += [
             "",
@@ -406,7 +424,8 @@ def _runs_section(data: dict[str, Any]) -> list[str]:
         commit = commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
         lines.append(
             f"| `{r['run']}` | {r['seed']} | {r['state']} | "
-            f"{r['epochs']}/{r['epochs_planned']} | {_pct(r['final_val_acc'])} | {best} | "
+            f"{r['epochs']}/{r['epochs_planned']} | "
+            f"{_pct(r['final_val_acc'])}{_chance_marker(r.get('at_chance'))} | {best} | "
             f"{_pct(r['final_train_acc'])} | "
             f"{duration(r['train_time_s'])}{_shared_marker(r['shared_cpu'])} | {ips} | "
             f"`{commit}` |"
@@ -440,7 +459,7 @@ def summary_table(data: dict[str, Any]) -> str:
             (
                 g["label"],
                 str(g["n"]),
-                _mean_std(g["final_val_acc"]),
+                _mean_std(g["final_val_acc"]) + _chance_marker(g.get("at_chance")),
                 _diff_text(g["diff_vs_reference"]).replace("**", ""),
                 _mean_std(g["best_val_acc"]),
                 "/".join(str(e) for e in g["epochs"]) or "-",
@@ -457,8 +476,9 @@ def summary_table(data: dict[str, Any]) -> str:
             f"\nΔ: {seedstats.RULE} (bracketed; n = pairs, or runs per side); "
             f"report.md gives the seeds each would need at {100 * seedstats.POWER:.0f}% power"
         )
-    if (shared_note := _shared_note(data)) is not None:
-        text += "\n" + shared_note
+    for note in (_shared_note(data), _chance_note(data)):
+        if note is not None:
+            text += "\n" + note
     for k in data.get("skipped", []):
         text += f"\nnot counted: {k['run']}: {k['reason']}"
     return text

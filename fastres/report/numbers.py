@@ -189,6 +189,7 @@ def _setting_entry(g: Group, ref: Group | None) -> dict[str, Any]:
             if shared_cpu(r.summary)
         ],
         "unfinished": [_unfinished(r) for r in g.unfinished],
+        "at_chance": [r.rel for r in g.done if _at_chance(r)],
     }
     if (
         original_acc is not None
@@ -206,12 +207,20 @@ def _setting_entry(g: Group, ref: Group | None) -> dict[str, Any]:
     return entry
 
 
+def _at_chance(r: Run) -> bool:
+    """Whether the run ended at chance's accuracy: it did not learn, though it finished."""
+    accuracy = (r.summary or {}).get("final_val_acc")
+    return accuracy is not None and seedstats.at_chance(
+        accuracy, seedstats.test_images(r.config.test_subset)
+    )
+
+
 def _test_set_stderr(g: Group, accuracy: float | None) -> dict[str, Any] | None:
     """What the test set's size alone allows for one accuracy of this setting: the limit when
     comparing it with a number measured elsewhere (not on paired differences)."""
     if accuracy is None:
         return None
-    images = min(g.config.test_subset or seedstats.TEST_IMAGES, seedstats.TEST_IMAGES)
+    images = seedstats.test_images(g.config.test_subset)
     return {"images": images, "stderr": seedstats.binomial_stderr(accuracy, images)}
 
 
@@ -264,6 +273,7 @@ def _run_entry(r: Run) -> dict[str, Any]:
         "images_per_s": s.get("images_per_s"),
         "cpu_wait": s.get("cpu_wait"),
         "shared_cpu": shared_cpu(s),
+        "at_chance": _at_chance(r),
         "git_commit": s.get("git_commit"),
         "device": s.get("device"),
         "precision": s.get("precision"),
