@@ -616,6 +616,32 @@ def test_a_study_whose_reader_goes_away_stops_its_run_cleanly_and_exits_141(
     assert not (out / FOLDERS[1]).exists(), "no run starts after the reader has gone"
 
 
+def test_a_run_whose_reader_goes_away_keeps_its_checkpoint_and_says_how_to_resume(
+    synthetic_data, memory_source, tmp_path
+):
+    """`fastres train ... | head -2`: the line that finds no reader stops the run as Ctrl-C
+    does, in the main thread this time."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastres", "train", *TINY, "--no-progress"]
+        + ["--data-dir", str(synthetic_data), "--run-dir", str(run_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    for line in proc.stdout:
+        if line.startswith("epoch 1/3"):
+            break
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert lines[0].endswith(f"; continue with: fastres train --resume {run_dir}")
+    assert RunDir(run_dir).state() == "interrupted"
+
+
 def test_two_studies_on_one_folder_share_out_the_runs_and_train_each_once(
     synthetic_data, memory_source, tmp_path
 ):

@@ -60,8 +60,8 @@ def _run(argv: Sequence[str] | None) -> int:
         sys.stderr.flush()
         return exc.exit_code
     except KeyboardInterrupt:
-        if not reader_gone():
-            print("fastres: interrupted", file=sys.stderr, flush=True)
+        why = "stopped: the output's reader went away" if reader_gone() else "interrupted"
+        print(f"fastres: {why}", file=sys.stderr, flush=True)
         return 130
     except BrokenPipeError:  # an OSError, so caught first: a print outside `output.log`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
