@@ -53,6 +53,20 @@ def synthetic_data(tmp_path_factory, synthetic_source) -> Path:
     return data_dir
 
 
+# The runs of a test under `memory_source` (with the in-memory loader the sharding under torchrun
+# is exercised too).
+IN_MEMORY = ["--loader", "memory"]
+
+
+@pytest.fixture
+def memory_source(synthetic_source, monkeypatch) -> Path:
+    """The synthetic source for `--loader memory` (through FASTRES_CIFAR10), in this process and
+    the runs it starts: for tests whose subject is not the loader, each run then skips ffcv's
+    seconds-long import."""
+    monkeypatch.setenv("FASTRES_CIFAR10", str(synthetic_source))
+    return synthetic_source
+
+
 @pytest.fixture(scope="session")
 def real_source() -> Path:
     value = os.environ.get(cifar.ENV_VAR)

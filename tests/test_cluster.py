@@ -44,12 +44,6 @@ RECIPE = [
 STUDY = ["ablate", "--config", "baseline", "cosine", "--seeds", "2"]
 
 
-@pytest.fixture
-def memory_source(synthetic_source, monkeypatch):
-    monkeypatch.setenv("FASTRES_CIFAR10", str(synthetic_source))
-    return synthetic_source
-
-
 def _wait_for_first_epoch(run_dir: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not RunDir(run_dir).read_metrics():

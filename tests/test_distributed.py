@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 
 from fastres.checkpoint import load as load_checkpoint
@@ -14,7 +13,7 @@ from fastres.models import build_model
 from fastres.rundir import RunDir
 from fastres.runtime import seed_everything
 
-from .conftest import REPO, run_cli
+from .conftest import IN_MEMORY, REPO, run_cli
 
 TINY = [
     "--width",
@@ -27,17 +26,6 @@ TINY = [
     "cosine",
     "--no-progress",
 ]
-
-
-# For tests of the launch rather than the loader, under `memory_source`: each rank then skips
-# ffcv's seconds-long import, and the in-memory loader's sharding is exercised too.
-IN_MEMORY = ["--loader", "memory"]
-
-
-@pytest.fixture
-def memory_source(synthetic_source, monkeypatch):
-    monkeypatch.setenv("FASTRES_CIFAR10", str(synthetic_source))
-    return synthetic_source
 
 
 def torchrun(*args, nproc=2, script=("-m", "fastres"), timeout=300, **popen):

@@ -29,12 +29,10 @@ from fastres.prepare import BETONS, MANIFEST, verify_betons
 from fastres.rundir import RunDir, RunDirBusy
 from fastres.train import TrainingFailed
 
-from .conftest import REPO, run_cli, run_main
+from .conftest import IN_MEMORY, REPO, run_cli, run_main
 
 # 40 steps per epoch on the synthetic set: long enough to catch a run between epochs.
 TINY = ["--width", "8", "--batch-size", "50", "--epochs", "3", "--lr", "0.05"]
-# For runs in child processes under `memory_loader`: they skip ffcv's seconds-long import.
-IN_MEMORY = ["--loader", "memory"]
 FASTRES = [sys.executable, "-m", "fastres"]
 REAL_FSYNC = os.fsync
 
@@ -106,12 +104,6 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.fixture
-def memory_loader(synthetic_source, monkeypatch):
-    """In-process runs on the in-memory loader: the faults here are not the loader's."""
-    monkeypatch.setenv("FASTRES_CIFAR10", str(synthetic_source))
-
-
 def tiny_config(tmp_path: Path, **changes) -> TrainConfig:
     return TrainConfig(
         width=8,
@@ -138,7 +130,7 @@ def wait_stopped(pid: int, timeout: float = 30) -> None:
 
 
 def test_a_second_process_on_a_run_directory_refuses_at_once_and_writes_nothing(
-    synthetic_data, memory_loader, tmp_path, capsys
+    synthetic_data, memory_source, tmp_path, capsys
 ):
     out = tmp_path / "study"
     run_dir = out / "baseline" / "seed42"
@@ -220,7 +212,7 @@ def test_a_second_process_on_a_run_directory_refuses_at_once_and_writes_nothing(
 
 
 def test_a_run_killed_with_sigkill_leaves_no_stale_lock_and_resumes_from_last_pt(
-    synthetic_data, memory_loader, tmp_path
+    synthetic_data, memory_source, tmp_path
 ):
     # What the kernel's OOM killer does on a CPU: no handler runs, no summary is written.
     run_dir = tmp_path / "run"
@@ -264,7 +256,7 @@ def test_a_file_system_without_locks_is_named(tmp_path, monkeypatch):
 
 
 def test_a_checkpoint_over_the_file_size_limit_stops_the_run_and_keeps_the_last_one(
-    synthetic_data, memory_loader, tmp_path
+    synthetic_data, memory_source, tmp_path
 ):
     run_dir = tmp_path / "run"
     first = start_training(
@@ -311,7 +303,7 @@ def test_a_checkpoint_over_the_file_size_limit_stops_the_run_and_keeps_the_last_
 
 
 def test_a_stop_landing_while_the_checkpoint_is_queued_still_keeps_it(
-    memory_loader, tmp_path, monkeypatch
+    memory_source, tmp_path, monkeypatch
 ):
     """Ctrl-C or SIGTERM right after an epoch is logged can arrive while its checkpoint is being
     handed to the background writer: the run still stops with that epoch's checkpoint."""
@@ -352,7 +344,7 @@ def _fail_fsync_of(monkeypatch, *names: str, after: int = 0) -> None:
 
 
 def test_a_full_disk_while_logging_keeps_earlier_rows_and_the_first_error(
-    memory_loader, tmp_path, monkeypatch
+    memory_source, tmp_path, monkeypatch
 ):
     cfg = tiny_config(tmp_path)
     run = RunDir(cfg.run_dir)
@@ -384,7 +376,7 @@ def test_a_full_disk_while_logging_keeps_earlier_rows_and_the_first_error(
 
 
 def test_tensorboard_events_that_cannot_be_written_stop_the_run_with_one_line(
-    memory_loader, tmp_path, monkeypatch
+    memory_source, tmp_path, monkeypatch
 ):
     from torch.utils.tensorboard import SummaryWriter
 
@@ -494,7 +486,7 @@ def flip_a_byte_in_the_largest_tensor(path: Path) -> None:
 
 
 def test_a_flipped_byte_in_a_checkpoint_is_refused_by_resume_and_eval(
-    memory_loader, tmp_path, capsys
+    memory_source, tmp_path, capsys
 ):
     cfg = tiny_config(tmp_path, epochs=2)
     train(cfg, log=lambda m: None, progress=False)
@@ -525,7 +517,7 @@ def test_a_flipped_byte_in_a_checkpoint_is_refused_by_resume_and_eval(
 
 @pytest.mark.parametrize("wrapped", [False, True], ids=["plain", "wrapped-by-compile"])
 def test_out_of_memory_in_training_is_one_line_with_the_fix(
-    memory_loader, tmp_path, monkeypatch, wrapped
+    memory_source, tmp_path, monkeypatch, wrapped
 ):
     train_module = importlib.import_module("fastres.train")  # the package attribute is the function
     real_step, calls = train_module.train_step, {"n": 0}
@@ -585,7 +577,7 @@ def test_a_study_leaves_a_run_taken_by_another_process_to_it(tmp_path):
 
 @pytest.mark.parametrize("kind", ["launch failure", "cublas"])
 def test_a_gpu_fault_in_training_is_one_line_and_the_run_resumes(
-    memory_loader, tmp_path, monkeypatch, kind
+    memory_source, tmp_path, monkeypatch, kind
 ):
     # As seen on an H200: a kernel inside Muon's step failed after some epochs (BENCHMARKS.md).
     train_module = importlib.import_module("fastres.train")

@@ -46,12 +46,6 @@ EVERY_OPTION = [
 ]
 
 
-@pytest.fixture
-def memory_source(synthetic_source, monkeypatch):
-    monkeypatch.setenv("FASTRES_CIFAR10", str(synthetic_source))
-    return synthetic_source
-
-
 def small_model() -> nn.Module:
     torch.manual_seed(0)
     return build_model("resnet18", width=8)
